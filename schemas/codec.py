@@ -1,0 +1,132 @@
+"""Avro single-object encoding of records, with every schema version known.
+
+Wire format (Avro spec, "single object encoding"): ``C3 01``, the 8-byte little-endian
+CRC-64-AVRO fingerprint of the writer's schema, then the Avro binary body. The fingerprint
+names the exact writer schema, so a reader decodes data written with any earlier version
+and resolves it to the newest one (Avro schema resolution fills added fields from defaults).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+from pydantic import ValidationError
+
+from schemas.errors import SchemaError, UndecodableRecord
+from schemas.records import RECORD_TYPES, Record
+
+AVRO_DIR = Path(__file__).parent / "avro"
+MAGIC = b"\xc3\x01"
+_HEADER = len(MAGIC) + 8
+_FILE = re.compile(r"^(?P<name>[A-Za-z]+)\.v(?P<version>\d+)\.avsc$")
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    """One Avro file: a record name, its version and the parsed schema."""
+
+    name: str
+    version: int
+    path: Path
+    raw: dict[str, Any]
+    parsed: Any
+    fingerprint: bytes
+
+
+class SchemaRegistry:
+    """Every version of every record schema found in a folder of ``<Name>.v<N>.avsc`` files."""
+
+    def __init__(self, folder: Path = AVRO_DIR) -> None:
+        self.folder = folder
+        self.versions: dict[str, dict[int, SchemaVersion]] = {}
+        self.by_fingerprint: dict[bytes, SchemaVersion] = {}
+        for path in sorted(folder.glob("*.avsc")):
+            match = _FILE.match(path.name)
+            if match is None:
+                raise SchemaError(f"{path}: schema files are named <Name>.v<N>.avsc")
+            try:
+                raw = json.loads(path.read_text())
+                parsed = fastavro.parse_schema(raw)
+                canonical = to_parsing_canonical_form(fastavro.parse_schema(raw, _write_hint=False))
+            except (ValueError, fastavro.schema.SchemaParseException) as e:
+                raise SchemaError(f"{path}: not a valid Avro schema: {e}") from e
+            name, version = match["name"], int(match["version"])
+            if raw.get("name") != name:
+                raise SchemaError(f"{path}: file name says {name}, schema says {raw.get('name')}")
+            fp = fingerprint(canonical, "CRC-64-AVRO")
+            sv = SchemaVersion(name, version, path, raw, parsed, bytes.fromhex(fp)[::-1])
+            self.versions.setdefault(name, {})[version] = sv
+            self.by_fingerprint[sv.fingerprint] = sv
+        if not self.versions:
+            raise SchemaError(f"no schema files in {folder}")
+
+    def latest(self, name: str) -> SchemaVersion:
+        """The newest version of the record schema ``name``."""
+        try:
+            versions = self.versions[name]
+        except KeyError:
+            raise SchemaError(f"unknown record schema {name!r}; known: {sorted(self.versions)}") from None
+        return versions[max(versions)]
+
+
+@cache
+def registry() -> SchemaRegistry:
+    """The registry of the schema files shipped in this package (loaded once)."""
+    return SchemaRegistry()
+
+
+class RecordCodec:
+    """Encodes records to single-object Avro bytes and decodes them back to their Python types."""
+
+    def __init__(self, schemas: SchemaRegistry | None = None) -> None:
+        self.schemas = schemas or registry()
+        for name in RECORD_TYPES:
+            self.schemas.latest(name)  # every Python type has a schema
+
+    def encode(self, record: Record) -> bytes:
+        """Serialize ``record`` with the newest version of its schema."""
+        writer = self.schemas.latest(record.schema_name)
+        data = record.model_dump()
+        data["schema_version"] = writer.version
+        buf = io.BytesIO()
+        buf.write(MAGIC)
+        buf.write(writer.fingerprint)
+        fastavro.schemaless_writer(buf, writer.parsed, data)
+        return buf.getvalue()
+
+    def decode(self, data: bytes | None) -> Record:
+        """Deserialize bytes written with any known schema version into the newest Python type.
+
+        Raises:
+            UndecodableRecord: the bytes are not a valid record of a known schema.
+        """
+        if data is None:
+            raise UndecodableRecord("record has no value (tombstone or null)")
+        if len(data) < _HEADER or data[:2] != MAGIC:
+            raise UndecodableRecord(
+                f"not an Avro single-object record (expected header c301, got {data[:2].hex() or 'nothing'})"
+            )
+        writer = self.schemas.by_fingerprint.get(data[2:_HEADER])
+        if writer is None:
+            raise UndecodableRecord(f"unknown writer schema fingerprint {data[2:_HEADER].hex()}")
+        reader = self.schemas.latest(writer.name)
+        buf = io.BytesIO(data)
+        buf.seek(_HEADER)
+        try:
+            values = fastavro.schemaless_reader(buf, writer.parsed, None if reader is writer else reader.parsed)
+        except Exception as e:  # fastavro raises many types on truncated or corrupt bodies
+            raise UndecodableRecord(f"corrupt {writer.name} v{writer.version} body: {e!r}") from e
+        if buf.tell() != len(data):
+            raise UndecodableRecord(f"{len(data) - buf.tell()} trailing bytes after a {writer.name} record")
+        try:
+            return RECORD_TYPES[writer.name].model_validate(values)
+        except ValidationError as e:
+            raise UndecodableRecord(f"invalid {writer.name}: {e}") from e

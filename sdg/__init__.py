@@ -1,0 +1,1 @@
+"""sdg-edge: the command line, the settings and the demo."""

@@ -1,0 +1,187 @@
+"""The ``sdg`` command line."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import sys
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas.errors import SdgError
+from sdg.settings import Settings, load_settings
+from streams import admin
+from streams.catalog import CATALOG
+from streams.errors import ConfigError
+from streams.runner import Runner, Step
+
+app = typer.Typer(help="sdg-edge: labeled synthetic training data for edge AI, as a stream.", no_args_is_help=True)
+broker_app = typer.Typer(help="The embedded Apache Kafka broker (KRaft, single node).", no_args_is_help=True)
+topics_app = typer.Typer(help="The topic catalog on the broker.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+app.add_typer(topics_app, name="topics")
+console = Console()
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+@broker_app.command("start")
+def broker_start() -> None:
+    """Start the embedded broker (resolving its jars on first use) and wait until it answers."""
+    broker = _settings().embedded_broker()
+    with console.status("starting Apache Kafka (KRaft)…"):
+        status = broker.start()
+    console.print(f"broker running: pid {status.pid}, {status.bootstrap}, data in {status.data_dir}")
+
+
+@broker_app.command("install")
+def broker_install() -> None:
+    """Resolve the Kafka jars from Maven Central into the cache (start does this too when needed)."""
+    jars = _settings().embedded_broker().ensure_jars()
+    console.print(f"Kafka jars in {jars}")
+
+
+@broker_app.command("stop")
+def broker_stop() -> None:
+    """Stop the embedded broker."""
+    stopped = _settings().embedded_broker().stop()
+    console.print("broker stopped" if stopped else "broker was not running")
+
+
+@broker_app.command("status")
+def broker_status() -> None:
+    """Say whether the embedded broker runs, where, and where its data is."""
+    s = _settings().embedded_broker().status()
+    console.print(f"{'running' if s.running else 'stopped'}: pid {s.pid}, {s.bootstrap}, data {s.data_dir}, {s.jars} jars")
+    if not s.running:
+        raise typer.Exit(1)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every catalog topic (idempotent)."""
+    settings = _settings()
+    outcome = admin.create_topics(settings.kafka_client, settings.topics)
+    for name, what in outcome.items():
+        console.print(f"{name:24} {what}")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """List the catalog with each topic's key and value type."""
+    table = Table("topic", "key", "value", "partitions", "retention / compaction", "what")
+    for spec in CATALOG.values():
+        policy = spec.config.get("cleanup.policy", "")
+        keep = "compact" if policy == "compact" else f"{int(spec.config['retention.ms']) / 86_400_000:g} d"
+        table.add_row(spec.name, spec.key, spec.value.__name__ if spec.value else "any", str(spec.partitions), keep,
+                      spec.description)
+    console.print(table)
+
+
+@topics_app.command("describe")
+def topics_describe(names: Annotated[Optional[list[str]], typer.Argument(help="Topics (default: all)")] = None) -> None:
+    """Partitions, replication and topic configs as the cluster has them."""
+    settings = _settings()
+    table = Table("topic", "partitions", "replication", "config")
+    for state in admin.describe_topics(settings.kafka_client, names or None):
+        table.add_row(state.name, str(state.partitions), str(state.replication),
+                      ", ".join(f"{k}={v}" for k, v in sorted(state.config.items())))
+    console.print(table)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@app.command()
+def subscribe(
+    topic: str,
+    group: Annotated[Optional[str], typer.Option(help="Consumer group (commits offsets).")] = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest record.")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="Stop after N records.")] = None,
+    idle_timeout: Annotated[Optional[float], typer.Option(help="Stop after S seconds without records.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line (bytes as base64).")] = False,
+) -> None:
+    """Print the records of TOPIC as they arrive."""
+    from streams.subscribe import subscribe as records
+
+    settings = _settings()
+    for received in records(topic, kafka=settings.kafka_client, group=group, from_beginning=from_beginning,
+                            limit=limit, idle_timeout_s=idle_timeout):
+        fields = received.record.model_dump()
+        if as_json:
+            sys.stdout.write(json.dumps({"topic": received.topic, "partition": received.partition,
+                                         "offset": received.offset, "type": received.record.schema_name,
+                                         "value": _jsonable(fields)}) + "\n")
+        else:
+            shown = {k: (f"<{len(v)} bytes>" if isinstance(v, bytes) else v) for k, v in fields.items()}
+            console.print(f"[bold]{received.topic}[/][{received.partition}]@{received.offset} "
+                          f"{received.record.schema_name} {shown}", soft_wrap=True)
+
+
+def _passthrough_step(source: str, sink: str) -> Step:
+    from processors.passthrough import passthrough
+
+    return Step("passthrough", source, passthrough, sink)
+
+
+PROCESSORS: dict[str, Callable[[str, str], Step]] = {"passthrough": _passthrough_step}
+
+
+@app.command("run")
+def run_processor(
+    processor: str,
+    source: Annotated[str, typer.Option(help="Topic to consume.")],
+    sink: Annotated[str, typer.Option(help="Topic to produce to.")],
+    group: Annotated[Optional[str], typer.Option(help="Consumer group (default: sdg-<processor>).")] = None,
+) -> None:
+    """Run a stream processor until SIGTERM/SIGINT (finishes its batch, commits, exits 0)."""
+    if processor not in PROCESSORS:
+        raise ConfigError(f"unknown processor {processor!r}; valid: {', '.join(PROCESSORS)}")
+    settings = _settings()
+    step = PROCESSORS[processor](source, sink)
+    runner = Runner(step, kafka=settings.kafka_client, config=settings.runner, group=group or f"sdg-{processor}",
+                    run_id=settings.run_id)
+    stats = runner.run(handle_signals=True)
+    console.print(f"{processor}: {stats.consumed} consumed, {dict(stats.produced)} produced, "
+                  f"{sum(stats.dead_letters.values())} dead letters")
+
+
+@app.command()
+def demo(
+    records: Annotated[int, typer.Option(help="Valid records to publish per topic.")] = 300,
+) -> None:
+    """Run the platform on the embedded broker (or the configured cluster) and print what went where."""
+    from sdg.demo import run_demo
+
+    run_demo(_settings(), records_per_topic=records, console=console)
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print the effective settings (secrets masked) and every variable name that sets them."""
+    from sdg.settings import valid_names
+
+    console.print_json(_settings().model_dump_json())
+    console.print("variables: " + " ".join(valid_names()))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except SdgError as e:
+        console.print(f"[red]error:[/] {e}")
+        sys.exit(2)

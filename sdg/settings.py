@@ -1,0 +1,95 @@
+"""One frozen settings object per process, read from ``SDG_*`` environment variables (nested with ``__``).
+
+Nothing else in sdg-edge reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from infra.broker import BrokerConfig, EmbeddedBroker
+from streams.config import KafkaConfig, RunnerConfig, TopicConfig
+from streams.errors import ConfigError
+
+PREFIX = "SDG_"
+
+
+def _new_run_id() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+class Settings(BaseSettings):
+    """Everything a process of sdg-edge can be told. Example: ``SDG_KAFKA__BOOTSTRAP_SERVERS=b1:9092,b2:9092``.
+
+    The embedded broker is used unless ``kafka.bootstrap_servers`` is set.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid")
+
+    state_dir: Path = Field(default=Path(".sdg"), description="Broker data, caches and local tables.")
+    run_id: str = Field(default_factory=_new_run_id)
+    kafka: KafkaConfig = KafkaConfig()
+    broker: BrokerConfig = BrokerConfig()
+    topics: TopicConfig = TopicConfig()
+    runner: RunnerConfig = RunnerConfig()
+
+    @property
+    def embedded(self) -> bool:
+        """Whether this process talks to the embedded broker (no bootstrap servers were configured)."""
+        return "bootstrap_servers" not in self.kafka.model_fields_set
+
+    @property
+    def kafka_client(self) -> KafkaConfig:
+        """Kafka settings with the embedded broker's address filled in when it is the one in use."""
+        if self.embedded:
+            return self.kafka.model_copy(update={"bootstrap_servers": self.broker.bootstrap})
+        return self.kafka
+
+    def embedded_broker(self) -> EmbeddedBroker:
+        return EmbeddedBroker(self.broker, self.state_dir)
+
+
+def _names(model: type[BaseModel], prefix: str) -> set[str]:
+    names = set()
+    for name, field in model.model_fields.items():
+        full = f"{prefix}{name.upper()}"
+        names.add(full)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= _names(annotation, full + "__")
+    return names
+
+
+def valid_names() -> list[str]:
+    """Every environment variable name that sdg-edge reads."""
+    return sorted(_names(Settings, PREFIX))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from the process environment (``overrides`` win).
+
+    Raises:
+        ConfigError: an ``SDG_*`` variable that sdg-edge does not know, or a value that does not validate.
+    """
+    valid = set(valid_names())
+    unknown = [
+        name
+        for name in sorted(os.environ)
+        if name.upper().startswith(PREFIX)
+        and name.upper() not in valid
+        # dict-valued settings (extra_config, extra_properties) may also be given one key at a time
+        and not any(name.upper().startswith(v + "__") for v in valid)
+    ]
+    if unknown:
+        raise ConfigError(f"unknown settings {unknown}; valid: {', '.join(sorted(valid))}")
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise ConfigError(f"invalid settings: {e}") from e

@@ -1,0 +1,141 @@
+"""Topic administration with confluent-kafka's AdminClient: create the catalog, list, describe."""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, NewTopic
+
+from streams.catalog import CATALOG, TopicSpec
+from streams.config import KafkaConfig, TopicConfig
+from streams.errors import BrokerError
+
+
+@dataclass(frozen=True)
+class TopicState:
+    """What the cluster says about one topic."""
+
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, str]
+
+
+def admin_client(kafka: KafkaConfig) -> AdminClient:
+    return AdminClient(kafka.librdkafka())
+
+
+def wait_for_broker(kafka: KafkaConfig, *, timeout_s: float) -> int:
+    """Block until a metadata round trip succeeds; returns the number of brokers.
+
+    Raises:
+        BrokerError: no broker answered within ``timeout_s``.
+    """
+    host, _, port = kafka.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    try:  # a refused TCP connect is a quick, quiet "not yet" (librdkafka would log every retry)
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise BrokerError(f"no Kafka broker listens at {kafka.bootstrap_servers}: {e}") from e
+    try:
+        metadata = admin_client(kafka).list_topics(timeout=timeout_s)
+    except KafkaException as e:
+        raise BrokerError(f"no Kafka broker answered at {kafka.bootstrap_servers} within {timeout_s}s: {e}") from e
+    return len(metadata.brokers)
+
+
+def create_topics(
+    kafka: KafkaConfig, topics: TopicConfig, specs: list[TopicSpec] | None = None, *, timeout_s: float = 30
+) -> dict[str, str]:
+    """Create the catalog topics (or ``specs``); existing topics are left as they are.
+
+    Returns:
+        Topic name → ``"created"`` or ``"exists"``.
+    """
+    client = admin_client(kafka)
+    wanted = specs if specs is not None else list(CATALOG.values())
+    new = [
+        NewTopic(
+            spec.name,
+            num_partitions=max(1, math.ceil(spec.partitions * topics.partitions_scale)),
+            replication_factor=topics.replication_factor,
+            config=dict(spec.config),
+        )
+        for spec in wanted
+    ]
+    outcome: dict[str, str] = {}
+    for name, future in client.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s).items():
+        try:
+            future.result()
+            outcome[name] = "created"
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerError(f"could not create topic {name}: {e.args[0].str()}") from e
+            outcome[name] = "exists"
+    _wait_for_leaders(client, list(outcome), timeout_s=timeout_s)
+    return outcome
+
+
+def _wait_for_leaders(client: AdminClient, names: list[str], *, timeout_s: float) -> None:
+    """Block until every partition of ``names`` has a leader (a new topic has none for a moment)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = client.list_topics(timeout=timeout_s).topics
+        leaderless = [
+            n for n in names
+            if n not in topics or not topics[n].partitions or any(p.leader < 0 for p in topics[n].partitions.values())
+        ]
+        if not leaderless:
+            return
+        if time.monotonic() > deadline:
+            raise BrokerError(f"topics without a partition leader after {timeout_s}s: {leaderless}")
+        time.sleep(0.1)
+
+
+def describe_topics(kafka: KafkaConfig, names: list[str] | None = None, *, timeout_s: float = 10) -> list[TopicState]:
+    """Partitions, replication and non-default configs of ``names`` (default: every topic in the cluster)."""
+    client = admin_client(kafka)
+    try:
+        metadata = client.list_topics(timeout=timeout_s)
+    except KafkaException as e:
+        raise BrokerError(f"cannot list topics at {kafka.bootstrap_servers}: {e}") from e
+    selected = sorted(n for n in metadata.topics if not n.startswith("__")) if names is None else names
+    missing = [n for n in selected if n not in metadata.topics]
+    if missing:
+        raise BrokerError(f"topics not in the cluster: {missing}; run `sdg topics create`")
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in selected]
+    configs = {r.name: f.result() for r, f in client.describe_configs(resources).items()} if resources else {}
+    states = []
+    for name in selected:
+        partitions = metadata.topics[name].partitions
+        replication = len(next(iter(partitions.values())).replicas) if partitions else 0
+        explicit = {
+            k: v.value
+            for k, v in configs[name].items()
+            if v.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+        }
+        states.append(TopicState(name, len(partitions), replication, explicit))
+    return states
+
+
+def log_end_offsets(kafka: KafkaConfig, names: list[str], *, timeout_s: float = 10) -> dict[str, int]:
+    """The number of records ever written to each topic (sum of its partitions' high watermarks)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(kafka.librdkafka(**{"group.id": "sdg-watermarks", "enable.auto.commit": False}))
+    try:
+        metadata = consumer.list_topics(timeout=timeout_s)
+        totals = {}
+        for name in names:
+            partitions = metadata.topics[name].partitions if name in metadata.topics else {}
+            totals[name] = sum(
+                consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)[1] for p in partitions
+            )
+        return totals
+    except KafkaException as e:
+        raise BrokerError(f"cannot read the log end offsets of {names}: {e}") from e
+    finally:
+        consumer.close()

@@ -1,0 +1,216 @@
+"""The processor runner: consume → decode → call a typed function → encode → produce → commit.
+
+At-least-once: a batch's outputs are flushed (acknowledged by the brokers) before its input
+offsets are committed, so a crash replays at most the uncommitted batch. A record that cannot
+be decoded, or makes the function raise, goes to ``sdg.dlq`` with its original bytes, and the
+stream goes on; a broken broker or a function that returns the wrong shape raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from confluent_kafka import Consumer, KafkaError, Message
+
+from schemas.codec import RecordCodec
+from schemas.errors import UndecodableRecord
+from schemas.records import DeadLetter, Record
+from streams.catalog import topic as topic_spec
+from streams.config import KafkaConfig, RunnerConfig
+from streams.errors import BrokerError, ConfigError, StepReturnError
+from streams.producer import RecordProducer
+
+log = logging.getLogger(__name__)
+
+DLQ_TOPIC = "sdg.dlq"
+MAX_ERROR_CHARS = 4000
+Returns = Literal["one", "optional", "many"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """A processor function wired between a source topic and its sink topic(s).
+
+    Args:
+        step_id: Unique name; it appears in logs, metrics, lineage and dead letters.
+        source: Topic to consume.
+        fn: The typed processor function.
+        sink: Topic to produce to, or a function choosing the topic per output record.
+        returns: ``"one"`` (exactly one record), ``"optional"`` (``None`` drops) or ``"many"`` (a list).
+    """
+
+    step_id: str
+    source: str
+    fn: Callable[[Any], Any]
+    sink: str | Callable[[Record], str]
+    returns: Returns = "one"
+
+    def __post_init__(self) -> None:
+        topic_spec(self.source)
+        if isinstance(self.sink, str):
+            topic_spec(self.sink)
+        if self.returns not in ("one", "optional", "many"):
+            raise ConfigError(f"step {self.step_id}: returns must be one, optional or many, not {self.returns!r}")
+
+    def outputs(self, result: Any) -> list[Record]:
+        """Check ``result`` against the declared return shape and list its records.
+
+        Raises:
+            StepReturnError: the function broke its declared shape.
+        """
+        if self.returns == "optional" and result is None:
+            return []
+        if self.returns == "many":
+            if not isinstance(result, list) or not all(isinstance(r, Record) for r in result):
+                raise StepReturnError(f"step {self.step_id} must return a list of records, got {type(result).__name__}")
+            return result
+        if not isinstance(result, Record):
+            raise StepReturnError(
+                f"step {self.step_id} must return one record{' or None' if self.returns == 'optional' else ''}, "
+                f"got {type(result).__name__}"
+            )
+        return [result]
+
+    def sink_of(self, record: Record) -> str:
+        return self.sink if isinstance(self.sink, str) else self.sink(record)
+
+
+@dataclass
+class RunStats:
+    """What a runner did so far."""
+
+    consumed: int = 0
+    produced: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
+
+
+class Runner:
+    """Runs one ``Step`` as a member of a consumer group until stopped."""
+
+    def __init__(
+        self,
+        step: Step,
+        *,
+        kafka: KafkaConfig,
+        config: RunnerConfig,
+        group: str,
+        run_id: str,
+        codec: RecordCodec | None = None,
+    ) -> None:
+        self.step = step
+        self.config = config
+        self.run_id = run_id
+        self.codec = codec or RecordCodec()
+        self.stats = RunStats()
+        self.stopping = threading.Event()
+        self._source = topic_spec(step.source)
+        self._consumer_conf = kafka.librdkafka(
+            **{
+                "group.id": group,
+                "client.id": f"{kafka.client_id}-{step.step_id}-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": config.session_timeout_ms,
+                "heartbeat.interval.ms": config.heartbeat_interval_ms,
+                "fetch.wait.max.ms": config.fetch_wait_max_ms,
+            }
+        )
+        self.producer = RecordProducer(kafka, codec=self.codec, linger_ms=config.linger_ms)
+
+    def stop(self) -> None:
+        """Ask the loop to finish the current batch, commit and return."""
+        self.stopping.set()
+
+    def run(self, *, max_idle_s: float | None = None, handle_signals: bool = False) -> RunStats:
+        """Consume until ``stop()`` (or SIGTERM/SIGINT with ``handle_signals``), or ``max_idle_s`` without records."""
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        consumer = Consumer(self._consumer_conf)
+        consumer.subscribe([self.step.source])
+        log.info("step %s: consuming %s", self.step.step_id, self.step.source)
+        idle_since = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                messages = consumer.consume(self.config.batch_size, self.config.poll_timeout_s)
+                if not messages:
+                    if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                for message in messages:
+                    self._process(message)
+                self.producer.flush()
+                consumer.commit(asynchronous=False)
+                self.stats.batches += 1
+        finally:
+            consumer.close()  # leaves the group at once, so the others rebalance without waiting
+            self.producer.close()
+        log.info("step %s: stopped after %d records", self.step.step_id, self.stats.consumed)
+        return self.stats
+
+    def _process(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                return
+            raise BrokerError(f"step {self.step.step_id}: consuming {self.step.source}: {error.str()}")
+        self.stats.consumed += 1
+        try:
+            record = self.codec.decode(message.value())
+            if not self._source.accepts(record):
+                raise UndecodableRecord(
+                    f"{self._source.name} carries {self._source.value.__name__}, not {record.schema_name}"  # type: ignore[union-attr]
+                )
+        except UndecodableRecord as e:
+            self._dead_letter(message, "decode", e)
+            return
+        try:
+            outputs = [(self.step.sink_of(r), r) for r in self.step.outputs(self.step.fn(record))]
+            encoded = [(t, r.key(), self._encode_for(t, r)) for t, r in outputs]
+        except (BrokerError, StepReturnError, ConfigError):
+            raise
+        except Exception as e:  # the function failed on this record: the record goes to the DLQ
+            self._dead_letter(message, self.step.step_id, e)
+            return
+        for topic, key, value in encoded:
+            self.producer.send_bytes(topic, key.encode() if isinstance(key, str) else key, value)
+            self.stats.produced[topic] += 1
+
+    def _encode_for(self, topic: str, record: Record) -> bytes:
+        spec = topic_spec(topic)
+        if not spec.accepts(record):
+            raise StepReturnError(f"step {self.step.step_id} sent a {record.schema_name} to {topic}")
+        return self.codec.encode(record)
+
+    def _dead_letter(self, message: Message, step_id: str, error: Exception) -> None:
+        text = str(error)[:MAX_ERROR_CHARS]
+        log.warning(
+            "step %s: %s[%d]@%d to %s: %s",
+            step_id, message.topic(), message.partition(), message.offset(), DLQ_TOPIC, text,
+        )
+        letter = DeadLetter(
+            run_id=self.run_id,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            step_id=step_id,
+            error_type=type(error).__name__,
+            error=text,
+            original_key=message.key(),
+            original_value=message.value(),
+            headers={k: v or b"" for k, v in message.headers() or []},
+        )
+        self.producer.send(DLQ_TOPIC, letter)
+        self.stats.dead_letters[step_id] += 1
+
+
+__all__ = ["DLQ_TOPIC", "RunStats", "Runner", "Step"]

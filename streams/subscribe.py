@@ -1,0 +1,103 @@
+"""The public subscribe API: iterate over decoded records of one or more topics."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+from confluent_kafka import Consumer, KafkaError
+
+from schemas.codec import RecordCodec
+from schemas.errors import UndecodableRecord
+from schemas.records import Record
+from streams.catalog import topic as topic_spec
+from streams.config import KafkaConfig
+from streams.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One record as it came off the log."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp_ms: int
+    record: Record
+
+
+def subscribe(
+    topics: str | list[str],
+    *,
+    kafka: KafkaConfig,
+    group: str | None = None,
+    from_beginning: bool = False,
+    limit: int | None = None,
+    idle_timeout_s: float | None = None,
+    codec: RecordCodec | None = None,
+) -> Iterator[Received]:
+    """Yield the records of ``topics`` as they arrive.
+
+    Args:
+        topics: Catalog topic name(s).
+        kafka: Connection settings.
+        group: Consumer group; its offsets are committed after each record is handed over
+            (at-least-once). ``None`` reads without a group of its own and commits nothing.
+        from_beginning: Start at the oldest record when the group has no committed offset.
+        limit: Stop after this many records.
+        idle_timeout_s: Stop when no record arrived for this long (``None``: wait forever).
+        codec: Record codec (default: the shipped schemas).
+
+    Records that cannot be decoded are skipped with a warning: they belong to the dead-letter
+    path of the processors, not to subscribers.
+    """
+    names = [topics] if isinstance(topics, str) else list(topics)
+    for name in names:
+        topic_spec(name)
+    codec = codec or RecordCodec()
+    consumer = Consumer(
+        kafka.librdkafka(
+            **{
+                "group.id": group or f"sdg-subscribe-{uuid.uuid4().hex}",
+                "enable.auto.commit": group is not None,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest" if from_beginning else "latest",
+                "fetch.wait.max.ms": 10,
+            }
+        )
+    )
+    consumer.subscribe(names)
+    count = 0
+    last = time.monotonic()
+    try:
+        while limit is None or count < limit:
+            message = consumer.poll(0.1)
+            if message is None:
+                if idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
+                    return
+                continue
+            last = time.monotonic()
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise BrokerError(f"subscribe {names}: {error.str()}")
+            try:
+                record = codec.decode(message.value())
+            except UndecodableRecord as e:
+                log.warning("%s[%d]@%d skipped: %s", message.topic(), message.partition(), message.offset(), e)
+                continue
+            count += 1
+            yield Received(
+                message.topic(), message.partition(), message.offset(), message.key(), message.timestamp()[1], record
+            )
+            if group is not None:
+                consumer.store_offsets(message)
+    finally:
+        consumer.close()
