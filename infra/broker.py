@@ -143,7 +143,7 @@ class EmbeddedBroker:
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         command = [java, "-cp", self._classpath(), f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
-                   "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties_file)]
+                   "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(self.properties_file)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise BrokerError(f"formatting Kafka storage in {self.data_dir} failed:\n{result.stdout}{result.stderr}")

@@ -56,20 +56,25 @@ class Settings(BaseSettings):
         return EmbeddedBroker(self.broker, self.state_dir)
 
 
-def _names(model: type[BaseModel], prefix: str) -> set[str]:
-    names = set()
+def _names(model: type[BaseModel], prefix: str) -> tuple[set[str], set[str]]:
+    """(every variable name, the names of dict-valued settings) of ``model``."""
+    names, dicts = set(), set()
     for name, field in model.model_fields.items():
         full = f"{prefix}{name.upper()}"
         names.add(full)
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names |= _names(annotation, full + "__")
-    return names
+            nested, nested_dicts = _names(annotation, full + "__")
+            names |= nested
+            dicts |= nested_dicts
+        elif getattr(annotation, "__origin__", None) is dict:
+            dicts.add(full)
+    return names, dicts
 
 
 def valid_names() -> list[str]:
     """Every environment variable name that sdg-edge reads."""
-    return sorted(_names(Settings, PREFIX))
+    return sorted(_names(Settings, PREFIX)[0])
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -78,14 +83,14 @@ def load_settings(**overrides: Any) -> Settings:
     Raises:
         ConfigError: an ``SDG_*`` variable that sdg-edge does not know, or a value that does not validate.
     """
-    valid = set(valid_names())
+    valid, dicts = _names(Settings, PREFIX)
     unknown = [
         name
         for name in sorted(os.environ)
         if name.upper().startswith(PREFIX)
         and name.upper() not in valid
         # dict-valued settings (extra_config, extra_properties) may also be given one key at a time
-        and not any(name.upper().startswith(v + "__") for v in valid)
+        and not any(name.upper().startswith(d + "__") for d in dicts)
     ]
     if unknown:
         raise ConfigError(f"unknown settings {unknown}; valid: {', '.join(sorted(valid))}")

@@ -18,6 +18,7 @@ from streams.config import KafkaConfig
 from streams.errors import BrokerError
 
 log = logging.getLogger(__name__)
+ASSIGN_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,19 @@ def subscribe(
             }
         )
     )
-    consumer.subscribe(names)
+    assigned_at: list[float] = []  # the idle clock starts once the group has handed out partitions
+    consumer.subscribe(names, on_assign=lambda c, partitions: assigned_at.append(time.monotonic()))
     count = 0
-    last = time.monotonic()
+    started = last = time.monotonic()
     try:
         while limit is None or count < limit:
             message = consumer.poll(0.1)
             if message is None:
+                if not assigned_at:
+                    if time.monotonic() - started > ASSIGN_TIMEOUT_S:
+                        raise BrokerError(f"subscribe {names}: no partitions assigned within {ASSIGN_TIMEOUT_S}s")
+                    continue
+                last = max(last, assigned_at[-1])
                 if idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
                     return
                 continue

@@ -1,0 +1,3 @@
+from sdg.cli import main
+
+main()

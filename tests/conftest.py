@@ -1,0 +1,66 @@
+"""Fixtures: one real Apache Kafka broker per test session, on free ports, in a temporary folder."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from infra.broker import BrokerConfig, EmbeddedBroker
+from streams import admin
+from streams.catalog import TopicSpec
+from streams.config import KafkaConfig, TopicConfig
+
+REPO = Path(__file__).resolve().parents[1]
+JARS = REPO / ".sdg" / "kafka" / "jars"  # shared with `sdg broker install`: resolved once per machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def broker_config(**overrides: object) -> BrokerConfig:
+    return BrokerConfig(port=free_port(), controller_port=free_port(), jars_dir=JARS, heap="512m", **overrides)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    embedded = EmbeddedBroker(broker_config(), tmp_path_factory.mktemp("state"))
+    embedded.start()
+    admin.create_topics(embedded.kafka, TopicConfig())
+    yield embedded
+    embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(broker: EmbeddedBroker) -> KafkaConfig:
+    return broker.kafka
+
+
+@pytest.fixture
+def run_id() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def fresh_topic(kafka: KafkaConfig):
+    """Create ``sdg.replay.<uuid>`` topics (any record type) for tests that count what they read."""
+
+    def make(partitions: int = 6) -> str:
+        name = f"sdg.replay.t{uuid.uuid4().hex[:12]}"
+        spec = TopicSpec(name, "sample_id", None, partitions, "test topic", {})
+        admin.create_topics(kafka, TopicConfig(), [spec])
+        return name
+
+    return make
+
+
+def sdg_command(*args: str) -> list[str]:
+    """The ``sdg`` command line, run with this interpreter."""
+    return [sys.executable, "-m", "sdg", *args]
