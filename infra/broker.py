@@ -11,6 +11,7 @@ import base64
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -173,6 +174,8 @@ class EmbeddedBroker:
             wait_for_broker(self.kafka, timeout_s=self.config.start_timeout_s)
             return self.status()
         java = self._java()
+        for port in (self.config.port, self.config.controller_port):
+            _check_free(self.config.host, port)
         self._write_properties()
         self._format_storage(java)
         command = [
@@ -223,6 +226,19 @@ class EmbeddedBroker:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def _check_free(host: str, port: int) -> None:
+    """Raise when something else listens on ``host:port`` (it would answer in place of our broker)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise BrokerError(
+                f"port {host}:{port} is in use by another process; stop it or set SDG_BROKER__PORT / "
+                "SDG_BROKER__CONTROLLER_PORT"
+            ) from e
 
 
 def _is_live(pid: int) -> bool:

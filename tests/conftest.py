@@ -26,7 +26,8 @@ def free_port() -> int:
 
 
 def broker_config(**overrides: object) -> BrokerConfig:
-    return BrokerConfig(port=free_port(), controller_port=free_port(), jars_dir=JARS, heap="512m", **overrides)
+    return BrokerConfig(**{"port": free_port(), "controller_port": free_port(), "jars_dir": JARS, "heap": "512m",
+                           **overrides})
 
 
 @pytest.fixture(scope="session")
