@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Mapping
 
@@ -70,6 +71,7 @@ _SPECS = (
 CATALOG: Mapping[str, TopicSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
 
 
+@lru_cache(maxsize=1024)
 def topic(name: str) -> TopicSpec:
     """The spec of topic ``name``; ``sdg.replay.<name>`` topics carry any record type.
 

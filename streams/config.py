@@ -57,8 +57,9 @@ class RunnerConfig(_Group):
     """How a processor runner batches, commits and waits."""
 
     batch_size: int = Field(default=1000, ge=1, le=100_000)
+    commit_interval_s: float = Field(default=1.0, gt=0, description="Checkpoint: flush outputs, commit inputs.")
     poll_timeout_s: float = Field(default=0.1, gt=0)
     linger_ms: float = Field(default=5.0, ge=0)
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=1_000, ge=100)
-    fetch_wait_max_ms: int = Field(default=10, ge=0)
+    fetch_wait_max_ms: int = Field(default=100, ge=0, description="Long-poll wait; the broker answers as soon as data is there.")

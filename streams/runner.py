@@ -1,7 +1,9 @@
 """The processor runner: consume → decode → call a typed function → encode → produce → commit.
 
-At-least-once: a batch's outputs are flushed (acknowledged by the brokers) before its input
-offsets are committed, so a crash replays at most the uncommitted batch. A record that cannot
+At-least-once by checkpoints: every ``commit_interval_s``, on a partition revocation and on
+shutdown, the runner flushes its outputs (acknowledged by the brokers) and then commits the
+input offsets they came from, so a crash replays at most what came after the last checkpoint.
+Between checkpoints nothing waits on the brokers. A record that cannot
 be decoded, or makes the function raise, goes to ``sdg.dlq`` with its original bytes, and the
 stream goes on; a broken broker or a function that returns the wrong shape raises.
 """
@@ -17,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
@@ -90,6 +92,15 @@ class RunStats:
     produced: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     batches: int = 0
+    first_batch_s: float | None = None
+    last_batch_s: float | None = None
+
+    @property
+    def records_per_s(self) -> float:
+        """Throughput from the first batch received to the end of the last one processed."""
+        if self.first_batch_s is None or self.last_batch_s is None or self.last_batch_s <= self.first_batch_s:
+            return 0.0
+        return self.consumed / (self.last_batch_s - self.first_batch_s)
 
 
 class Runner:
@@ -111,6 +122,7 @@ class Runner:
         self.codec = codec or RecordCodec()
         self.stats = RunStats()
         self.stopping = threading.Event()
+        self._committed = 0
         self._source = topic_spec(step.source)
         self._consumer_conf = kafka.librdkafka(
             **{
@@ -135,27 +147,50 @@ class Runner:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
         consumer = Consumer(self._consumer_conf)
-        consumer.subscribe([self.step.source])
+        assigned: list[float] = []  # idle time counts from the first assignment, not from a slow group join
+        consumer.subscribe(
+            [self.step.source],
+            on_assign=lambda c, partitions: assigned.append(time.monotonic()),
+            on_revoke=lambda c, partitions: self._checkpoint(c),
+        )
         log.info("step %s: consuming %s", self.step.step_id, self.step.source)
-        idle_since = time.monotonic()
+        idle_since = last_checkpoint = time.monotonic()
         try:
             while not self.stopping.is_set():
-                messages = consumer.consume(self.config.batch_size, self.config.poll_timeout_s)
-                if not messages:
-                    if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
-                        break
-                    continue
-                idle_since = time.monotonic()
-                for message in messages:
-                    self._process(message)
-                self.producer.flush()
-                consumer.commit(asynchronous=False)
-                self.stats.batches += 1
+                # wait for one record, then take what is already fetched: batches under load, no wait when idle
+                first = consumer.poll(self.config.poll_timeout_s)
+                now = time.monotonic()
+                if first is not None:
+                    idle_since = now
+                    if self.stats.first_batch_s is None:
+                        self.stats.first_batch_s = now
+                    for message in [first, *consumer.consume(self.config.batch_size - 1, 0)]:
+                        self._process(message)
+                    self.stats.batches += 1
+                    self.stats.last_batch_s = time.monotonic()
+                if now - last_checkpoint >= self.config.commit_interval_s:
+                    self._checkpoint(consumer)
+                    last_checkpoint = now
+                if first is None and max_idle_s is not None and assigned and now - max(idle_since, assigned[0]) > max_idle_s:
+                    break
+            self._checkpoint(consumer)
         finally:
             consumer.close()  # leaves the group at once, so the others rebalance without waiting
             self.producer.close()
         log.info("step %s: stopped after %d records", self.step.step_id, self.stats.consumed)
         return self.stats
+
+    def _checkpoint(self, consumer: Consumer) -> None:
+        """Flush every output, then commit the inputs they came from (at-least-once)."""
+        if self.stats.consumed == self._committed:
+            return
+        self.producer.flush()
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
+                raise BrokerError(f"step {self.step.step_id}: offset commit failed: {e.args[0].str()}") from e
+        self._committed = self.stats.consumed
 
     def _process(self, message: Message) -> None:
         error = message.error()

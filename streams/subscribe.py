@@ -69,7 +69,7 @@ def subscribe(
                 "enable.auto.commit": group is not None,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest" if from_beginning else "latest",
-                "fetch.wait.max.ms": 10,
+                "fetch.wait.max.ms": 100,
             }
         )
     )
