@@ -45,6 +45,8 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console) ->
         admin.create_topics(kafka, settings.topics, [topic_spec(relay)])
         names = [*CATALOG, relay]
         before = admin.log_end_offsets(kafka, names)
+        group = f"sdg-demo-{run_id}"
+        admin.start_group_at_end(kafka, group, ["sdg.samples.raw"])  # the pass-through reads this run only
 
         published: dict[str, int] = {}
         with RecordProducer(kafka) as producer, Progress(console=console, transient=True) as progress:
@@ -61,8 +63,8 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console) ->
         published["sdg.samples.raw"] += len(POISON) + 1
 
         step = Step("passthrough", "sdg.samples.raw", passthrough, relay)
-        runner = Runner(step, kafka=kafka, config=settings.runner, group=f"sdg-demo-{run_id}", run_id=run_id)
-        total = before["sdg.samples.raw"] + published["sdg.samples.raw"]
+        runner = Runner(step, kafka=kafka, config=settings.runner, group=group, run_id=run_id)
+        total = published["sdg.samples.raw"]
         thread = threading.Thread(target=runner.run, kwargs={"max_idle_s": 30}, daemon=True)
         with console.status("pass-through processor: sdg.samples.raw → " + relay):
             thread.start()

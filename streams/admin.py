@@ -7,7 +7,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, NewTopic
 
 from streams.catalog import CATALOG, TopicSpec
@@ -121,21 +121,35 @@ def describe_topics(kafka: KafkaConfig, names: list[str] | None = None, *, timeo
     return states
 
 
+def _partition_ends(consumer: Consumer, names: list[str], timeout_s: float) -> list[TopicPartition]:
+    metadata = consumer.list_topics(timeout=timeout_s)
+    return [
+        TopicPartition(name, p, consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)[1])
+        for name in names
+        for p in (metadata.topics[name].partitions if name in metadata.topics else {})
+    ]
+
+
 def log_end_offsets(kafka: KafkaConfig, names: list[str], *, timeout_s: float = 10) -> dict[str, int]:
     """The number of records ever written to each topic (sum of its partitions' high watermarks)."""
-    from confluent_kafka import Consumer, TopicPartition
-
     consumer = Consumer(kafka.librdkafka(**{"group.id": "sdg-watermarks", "enable.auto.commit": False}))
     try:
-        metadata = consumer.list_topics(timeout=timeout_s)
-        totals = {}
-        for name in names:
-            partitions = metadata.topics[name].partitions if name in metadata.topics else {}
-            totals[name] = sum(
-                consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)[1] for p in partitions
-            )
+        totals = dict.fromkeys(names, 0)
+        for end in _partition_ends(consumer, names, timeout_s):
+            totals[end.topic] += end.offset
         return totals
     except KafkaException as e:
         raise BrokerError(f"cannot read the log end offsets of {names}: {e}") from e
+    finally:
+        consumer.close()
+
+
+def start_group_at_end(kafka: KafkaConfig, group: str, names: list[str], *, timeout_s: float = 10) -> None:
+    """Commit the current log ends for a new ``group``: its members read only what is written from now on."""
+    consumer = Consumer(kafka.librdkafka(**{"group.id": group, "enable.auto.commit": False}))
+    try:
+        consumer.commit(offsets=_partition_ends(consumer, names, timeout_s), asynchronous=False)
+    except KafkaException as e:
+        raise BrokerError(f"cannot set the offsets of group {group}: {e}") from e
     finally:
         consumer.close()

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
@@ -28,6 +28,7 @@ from streams.catalog import topic as topic_spec
 from streams.config import KafkaConfig, RunnerConfig
 from streams.errors import BrokerError, ConfigError, StepReturnError
 from streams.producer import RecordProducer
+from streams.throttle import RateCap
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class RunStats:
     produced: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     batches: int = 0
+    throttled_s: float = 0.0
     first_batch_s: float | None = None
     last_batch_s: float | None = None
 
@@ -115,14 +117,21 @@ class Runner:
         group: str,
         run_id: str,
         codec: RecordCodec | None = None,
+        rate_cap: RateCap | None = None,
+        cost: Callable[[Record], int] = lambda record: 1,
     ) -> None:
+        """Args (beyond the obvious): ``rate_cap`` throttles the step to units/s or pauses it;
+        ``cost`` says how many units a record is (for the generate step: the job's sample count)."""
         self.step = step
         self.config = config
         self.run_id = run_id
         self.codec = codec or RecordCodec()
         self.stats = RunStats()
         self.stopping = threading.Event()
-        self._committed = 0
+        self.rate_cap = rate_cap
+        self.cost = cost
+        self._done: dict[tuple[str, int], int] = {}  # next offset to commit per partition: processed records only
+        self._committed: dict[tuple[str, int], int] = {}
         self._source = topic_spec(step.source)
         self._consumer_conf = kafka.librdkafka(
             **{
@@ -151,7 +160,7 @@ class Runner:
         consumer.subscribe(
             [self.step.source],
             on_assign=lambda c, partitions: assigned.append(time.monotonic()),
-            on_revoke=lambda c, partitions: self._checkpoint(c),
+            on_revoke=lambda c, partitions: self._checkpoint(c, revoked=partitions),
         )
         log.info("step %s: consuming %s", self.step.step_id, self.step.source)
         idle_since = last_checkpoint = time.monotonic()
@@ -165,7 +174,8 @@ class Runner:
                     if self.stats.first_batch_s is None:
                         self.stats.first_batch_s = now
                     for message in [first, *consumer.consume(self.config.batch_size - 1, 0)]:
-                        self._process(message)
+                        if self.stopping.is_set() or not self._process(consumer, message):
+                            break  # the rest of the batch is not marked done: it is consumed again later
                     self.stats.batches += 1
                     self.stats.last_batch_s = time.monotonic()
                 if now - last_checkpoint >= self.config.commit_interval_s:
@@ -180,25 +190,28 @@ class Runner:
         log.info("step %s: stopped after %d records", self.step.step_id, self.stats.consumed)
         return self.stats
 
-    def _checkpoint(self, consumer: Consumer) -> None:
-        """Flush every output, then commit the inputs they came from (at-least-once)."""
-        if self.stats.consumed == self._committed:
-            return
-        self.producer.flush()
-        try:
-            consumer.commit(asynchronous=False)
-        except KafkaException as e:
-            if e.args[0].code() != KafkaError._NO_OFFSET:  # nothing new to commit is fine
+    def _checkpoint(self, consumer: Consumer, revoked: list[TopicPartition] | None = None) -> None:
+        """Flush every output, then commit the offsets of the inputs processed so far (at-least-once)."""
+        pending = {tp: offset for tp, offset in self._done.items() if self._committed.get(tp) != offset}
+        if pending:
+            self.producer.flush()
+            offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in pending.items()]
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as e:
                 raise BrokerError(f"step {self.step.step_id}: offset commit failed: {e.args[0].str()}") from e
-        self._committed = self.stats.consumed
+            self._committed.update(pending)
+        for tp in revoked or []:
+            self._done.pop((tp.topic, tp.partition), None)
+            self._committed.pop((tp.topic, tp.partition), None)
 
-    def _process(self, message: Message) -> None:
+    def _process(self, consumer: Consumer, message: Message) -> bool:
+        """Decode, wait for the rate cap, call, produce; False when stopped while waiting (not processed)."""
         error = message.error()
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
-                return
+                return True
             raise BrokerError(f"step {self.step.step_id}: consuming {self.step.source}: {error.str()}")
-        self.stats.consumed += 1
         try:
             record = self.codec.decode(message.value())
             if not self._source.accepts(record):
@@ -207,7 +220,15 @@ class Runner:
                 )
         except UndecodableRecord as e:
             self._dead_letter(message, "decode", e)
-            return
+            record = None
+        if record is not None and self.rate_cap is not None:
+            if not self._wait_for_cap(consumer):
+                return False
+            self.rate_cap.book(self.cost(record))
+        self.stats.consumed += 1
+        self._done[(message.topic(), message.partition())] = message.offset() + 1
+        if record is None:
+            return True
         try:
             outputs = [(self.step.sink_of(r), r) for r in self.step.outputs(self.step.fn(record))]
             encoded = [(t, r.key(), self._encode_for(t, r)) for t, r in outputs]
@@ -215,10 +236,30 @@ class Runner:
             raise
         except Exception as e:  # the function failed on this record: the record goes to the DLQ
             self._dead_letter(message, self.step.step_id, e)
-            return
+            return True
         for topic, key, value in encoded:
             self.producer.send_bytes(topic, key.encode() if isinstance(key, str) else key, value)
             self.stats.produced[topic] += 1
+        return True
+
+    def _wait_for_cap(self, consumer: Consumer) -> bool:
+        """Pause consumption until the rate cap lets the next batch start (a signal, not a sleep)."""
+        assert self.rate_cap is not None
+        wait = self.rate_cap.wait_s()
+        if wait <= 0:
+            return True
+        self.stats.throttled_s += wait if wait != float("inf") else 0.0
+        assignment = consumer.assignment()
+        consumer.pause(assignment)
+        try:
+            while wait > 0 and not self.stopping.is_set():
+                extra = consumer.poll(min(wait, 0.1))  # keeps the group session alive
+                if extra is not None and extra.error() is None:  # from a partition assigned meanwhile: later
+                    consumer.seek(TopicPartition(extra.topic(), extra.partition(), extra.offset()))
+                wait = self.rate_cap.wait_s()
+        finally:
+            consumer.resume(assignment)
+        return not self.stopping.is_set()
 
     def _encode_for(self, topic: str, record: Record) -> bytes:
         spec = topic_spec(topic)

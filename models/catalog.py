@@ -1,0 +1,54 @@
+"""The generators a worker can run, loaded once from the model registry by name and version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from models.generator import Generator, GeneratorError, ModelRegistry
+
+KINDS = ("gan", "diffusion", "procedural")
+
+
+class GeneratorCatalog:
+    """Loads each (generator, version) once; the procedural renderer needs no checkpoint."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.registry = ModelRegistry(models_dir)
+        self._loaded: dict[tuple[str, str | None], Generator] = {}
+
+    def get(self, name: str, version: str | None = None) -> Generator:
+        """The generator ``name`` at ``version`` (default: the latest trained).
+
+        Raises:
+            GeneratorError: unknown generator or version, or a checkpoint that fails its hash.
+        """
+        key = (name, version)
+        if key in self._loaded:
+            return self._loaded[key]
+        if name not in KINDS:
+            raise GeneratorError(f"unknown generator {name!r}; valid: {', '.join(KINDS)}")
+        model: Any
+        if name == "procedural":
+            from models.render import ProceduralRenderer
+
+            model = ProceduralRenderer()
+            if version is not None and version != model.version:
+                raise GeneratorError(f"procedural renderer is version {model.version}, not {version!r}")
+        else:
+            found, weights, config = self.registry.load_files(name, version)
+            if name == "gan":
+                from models.gan import GanModel
+
+                model = GanModel.from_checkpoint(found, weights, config)
+            else:
+                from models.diffusion import DiffusionModel
+
+                model = DiffusionModel.from_checkpoint(found, weights, config)
+        self._loaded[key] = model
+        return model
+
+    def put(self, model: Generator) -> None:
+        """Register an in-memory model (tests, benchmarks) under its name and version."""
+        self._loaded[(model.name, model.version)] = model
+        self._loaded[(model.name, None)] = model

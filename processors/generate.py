@@ -1,0 +1,73 @@
+"""The generate processor: a GenerationJob in, its samples (and the worker's load reading) out."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from models.catalog import GeneratorCatalog
+from models.generator import GeneratorError, png_bytes
+from schemas.identity import sample_id
+from schemas.records import Annotation, Conditioning, GeneratedSample, GenerationJob, Reading, Record
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    node_id: str = "node-0"
+    max_count: int = 4096  # a job is one generation batch; `sdg plan` splits larger requests
+    run_id: str = "generate"
+
+
+def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: GenerateConfig) -> list[Record]:
+    """Generate every sample of ``job``; seeds ``seed_start .. seed_start + count - 1`` cycle through its classes.
+
+    Raises:
+        GeneratorError: an unknown generator or version, an absurd count, or a class the generator lacks
+            (the runner sends the job to the dead-letter topic with this reason).
+    """
+    if job.count > config.max_count:
+        raise GeneratorError(f"job {job.job_id} asks for {job.count} samples; a job holds at most {config.max_count}")
+    model = generators.get(job.generator, job.generator_version)
+    seeds = [job.seed_start + i for i in range(job.count)]
+    classes = [job.classes[i % len(job.classes)] for i in range(job.count)]
+    started = time.perf_counter()
+    output = model(seeds, classes, **job.params)
+    compute_ms = (time.perf_counter() - started) * 1000
+    samples: list[Record] = []
+    for i, (seed, label) in enumerate(zip(seeds, classes)):
+        image = png_bytes(output.images[i])
+        objects = [
+            Annotation(class_label=o.class_label, bbox=list(o.bbox), mask_png=png_bytes(o.mask.astype("uint8") * 255))
+            for o in (output.objects[i] if output.objects else [])
+        ]
+        samples.append(GeneratedSample(
+            run_id=job.run_id,
+            sample_id=sample_id(model.name, model.version, seed, label, job.params),
+            job_id=job.job_id,
+            generator=model.name,
+            generator_version=model.version,
+            seed=seed,
+            conditioning=Conditioning(class_label=label, params=dict(job.params)),
+            image_png=image,
+            image_sha256=hashlib.sha256(image).hexdigest(),
+            width=int(output.images.shape[2]),
+            height=int(output.images.shape[1]),
+            node_id=config.node_id,
+            scheduler=output.scheduler,
+            steps=output.steps,
+            timings_ms={"batch_compute": compute_ms, "per_sample": compute_ms / job.count},
+            objects=objects,
+        ))
+    total_ms = (time.perf_counter() - started) * 1000
+    load = Reading(run_id=job.run_id, node_id=config.node_id, source="generator", ts_ms=int(time.time() * 1000),
+                   rate_sps=job.count / (total_ms / 1000), batch_ms=total_ms)
+    return [*samples, load]
+
+
+def sink_of(record: Record) -> str:
+    """Samples go to ``sdg.samples.raw``, the worker's load to ``sdg.telemetry``."""
+    return "sdg.telemetry" if isinstance(record, Reading) else "sdg.samples.raw"
+
+
+__all__ = ["GenerateConfig", "GeneratorError", "generate", "sink_of"]
