@@ -5,6 +5,7 @@ optional classifier-free guidance."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -126,8 +127,10 @@ def train_diffusion(data: LabeledData, config: DiffusionConfig = DiffusionConfig
     unet = _unet(config)
     scheduler = DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr)
-    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
-                                                      pct_start=0.1)
+    warmup = max(1, config.steps // 10)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+    )
     for _ in range(config.steps):
         index = torch.as_tensor(rng.integers(0, len(x_all), config.batch_size))
         x0, y = x_all[index], y_all[index].clone()

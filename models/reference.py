@@ -105,10 +105,12 @@ class LabelBudget:
     labels_per_class: int | None
     indices_hash: str
     reference_hash: str
+    indices: tuple[int, ...]
 
     def as_dict(self) -> dict[str, object]:
         return {"split": self.split, "n_labels": self.n_labels, "labels_per_class": self.labels_per_class,
-                "indices_hash": self.indices_hash, "reference_hash": self.reference_hash}
+                "indices_hash": self.indices_hash, "reference_hash": self.reference_hash,
+                "indices": list(self.indices)}
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class Splits:
             raise LabelAccountingError(f"training labels come from 'few' or 'train', not {which!r}")
         indices = self.few if which == "few" else self.train
         budget = LabelBudget(which, int(indices.size), self.labels_per_class if which == "few" else None,
-                             self.hashes[which], self.reference.content_hash)
+                             self.hashes[which], self.reference.content_hash, tuple(int(i) for i in indices))
         return LabeledData(self.reference.images[indices], self.reference.labels[indices], budget)
 
     def unlabeled_images(self) -> np.ndarray:
@@ -185,8 +187,8 @@ def make_splits(reference: ReferenceSet, *, test_fraction: float = 0.25, labels_
 
 
 def check_budget(budgets: list[LabelBudget], *, declared_labels: int) -> int:
-    """Total real labels across ``budgets``; raises when they exceed what was declared."""
-    total = sum(b.n_labels for b in {b.indices_hash: b for b in budgets}.values())
+    """Distinct real labels across ``budgets`` (per reference set); raises when they exceed what was declared."""
+    total = len({(b.reference_hash, i) for b in budgets for i in b.indices})
     if total > declared_labels:
         raise LabelAccountingError(f"{total} real labels used, {declared_labels} declared")
     return total

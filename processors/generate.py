@@ -71,3 +71,34 @@ def sink_of(record: Record) -> str:
 
 
 __all__ = ["GenerateConfig", "GeneratorError", "generate", "sink_of"]
+
+
+def plan_jobs(
+    generator: str,
+    *,
+    classes: list[int],
+    per_class: int,
+    seed: int,
+    run_id: str,
+    version: str | None = None,
+    job_size: int = 256,
+    params: dict[str, str] | None = None,
+) -> list[GenerationJob]:
+    """Split a request into jobs of at most ``job_size`` samples.
+
+    Seeds are ``seed * 10**9 + i``: the same plan seed always names the same samples, so a
+    re-planned or re-delivered job never creates new identities.
+    """
+    if per_class < 1 or job_size < 1 or not classes:
+        raise GeneratorError("a plan needs classes, per_class >= 1 and job_size >= 1")
+    total = per_class * len(classes)
+    base = seed * 10**9
+    jobs = []
+    for k, start in enumerate(range(0, total, job_size)):
+        count = min(job_size, total - start)
+        # each job starts where the class cycle of the whole plan is at `start`
+        rotated = [classes[(start + i) % len(classes)] for i in range(len(classes))]
+        jobs.append(GenerationJob(run_id=run_id, job_id=f"{generator}-{seed}-{k:05d}", generator=generator,
+                                  generator_version=version, classes=rotated, seed_start=base + start, count=count,
+                                  params=dict(params or {})))
+    return jobs

@@ -6,7 +6,7 @@ import base64
 import json
 import logging
 import sys
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -16,8 +16,6 @@ from schemas.errors import SdgError
 from sdg.settings import Settings, load_settings
 from streams import admin
 from streams.catalog import CATALOG
-from streams.errors import ConfigError
-from streams.runner import Runner, Step
 
 app = typer.Typer(help="sdg-edge: labeled synthetic training data for edge AI, as a stream.", no_args_is_help=True)
 broker_app = typer.Typer(help="The embedded Apache Kafka broker (KRaft, single node).", no_args_is_help=True)
@@ -131,32 +129,60 @@ def subscribe(
                           f"{received.record.schema_name} {shown}", soft_wrap=True)
 
 
-def _passthrough_step(source: str, sink: str) -> Step:
-    from processors.passthrough import passthrough
-
-    return Step("passthrough", source, passthrough, sink)
-
-
-PROCESSORS: dict[str, Callable[[str, str], Step]] = {"passthrough": _passthrough_step}
-
-
 @app.command("run")
 def run_processor(
     processor: str,
-    source: Annotated[str, typer.Option(help="Topic to consume.")],
-    sink: Annotated[str, typer.Option(help="Topic to produce to.")],
+    source: Annotated[Optional[str], typer.Option(help="Topic to consume (default: the processor's).")] = None,
+    sink: Annotated[Optional[str], typer.Option(help="Topic to produce to (default: the processor's).")] = None,
     group: Annotated[Optional[str], typer.Option(help="Consumer group (default: sdg-<processor>).")] = None,
 ) -> None:
     """Run a stream processor until SIGTERM/SIGINT (finishes its batch, commits, exits 0)."""
-    if processor not in PROCESSORS:
-        raise ConfigError(f"unknown processor {processor!r}; valid: {', '.join(PROCESSORS)}")
-    settings = _settings()
-    step = PROCESSORS[processor](source, sink)
-    runner = Runner(step, kafka=settings.kafka_client, config=settings.runner, group=group or f"sdg-{processor}",
-                    run_id=settings.run_id)
-    stats = runner.run(handle_signals=True)
+    from sdg.workers import processor as make_processor
+
+    with make_processor(processor, _settings(), source=source, sink=sink, group=group) as runner:
+        stats = runner.run(handle_signals=True)
     console.print(f"{processor}: {stats.consumed} consumed, {dict(stats.produced)} produced, "
                   f"{sum(stats.dead_letters.values())} dead letters")
+
+
+@app.command("train-generator")
+def train_generator(
+    kind: Annotated[str, typer.Argument(help="gan or diffusion")],
+    labels_per_class: Annotated[Optional[int], typer.Option(help="Train on K real labels per class (default: the whole train split).")] = None,
+    pseudo_labels: Annotated[bool, typer.Option(help="With --labels-per-class: add unlabeled train images, labeled by a teacher trained on the K labels.")] = False,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the model's).")] = None,
+    seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
+) -> None:
+    """Train a generator on the real reference set; writes a versioned checkpoint and a sample grid."""
+    from sdg.training import train_generator as train
+
+    result = train(_settings(), kind, labels_per_class=labels_per_class, pseudo_labels=pseudo_labels, steps=steps,
+                   seed=seed, console=console)
+    console.print(f"{kind} version {result.version}: {result.labels_used} real labels used; grid {result.grid}")
+
+
+@app.command()
+def plan(
+    generator: Annotated[str, typer.Option(help="gan, diffusion or procedural")],
+    per_class: Annotated[int, typer.Option(help="Samples per class.")] = 100,
+    classes: Annotated[str, typer.Option(help="Comma-separated classes.")] = "0,1,2,3,4,5,6,7,8,9",
+    seed: Annotated[int, typer.Option(help="Plan seed: the same seed names the same samples.")] = 0,
+    version: Annotated[Optional[str], typer.Option(help="Generator version (default: the worker's latest).")] = None,
+    job_size: Annotated[int, typer.Option(help="Samples per job (one generation batch).")] = 256,
+    param: Annotated[Optional[list[str]], typer.Option(help="Generator parameter key=value (e.g. mode=scene, steps=25).")] = None,
+) -> None:
+    """Submit generation jobs to sdg.requests."""
+    from processors.generate import plan_jobs
+    from streams.producer import RecordProducer
+
+    settings = _settings()
+    params = dict(p.split("=", 1) for p in param or [])
+    jobs = plan_jobs(generator, classes=[int(c) for c in classes.split(",")], per_class=per_class, seed=seed,
+                     version=version, job_size=job_size, params=params, run_id=settings.run_id)
+    with RecordProducer(settings.kafka_client) as producer:
+        for job in jobs:
+            producer.send("sdg.requests", job)
+    console.print(f"planned {sum(j.count for j in jobs)} {generator} samples in {len(jobs)} jobs (run {settings.run_id})")
 
 
 @app.command()

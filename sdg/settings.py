@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.broker import BrokerConfig, EmbeddedBroker
@@ -23,6 +23,16 @@ PREFIX = "SDG_"
 
 def _new_run_id() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+class WorkerConfig(BaseModel):
+    """Who this generator worker is and what it accepts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node_id: str = "node-0"
+    max_job_count: int = Field(default=4096, ge=1, description="Samples one job may ask for.")
+    threads: int = Field(default=0, ge=0, description="torch threads (0: torch's default).")
 
 
 class Settings(BaseSettings):
@@ -39,6 +49,7 @@ class Settings(BaseSettings):
     broker: BrokerConfig = BrokerConfig()
     topics: TopicConfig = TopicConfig()
     runner: RunnerConfig = RunnerConfig()
+    worker: WorkerConfig = WorkerConfig()
 
     @property
     def embedded(self) -> bool:
@@ -51,6 +62,11 @@ class Settings(BaseSettings):
         if self.embedded:
             return self.kafka.model_copy(update={"bootstrap_servers": self.broker.bootstrap})
         return self.kafka
+
+    @property
+    def models_dir(self) -> Path:
+        """The model registry: trained generators and labelers, by kind and version."""
+        return self.state_dir / "models"
 
     def embedded_broker(self) -> EmbeddedBroker:
         return EmbeddedBroker(self.broker, self.state_dir)

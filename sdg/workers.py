@@ -1,0 +1,65 @@
+"""The stream processors the command line can run, each wired to its topics and runner options."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, contextmanager
+from typing import Callable, Iterator
+
+from sdg.settings import Settings
+from streams.errors import ConfigError
+from streams.runner import Runner, Step
+from streams.throttle import ControlListener, RateCap
+
+
+@contextmanager
+def _passthrough(settings: Settings, source: str | None, sink: str | None, group: str) -> Iterator[Runner]:
+    from processors.passthrough import passthrough
+
+    if source is None or sink is None:
+        raise ConfigError("passthrough needs --source and --sink")
+    yield Runner(Step("passthrough", source, passthrough, sink), kafka=settings.kafka_client,
+                 config=settings.runner, group=group, run_id=settings.run_id)
+
+
+@contextmanager
+def _generate(settings: Settings, source: str | None, sink: str | None, group: str) -> Iterator[Runner]:
+    """sdg.requests → sdg.samples.raw (+ load on sdg.telemetry), obeying this node's caps on sdg.control."""
+    import torch
+
+    from models.catalog import GeneratorCatalog
+    from processors.generate import GenerateConfig, generate, sink_of
+
+    if sink is not None:
+        raise ConfigError("generate writes to sdg.samples.raw and sdg.telemetry; it takes no --sink")
+    if settings.worker.threads:
+        torch.set_num_threads(settings.worker.threads)
+    catalog = GeneratorCatalog(settings.models_dir)
+    config = GenerateConfig(node_id=settings.worker.node_id, max_count=settings.worker.max_job_count)
+    cap = RateCap(settings.worker.node_id)
+    listener = ControlListener(settings.kafka_client, cap).start()
+    try:
+        step = Step("generate", source or "sdg.requests",
+                    lambda job: generate(job, generators=catalog, config=config), sink_of, returns="many")
+        yield Runner(step, kafka=settings.kafka_client, config=settings.runner, group=group,
+                     run_id=settings.run_id, rate_cap=cap, cost=lambda job: job.count)
+    finally:
+        listener.stop()
+
+
+PROCESSORS: dict[str, Callable[[Settings, str | None, str | None, str], AbstractContextManager[Runner]]] = {
+    "passthrough": _passthrough,
+    "generate": _generate,
+}
+
+
+def processor(
+    name: str, settings: Settings, *, source: str | None, sink: str | None, group: str | None
+) -> AbstractContextManager[Runner]:
+    """A context manager yielding the runner of processor ``name``.
+
+    Raises:
+        ConfigError: an unknown processor (the message lists the valid ones) or missing topics.
+    """
+    if name not in PROCESSORS:
+        raise ConfigError(f"unknown processor {name!r}; valid: {', '.join(PROCESSORS)}")
+    return PROCESSORS[name](settings, source, sink, group or f"sdg-{name}")

@@ -1,0 +1,179 @@
+"""Reference data and label accounting, the three generators, the generate function (tiny seeded models)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.catalog import GeneratorCatalog
+from models.diffusion import DiffusionConfig, train_diffusion
+from models.gan import GanConfig, GanModel, train_gan
+from models.generator import GeneratorError, ModelRegistry, decode_png
+from models.reference import LabelAccountingError, Splits, check_budget, load_digits_reference, load_folder, make_splits
+from models.render import ProceduralRenderer
+from processors.generate import GenerateConfig, generate, plan_jobs
+from schemas.records import GeneratedSample, GenerationJob, Reading
+
+TINY_GAN = GanConfig(steps=30, hidden=32, batch_size=32)
+TINY_DIFFUSION = DiffusionConfig(steps=10, channels=(8, 16), batch_size=16, sample_steps=3)
+
+
+@pytest.fixture(scope="module")
+def splits() -> Splits:
+    return make_splits(load_digits_reference(), labels_per_class=5, seed=0)
+
+
+@pytest.fixture(scope="module")
+def gan(splits: Splits) -> GanModel:
+    torch.manual_seed(0)
+    return train_gan(splits.labeled("few"), TINY_GAN)
+
+
+@pytest.fixture(scope="module")
+def diffusion(splits: Splits):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    return train_diffusion(splits.labeled("few"), TINY_DIFFUSION)
+
+
+def test_torch_is_the_pinned_build() -> None:
+    assert importlib.metadata.version("torch").split("+")[0] == "2.13.0"
+
+
+def test_splits_are_fixed_stratified_and_disjoint(splits: Splits) -> None:
+    again = make_splits(load_digits_reference(), labels_per_class=5, seed=0)
+    assert again.hashes == splits.hashes
+    assert make_splits(load_digits_reference(), labels_per_class=5, seed=1).hashes != splits.hashes
+    assert not np.intersect1d(splits.train, splits.test).size
+    assert splits.train.size + splits.test.size == 1797
+    assert np.bincount(splits.reference.labels[splits.few]).tolist() == [5] * 10
+    assert not np.intersect1d(splits.unlabeled, splits.few).size
+
+
+def test_label_accounting_refuses_overlap_test_labels_and_overspending(splits: Splits) -> None:
+    with pytest.raises(LabelAccountingError, match="overlap"):
+        Splits(splits.reference, splits.train, np.append(splits.test, splits.train[0]), splits.few, 5, 0)
+    with pytest.raises(LabelAccountingError, match="from the train split"):
+        Splits(splits.reference, splits.train, splits.test, np.append(splits.few, splits.test[0]), 5, 0)
+    with pytest.raises(LabelAccountingError, match="'few' or 'train'"):
+        splits.labeled("test")  # type: ignore[arg-type]
+    few = splits.labeled("few").budget
+    assert few.n_labels == 50 and few.labels_per_class == 5
+    assert check_budget([few, few], declared_labels=50) == 50  # the same labels twice count once
+    with pytest.raises(LabelAccountingError, match="1347 real labels used, 50 declared"):  # few ⊂ train
+        check_budget([few, splits.labeled("train").budget], declared_labels=50)
+
+
+def test_folder_reference(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((16, 16), 40 * i, dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
+    reference = load_folder(tmp_path, size=8)
+    assert reference.images.shape == (6, 8, 8) and reference.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("name", ["gan", "diffusion", "procedural"])
+def test_generators_make_8x8_uint8_images_deterministically(name: str, gan, diffusion) -> None:  # type: ignore[no-untyped-def]
+    model = {"gan": gan, "diffusion": diffusion, "procedural": ProceduralRenderer()}[name]
+    seeds, classes = [11, 12, 13, 14], [0, 3, 3, 9]
+    out = model(seeds, classes)
+    assert out.images.shape == (4, 8, 8) and out.images.dtype == np.uint8
+    assert out.images.max() > 0
+    assert (model(seeds, classes).images == out.images).all()  # the same request, the same bytes
+    assert (model([13], [3]).images[0] == out.images[2]).all()  # and alone, outside its batch
+    assert not (model([99], [3]).images[0] == out.images[2]).all()  # another seed, another image
+    with pytest.raises(GeneratorError, match="not \\[10\\]"):
+        model([1], [10])
+
+
+def test_diffusion_takes_steps_and_guidance(diffusion) -> None:  # type: ignore[no-untyped-def]
+    guided = diffusion([1, 2], [4, 5], steps="5", guidance="1.0")
+    assert guided.steps == 5 and guided.scheduler == "DDIM" and guided.images.shape == (2, 8, 8)
+    with pytest.raises(GeneratorError, match="steps and guidance"):
+        diffusion([1], [1], eta="1")
+
+
+def test_procedural_scenes_have_exact_boxes_and_masks() -> None:
+    renderer = ProceduralRenderer()
+    assert renderer.label_budgets == []  # no real labels
+    out = renderer([5, 6], [7, 2], mode="scene")
+    assert out.images.shape == (2, 48, 48)
+    for objects, first in zip(out.objects, (7, 2)):
+        assert 2 <= len(objects) <= 4 and objects[0].class_label == first
+        for obj in objects:
+            x, y, w, h = obj.bbox
+            ys, xs = np.nonzero(obj.mask)
+            assert (x, y, w, h) == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+
+
+def test_checkpoints_are_versioned_by_content_and_checked(tmp_path: Path, gan: GanModel) -> None:
+    registry = ModelRegistry(tmp_path)
+    version = registry.save("gan", gan.weights(), gan.checkpoint_config())
+    assert registry.save("gan", gan.weights(), gan.checkpoint_config()) == version
+    loaded = GeneratorCatalog(tmp_path).get("gan")
+    assert loaded.version == version and loaded.label_budgets[0]["n_labels"] == 50
+    assert (loaded([1, 2], [3, 4]).images == gan([1, 2], [3, 4]).images).all()
+    other = registry.save("gan", gan.weights(), {**gan.checkpoint_config(), "note": "retrained"})
+    assert other != version
+    weights = tmp_path / "gan" / version / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x00")
+    with pytest.raises(GeneratorError, match="was modified"):
+        GeneratorCatalog(tmp_path).get("gan", version)
+    with pytest.raises(GeneratorError, match="unknown generator 'vae'"):
+        GeneratorCatalog(tmp_path).get("vae")
+    with pytest.raises(GeneratorError, match="no diffusion model"):
+        GeneratorCatalog(tmp_path).get("diffusion")
+
+
+def _catalog(tmp_path: Path, gan: GanModel) -> GeneratorCatalog:
+    catalog = GeneratorCatalog(tmp_path)
+    catalog.put(gan)
+    return catalog
+
+
+def test_generate_makes_samples_with_provenance_and_stable_ids(tmp_path: Path, gan: GanModel) -> None:
+    catalog = _catalog(tmp_path, gan)
+    job = plan_jobs("gan", classes=[1, 2, 3], per_class=4, seed=7, run_id="r", job_size=5)[1]
+    assert job.count == 5 and job.seed_start == 7 * 10**9 + 5
+    out = generate(job, generators=catalog, config=GenerateConfig(node_id="n9"))
+    samples = [r for r in out if isinstance(r, GeneratedSample)]
+    load = [r for r in out if isinstance(r, Reading)]
+    assert len(samples) == 5 and len(load) == 1 and load[0].rate_sps and load[0].node_id == "n9"
+    assert [s.conditioning.class_label for s in samples] == [3, 1, 2, 3, 1]  # the plan's class cycle goes on
+    for s in samples:
+        assert s.generator == "gan" and s.generator_version == gan.version and s.node_id == "n9"
+        assert hashlib.sha256(s.image_png).hexdigest() == s.image_sha256
+        assert decode_png(s.image_png).shape == (8, 8)
+    again = generate(job, generators=catalog, config=GenerateConfig(node_id="n2"))
+    assert [s.sample_id for s in samples] == [s.sample_id for s in again if isinstance(s, GeneratedSample)]
+    assert [s.image_png for s in samples] == [s.image_png for s in again if isinstance(s, GeneratedSample)]
+
+
+def test_plan_covers_every_class_evenly() -> None:
+    jobs = plan_jobs("procedural", classes=list(range(10)), per_class=30, seed=1, run_id="r", job_size=64)
+    counts = np.zeros(10, int)
+    for job in jobs:
+        for i in range(job.count):
+            counts[job.classes[i % len(job.classes)]] += 1
+    assert counts.tolist() == [30] * 10
+    seeds = [job.seed_start + i for job in jobs for i in range(job.count)]
+    assert len(set(seeds)) == 300
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"generator": "vae"}, "unknown generator"), ({"count": 5000}, "at most 4096"),
+     ({"classes": [12]}, "not \\[12\\]"), ({"params": {"mode": "x"}}, "takes no parameters")],
+)
+def test_bad_requests_raise_with_a_reason(tmp_path: Path, gan: GanModel, change: dict, reason: str) -> None:
+    job = GenerationJob(run_id="r", job_id="j", generator="gan", classes=[1], seed_start=0, count=2)
+    with pytest.raises(GeneratorError, match=reason):
+        generate(job.model_copy(update=change), generators=_catalog(tmp_path, gan), config=GenerateConfig())
