@@ -57,7 +57,8 @@ class DiffusionModel:
     def __init__(self, config: DiffusionConfig, unet: UNet2DModel, *, version: str = "unsaved",
                  label_budgets: list[dict[str, object]] | None = None) -> None:
         self.config = config
-        self.unet = unet.eval().requires_grad_(False)
+        # channels_last: ~1.25x faster convolutions on this CPU (bench/generate.py); bf16 autocast was 20x slower
+        self.unet = unet.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.version = version
         self.image_size = config.image_size
         self.num_classes = config.num_classes
@@ -103,7 +104,7 @@ class DiffusionModel:
         return GeneratorOutput(to_uint8(images), scheduler="DDIM", steps=steps)
 
     def weights(self) -> bytes:
-        return save_safetensors({k: v.contiguous() for k, v in self.unet.state_dict().items()})
+        return save_safetensors({k: v.contiguous() for k, v in self.unet.state_dict().items()})  # layout-free bytes
 
     def checkpoint_config(self) -> dict[str, Any]:
         return {"kind": KIND, "config": json.loads(json.dumps(asdict(self.config))), "label_budgets": self.label_budgets}

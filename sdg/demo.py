@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -27,8 +30,25 @@ POISON = {
 }
 
 
-def run_demo(settings: Settings, *, records_per_topic: int, console: Console) -> dict[str, int]:
-    """Run the demo and return the log growth per topic."""
+@dataclass(frozen=True)
+class DemoPlan:
+    """How much the demo generates, and how long it trains generators it does not find in the registry."""
+
+    per_class: int = 20
+    gan_steps: int = 1500
+    diffusion_steps: int = 400
+    diffusion_channels: tuple[int, ...] = (32, 64, 64)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    growth: dict[str, int]
+    generated: dict[str, int]
+    grids: dict[str, Path]
+
+
+def run_demo(settings: Settings, *, records_per_topic: int, console: Console, plan: DemoPlan = DemoPlan()) -> DemoResult:
+    """Run the demo: the backbone (every topic, the pass-through, the DLQ), then the generators."""
     broker = settings.embedded_broker() if settings.embedded else None
     started_here = broker is not None and broker.pid() is None
     if broker is not None:
@@ -87,8 +107,96 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console) ->
             if letter.run_id == run_id and letter.step_id != "example":
                 console.print(f"  dead letter from {letter.topic}[{letter.partition}]@{letter.offset} "
                               f"({len(letter.original_value or b'')} bytes kept): {letter.error}")
-        return growth
+        generated, grids = _generation(settings, plan, console)
+        return DemoResult(growth, generated, grids)
     finally:
         if started_here and broker is not None:
             broker.stop()
             console.print("broker stopped")
+
+
+def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console) -> None:
+    """Train the GAN and the diffusion model once (small configs) unless the registry has them."""
+    from dataclasses import replace
+
+    from models.diffusion import DiffusionConfig, train_diffusion
+    from models.gan import GanConfig, train_gan
+    from models.generator import ModelRegistry, sample_grid
+    from models.reference import load_digits_reference, make_splits
+
+    registry = ModelRegistry(settings.models_dir)
+    splits = make_splits(load_digits_reference())
+    trainers = {
+        "gan": (train_gan, replace(GanConfig(), steps=plan.gan_steps)),
+        "diffusion": (train_diffusion, replace(DiffusionConfig(), steps=plan.diffusion_steps,
+                                               channels=plan.diffusion_channels)),
+    }
+    for kind, (train, config) in trainers.items():
+        if registry.versions(kind):
+            console.print(f"{kind}: using the trained model in {settings.models_dir / kind}")
+            continue
+        with Progress(console=console) as progress:
+            task = progress.add_task(f"training {kind} on the real train split", total=config.steps)
+            model = train(splits.labeled("train"), config, progress=lambda n: progress.advance(task, n))
+        labels = [c for c in range(10) for _ in range(10)]
+        version = registry.save(kind, model.weights(), model.checkpoint_config(),
+                                sample_grid(model(list(range(100)), labels).images, labels))
+        console.print(f"{kind}: trained version {version} ({model.label_budgets[0]['n_labels']} real labels)")
+
+
+def _generation(settings: Settings, plan: DemoPlan, console: Console) -> tuple[dict[str, int], dict[str, Path]]:
+    """Plan a mix of all three generators, run the generate processor, show the samples arriving."""
+    from models.generator import decode_png, sample_grid
+    from processors.generate import plan_jobs
+    from sdg.workers import processor
+
+    _ensure_generators(settings, plan, console)
+    kafka = settings.kafka_client
+    run_id = settings.run_id
+    group = f"sdg-demo-generate-{run_id}"
+    admin.start_group_at_end(kafka, group, ["sdg.requests"])
+    jobs = [job for name in ("gan", "diffusion", "procedural")
+            for job in plan_jobs(name, classes=list(range(10)), per_class=plan.per_class, seed=0, run_id=run_id)]
+    jobs += plan_jobs("procedural", classes=list(range(10)), per_class=1, seed=1, run_id=run_id,
+                      params={"mode": "scene"})
+    expected = sum(job.count for job in jobs)
+    planned = {(run_id, job.job_id) for job in jobs}
+    arrived: dict[str, list] = {}
+    with processor("generate", settings, source=None, sink=None, group=group) as runner:
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        try:
+            with RecordProducer(kafka) as producer:
+                for job in jobs:
+                    producer.send("sdg.requests", job)
+            console.print(f"planned {expected} samples in {len(jobs)} jobs: gan, diffusion, procedural (crops, scenes)")
+            with Progress(console=console) as progress:
+                task = progress.add_task("samples arriving on sdg.samples.raw", total=expected)
+                for received in subscribe("sdg.samples.raw", kafka=kafka, from_beginning=True, idle_timeout_s=60):
+                    sample = received.record
+                    if not isinstance(sample, GeneratedSample) or (sample.run_id, sample.job_id) not in planned:
+                        continue
+                    arrived.setdefault(sample.generator + ("/scene" if sample.objects else ""), []).append(sample)
+                    progress.advance(task)
+                    if sum(map(len, arrived.values())) >= expected:
+                        break
+        finally:
+            runner.stop()
+            thread.join()
+    table = Table("generator", "version", "samples", "classes", "scheduler", "per-sample ms", title="samples arrived")
+    grids = {}
+    out = Path("runs") / run_id
+    out.mkdir(parents=True, exist_ok=True)
+    for key, samples in sorted(arrived.items()):
+        first = samples[0]
+        per_sample = sum(s.timings_ms.get("per_sample", 0) for s in samples) / len(samples)
+        table.add_row(key, first.generator_version, str(len(samples)),
+                      str(len({s.conditioning.class_label for s in samples})),
+                      f"{first.scheduler or '-'}{'/' + str(first.steps) if first.steps else ''}", f"{per_sample:.2f}")
+        if not first.objects:
+            images = np.stack([decode_png(s.image_png) for s in samples])
+            grids[key] = out / f"samples_{key}.png"
+            grids[key].write_bytes(sample_grid(images, [s.conditioning.class_label for s in samples]))
+    console.print(table)
+    console.print("sample grids: " + ", ".join(str(p) for p in grids.values()))
+    return {key: len(samples) for key, samples in arrived.items()}, grids

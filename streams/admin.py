@@ -124,10 +124,25 @@ def describe_topics(kafka: KafkaConfig, names: list[str] | None = None, *, timeo
 def _partition_ends(consumer: Consumer, names: list[str], timeout_s: float) -> list[TopicPartition]:
     metadata = consumer.list_topics(timeout=timeout_s)
     return [
-        TopicPartition(name, p, consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)[1])
+        TopicPartition(name, p, _high_watermark(consumer, name, p, timeout_s))
         for name in names
         for p in (metadata.topics[name].partitions if name in metadata.topics else {})
     ]
+
+
+_NOT_READY = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+
+def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout_s: float) -> int:
+    """The partition's log end; retried while a new topic's leader is still being announced."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)[1])
+        except KafkaException as e:
+            if e.args[0].code() not in _NOT_READY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def log_end_offsets(kafka: KafkaConfig, names: list[str], *, timeout_s: float = 10) -> dict[str, int]:

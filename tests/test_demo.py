@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
+
+import pytest
 
 from rich.console import Console
 
-from sdg.demo import POISON, run_demo
+from sdg.demo import POISON, DemoPlan, run_demo
 from sdg.settings import Settings
 from streams.catalog import CATALOG
 from streams.config import KafkaConfig
 
 
-def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str) -> None:
-    settings = Settings(kafka=KafkaConfig(bootstrap_servers=kafka.bootstrap_servers), run_id=run_id)
+def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(kafka=KafkaConfig(bootstrap_servers=kafka.bootstrap_servers), run_id=run_id,
+                        state_dir=tmp_path / "state")
     assert not settings.embedded
     out = io.StringIO()
-    growth = run_demo(settings, records_per_topic=20, console=Console(file=out, width=200))
+    tiny = DemoPlan(per_class=2, gan_steps=20, diffusion_steps=5, diffusion_channels=(8, 16))
+    result = run_demo(settings, records_per_topic=20, console=Console(file=out, width=200), plan=tiny)
+    growth = result.growth
     bad = len(POISON) + 1  # plus one record of the wrong type
     for name in CATALOG:
         expected = 20 + (bad if name in ("sdg.samples.raw", "sdg.dlq") else 0)
@@ -25,3 +33,6 @@ def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str) -> None:
     text = out.getvalue()
     assert "what went where" in text and "20 relayed to sdg.replay.demo, 3 to sdg.dlq" in text
     assert text.count("dead letter from sdg.samples.raw") == bad
+    assert result.generated == {"gan": 20, "diffusion": 20, "procedural": 20, "procedural/scene": 10}
+    assert "samples arrived" in text and set(result.grids) == {"gan", "diffusion", "procedural"}
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in result.grids.values())

@@ -1,0 +1,156 @@
+"""Benchmark: generator throughput bare versus through the generate processor, and the diffusion
+sampler versus the stock diffusers DDIM pipeline on the same UNet and steps.
+
+- bare: a loop over the model in this process (batches of 256, no encoding);
+- processor: ``sdg.requests`` → generate runner → ``sdg.samples.raw`` through the embedded broker
+  (PNG encoding, records, Avro, Kafka included), jobs of 256 samples;
+- stock: ``diffusers.DDIMPipeline`` on the same UNet (class labels bound), batch 256, 10 steps, eta 0.
+
+Model weights come from short training runs (speed does not depend on training length).
+Writes ``bench/results/generate.json``. Usage: ``python bench/generate.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.broker import free_port  # noqa: E402
+from infra.broker import BrokerConfig, EmbeddedBroker  # noqa: E402
+from models.catalog import GeneratorCatalog  # noqa: E402
+from models.diffusion import DiffusionConfig, DiffusionModel, train_diffusion  # noqa: E402
+from models.gan import GanConfig, train_gan  # noqa: E402
+from models.generator import sample_grid  # noqa: E402
+from models.reference import load_digits_reference, make_splits  # noqa: E402
+from models.render import ProceduralRenderer  # noqa: E402
+from processors.generate import GenerateConfig, generate, plan_jobs, sink_of  # noqa: E402
+from streams import admin  # noqa: E402
+from streams.config import RunnerConfig  # noqa: E402
+from streams.producer import RecordProducer  # noqa: E402
+from streams.runner import Runner, Step  # noqa: E402
+
+BATCH = 256
+console = Console()
+
+
+def bare(model, n: int) -> float:  # type: ignore[no-untyped-def]
+    classes = [i % 10 for i in range(BATCH)]
+    model(list(range(BATCH)), classes)  # warm-up
+    start = time.perf_counter()
+    for k in range(0, n, BATCH):
+        model(list(range(k, k + BATCH)), classes)
+    return n / (time.perf_counter() - start)
+
+
+def through_processor(kafka, model, n: int) -> float:  # type: ignore[no-untyped-def]
+    catalog = GeneratorCatalog(Path(tempfile.mkdtemp()))
+    catalog.put(model)
+    group = f"bench-{uuid.uuid4().hex}"
+    admin.start_group_at_end(kafka, group, ["sdg.requests"])
+    step = Step("generate", "sdg.requests",
+                lambda job: generate(job, generators=catalog, config=GenerateConfig()), sink_of, returns="many")
+    runner = Runner(step, kafka=kafka, config=RunnerConfig(), group=group, run_id="bench")
+    thread = threading.Thread(target=runner.run, kwargs={"max_idle_s": 30})
+    thread.start()
+    time.sleep(3)  # the group is formed before the jobs arrive
+    jobs = plan_jobs(model.name, classes=list(range(10)), per_class=max(1, n // 10), seed=int(time.time()),
+                     run_id="bench", job_size=BATCH)
+    with RecordProducer(kafka) as producer:
+        for job in jobs:
+            producer.send("sdg.requests", job)
+    total = sum(job.count for job in jobs)
+    while runner.stats.produced["sdg.samples.raw"] < total and thread.is_alive():
+        time.sleep(0.05)
+    runner.stop()
+    thread.join()
+    return runner.stats.produced["sdg.samples.raw"] / (runner.stats.last_batch_s - runner.stats.first_batch_s)
+
+
+def stock_pipeline(model: DiffusionModel, n: int) -> float:
+    """diffusers' DDIMPipeline on the same UNet and scheduler config (class labels bound to the UNet)."""
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_config(model.unet.config)
+    unet.load_state_dict(model.unet.state_dict())
+    unet.eval()
+    labels = torch.arange(BATCH) % 10
+    forward = unet.forward
+    unet.forward = lambda sample, timestep, **kw: forward(sample, timestep, class_labels=labels, **kw)  # type: ignore[method-assign]
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(model.train_scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    steps = model.config.sample_steps
+    pipe(batch_size=BATCH, num_inference_steps=steps, eta=0.0, output_type="np")
+    start = time.perf_counter()
+    for k in range(0, n, BATCH):
+        pipe(batch_size=BATCH, num_inference_steps=steps, eta=0.0, generator=torch.Generator().manual_seed(k),
+             output_type="np")
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    splits = make_splits(load_digits_reference())
+    with console.status("short training runs for weights"):
+        models = {
+            "gan": train_gan(splits.labeled("train"), GanConfig(steps=200)),
+            "diffusion": train_diffusion(splits.labeled("train"), DiffusionConfig(steps=30)),
+            "procedural": ProceduralRenderer(),
+        }
+    sizes = {"gan": 51_200, "diffusion": 1_280, "procedural": 2_560}
+    if args.quick:
+        sizes = {k: max(2 * BATCH, v // 8) for k, v in sizes.items()}
+    broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(),
+                                         jars_dir=ROOT / ".sdg" / "kafka" / "jars"), Path(tempfile.mkdtemp()))
+    with console.status("starting the embedded broker"):
+        broker.start()
+    results: dict[str, object] = {"batch": BATCH, "torch_threads": torch.get_num_threads(),
+                                  "diffusion_steps": models["diffusion"].config.sample_steps}
+    table = Table("generator", "bare samples/s", "processor samples/s", "processor / bare")
+    try:
+        admin.create_topics(broker.kafka, __import__("streams.config", fromlist=["TopicConfig"]).TopicConfig())
+        for name, model in models.items():
+            with console.status(f"{name}: bare"):
+                b = bare(model, sizes[name])
+            with console.status(f"{name}: through the processor"):
+                p = through_processor(broker.kafka, model, sizes[name])
+            results.update({f"{name}_bare_samples_per_s": round(b, 1), f"{name}_processor_samples_per_s": round(p, 1),
+                            f"{name}_processor_vs_bare_ratio": round(p / b, 3)})
+            table.add_row(name, f"{b:,.0f}", f"{p:,.0f}", f"{p / b:.2f}")
+        with console.status("diffusion: stock DDIMPipeline"):
+            stock = stock_pipeline(models["diffusion"], sizes["diffusion"])
+        ours = results["diffusion_bare_samples_per_s"]
+        results.update({"diffusion_stock_pipeline_samples_per_s": round(stock, 1),
+                        "diffusion_sampler_vs_stock_pipeline_ratio": round(float(ours) / stock, 3)})  # type: ignore[arg-type]
+    finally:
+        broker.stop()
+    console.print(table)
+    console.print(f"diffusion sampler {ours:,.0f}/s vs stock DDIMPipeline {stock:,.0f}/s "
+                  f"(ratio {float(ours) / stock:.2f}; batch {BATCH}, {results['diffusion_steps']} DDIM steps)")
+    out = ROOT / "bench" / "results" / "generate.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    grids = ROOT / "bench" / "results"
+    labels = [c for c in range(10) for _ in range(10)]
+    for name, model in models.items():
+        (grids / f"samples_{name}.png").write_bytes(sample_grid(model(list(range(100)), labels).images, labels))
+    console.print(f"wrote {out.relative_to(ROOT)} and sample grids")
+
+
+if __name__ == "__main__":
+    main()
