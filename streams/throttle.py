@@ -36,13 +36,18 @@ class RateCap:
         self.reason = ""
 
     def apply(self, throttle: Throttle, *, now: float | None = None) -> None:
-        """Take a control record for this node (records for other nodes are ignored)."""
+        """Take a control record for this node (records for other nodes are ignored).
+
+        Its time-to-live counts from when it was decided (``created_ms``), so a cap replayed from the
+        compacted log after it expired changes nothing.
+        """
         if throttle.node_id != self.node_id:
             return
         now = time.monotonic() if now is None else now
+        age_s = max(0.0, time.time() - throttle.created_ms / 1000)
         with self._lock:
             self._rate, self._paused = throttle.max_rate_sps, throttle.paused
-            self._expires = now + throttle.ttl_s
+            self._expires = now + throttle.ttl_s - age_s
             self.reason = throttle.reason
         log.info("node %s: cap %s paused=%s for %.0fs (%s)", self.node_id, throttle.max_rate_sps, throttle.paused,
                  throttle.ttl_s, throttle.reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import importlib.metadata
 from dataclasses import replace
 from pathlib import Path
@@ -177,3 +178,23 @@ def test_bad_requests_raise_with_a_reason(tmp_path: Path, gan: GanModel, change:
     job = GenerationJob(run_id="r", job_id="j", generator="gan", classes=[1], seed_start=0, count=2)
     with pytest.raises(GeneratorError, match=reason):
         generate(job.model_copy(update=change), generators=_catalog(tmp_path, gan), config=GenerateConfig())
+
+
+def test_a_cap_expires_from_when_it_was_decided() -> None:
+    from schemas.records import Throttle
+    from streams.throttle import RateCap
+
+    cap = RateCap("n1")
+    now = time.monotonic()
+    cap.apply(Throttle(run_id="r", node_id="n1", max_rate_sps=10, reason="hot", ttl_s=30), now=now)
+    assert cap.current(now + 1) == (False, 10)
+    assert cap.current(now + 31) == (False, None)
+    stale = Throttle(run_id="r", node_id="n1", paused=True, reason="old", ttl_s=30,
+                     created_ms=int((time.time() - 60) * 1000))
+    cap.apply(stale, now=now)
+    assert cap.current(now) == (False, None)  # replayed from the log after it expired
+    cap.apply(Throttle(run_id="r", node_id="other", paused=True, reason="x", ttl_s=30), now=now)
+    assert cap.wait_s(now) == 0
+    cap.apply(Throttle(run_id="r", node_id="n1", max_rate_sps=20, reason="hot", ttl_s=30), now=now)
+    cap.book(10, now)
+    assert cap.wait_s(now) == pytest.approx(0.5)
