@@ -15,7 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from models.generator import GeneratorError, GeneratorOutput, to_uint8
+from models.generator import GeneratorError, GeneratorOutput, check_request, to_uint8
 from models.reference import LabeledData
 
 KIND = "diffusion"
@@ -75,11 +75,7 @@ class DiffusionModel:
 
     @torch.inference_mode()
     def __call__(self, seeds: Sequence[int], classes: Sequence[int], **params: str) -> GeneratorOutput:
-        if len(seeds) != len(classes):
-            raise GeneratorError(f"{len(seeds)} seeds for {len(classes)} classes")
-        bad = [c for c in classes if not 0 <= c < self.num_classes]
-        if bad:
-            raise GeneratorError(f"diffusion knows classes 0..{self.num_classes - 1}, not {sorted(set(bad))}")
+        check_request(self, seeds, classes)
         unknown = set(params) - {"steps", "guidance"}
         if unknown:
             raise GeneratorError(f"diffusion takes steps and guidance, not {sorted(unknown)}")

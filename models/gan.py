@@ -12,7 +12,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from models.generator import GeneratorError, GeneratorOutput, to_uint8
+from models.generator import GeneratorError, GeneratorOutput, check_request, to_uint8
 from models.reference import LabeledData
 
 KIND = "gan"
@@ -85,11 +85,7 @@ class GanModel:
 
     @torch.inference_mode()
     def __call__(self, seeds: Sequence[int], classes: Sequence[int], **params: str) -> GeneratorOutput:
-        if len(seeds) != len(classes):
-            raise GeneratorError(f"{len(seeds)} seeds for {len(classes)} classes")
-        bad = [c for c in classes if not 0 <= c < self.num_classes]
-        if bad:
-            raise GeneratorError(f"gan knows classes 0..{self.num_classes - 1}, not {sorted(set(bad))}")
+        check_request(self, seeds, classes)
         if params:
             raise GeneratorError(f"gan takes no parameters, got {sorted(params)}")
         x = self.generator(self.latents(seeds), torch.as_tensor(list(classes), dtype=torch.long))

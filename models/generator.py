@@ -49,6 +49,15 @@ class Generator(Protocol):
     def __call__(self, seeds: Sequence[int], classes: Sequence[int], **params: str) -> GeneratorOutput: ...
 
 
+def check_request(model: Generator, seeds: Sequence[int], classes: Sequence[int]) -> None:
+    """Refuse mismatched seeds and classes, and classes the model does not know, before any heavy work."""
+    if len(seeds) != len(classes):
+        raise GeneratorError(f"{len(seeds)} seeds for {len(classes)} classes")
+    bad = sorted({c for c in classes if not 0 <= c < model.num_classes})
+    if bad:
+        raise GeneratorError(f"{model.name} knows classes 0..{model.num_classes - 1}, not {bad}")
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Floats in [0, 1] → uint8, rounding half up (the same on every machine)."""
     return np.floor(np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

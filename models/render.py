@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.generator import Annotated, GeneratorError, GeneratorOutput, content_version, to_uint8
+from models.generator import Annotated, GeneratorError, GeneratorOutput, check_request, content_version, to_uint8
 
 KIND = "procedural"
 FONT_FILES = (
@@ -73,14 +73,10 @@ class ProceduralRenderer:
         return {"kind": KIND, "config": asdict(self.config), "label_budgets": []}
 
     def __call__(self, seeds: Sequence[int], classes: Sequence[int], **params: str) -> GeneratorOutput:
-        if len(seeds) != len(classes):
-            raise GeneratorError(f"{len(seeds)} seeds for {len(classes)} classes")
+        check_request(self, seeds, classes)
         mode = params.get("mode", "crop")
         if mode not in ("crop", "scene") or set(params) - {"mode"}:
             raise GeneratorError(f"procedural takes mode=crop|scene, got {params}")
-        bad = [c for c in classes if not 0 <= c < self.num_classes]
-        if bad:
-            raise GeneratorError(f"procedural renders digits 0..{self.num_classes - 1}, not {sorted(set(bad))}")
         if mode == "crop":
             images = np.stack([self._crop(np.random.default_rng(int(s)), int(c)) for s, c in zip(seeds, classes)])
             return GeneratorOutput(to_uint8(images))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import time
 import importlib.metadata
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
