@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 
 from schemas.examples import example
@@ -32,7 +33,8 @@ def test_agent_with_table_counts_catalog_records(kafka: KafkaConfig, run_id: str
                 readings[reading.node_id] += 1
                 seen.append(reading)
 
-    worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False)
+    # its own stdout: faust's spinner writes there at exit, after pytest has closed the captured one
+    worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False, stdout=io.StringIO())
 
     @app.task
     async def stop_when_done() -> None:

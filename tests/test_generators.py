@@ -197,3 +197,17 @@ def test_a_cap_expires_from_when_it_was_decided() -> None:
     cap.apply(Throttle(run_id="r", node_id="n1", max_rate_sps=20, reason="hot", ttl_s=30), now=now)
     cap.book(10, now)
     assert cap.wait_s(now) == pytest.approx(0.5)
+
+
+def test_table_reference(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from models.generator import png_bytes
+    from models.reference import load_table
+
+    images = [np.full((8, 8), 17 * i, dtype=np.uint8) for i in range(4)]
+    pq.write_table(pa.table({"image": [png_bytes(i) for i in images], "label": [0, 1, 2, 1]}), tmp_path / "ref.parquet")
+    reference = load_table(tmp_path / "ref.parquet")
+    assert reference.images.shape == (4, 8, 8) and reference.num_classes == 3
+    assert np.allclose(reference.images[3], 51 / 255)
