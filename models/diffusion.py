@@ -15,7 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from models.generator import GeneratorError, GeneratorOutput, check_request, to_uint8
+from models.generator import GeneratorError, GeneratorOutput, check_request, seeded_normal, to_uint8
 from models.reference import LabeledData
 
 KIND = "diffusion"
@@ -67,12 +67,6 @@ class DiffusionModel:
             num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule
         ).config
 
-    def noise(self, seeds: Sequence[int]) -> torch.Tensor:
-        return torch.stack([
-            torch.randn(1, self.image_size, self.image_size, generator=torch.Generator().manual_seed(int(s)))
-            for s in seeds
-        ])
-
     @torch.inference_mode()
     def __call__(self, seeds: Sequence[int], classes: Sequence[int], **params: str) -> GeneratorOutput:
         check_request(self, seeds, classes)
@@ -85,7 +79,7 @@ class DiffusionModel:
             raise GeneratorError(f"steps must be 1..{self.config.train_timesteps}, not {steps}")
         scheduler = DDIMScheduler.from_config(self.train_scheduler_config)
         scheduler.set_timesteps(steps)
-        x = self.noise(seeds)
+        x = seeded_normal(seeds, 1, self.image_size, self.image_size)
         y = torch.as_tensor(list(classes), dtype=torch.long)
         null = torch.full_like(y, self.num_classes)
         for t in scheduler.timesteps:

@@ -12,7 +12,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from models.generator import GeneratorError, GeneratorOutput, check_request, to_uint8
+from models.generator import GeneratorError, GeneratorOutput, check_request, seeded_normal, to_uint8
 from models.reference import LabeledData
 
 KIND = "gan"
@@ -77,18 +77,12 @@ class GanModel:
         self.num_classes = config.num_classes
         self.label_budgets = label_budgets or []
 
-    def latents(self, seeds: Sequence[int]) -> torch.Tensor:
-        """One latent per seed, from its own torch.Generator: independent of the batch it is in."""
-        return torch.stack([
-            torch.randn(self.config.latent_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds
-        ])
-
     @torch.inference_mode()
     def __call__(self, seeds: Sequence[int], classes: Sequence[int], **params: str) -> GeneratorOutput:
         check_request(self, seeds, classes)
         if params:
             raise GeneratorError(f"gan takes no parameters, got {sorted(params)}")
-        x = self.generator(self.latents(seeds), torch.as_tensor(list(classes), dtype=torch.long))
+        x = self.generator(seeded_normal(seeds, self.config.latent_dim), torch.as_tensor(list(classes), dtype=torch.long))
         images = x.reshape(-1, self.image_size, self.image_size).numpy()
         return GeneratorOutput(to_uint8(images))
 

@@ -58,6 +58,14 @@ def check_request(model: Generator, seeds: Sequence[int], classes: Sequence[int]
         raise GeneratorError(f"{model.name} knows classes 0..{model.num_classes - 1}, not {bad}")
 
 
+def seeded_normal(seeds: Sequence[int], *shape: int) -> Any:
+    """One standard-normal tensor per seed, each from its own torch.Generator: a sample's noise does
+    not depend on the batch it is generated in."""
+    import torch
+
+    return torch.stack([torch.randn(*shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Floats in [0, 1] → uint8, rounding half up (the same on every machine)."""
     return np.floor(np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

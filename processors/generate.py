@@ -16,7 +16,6 @@ from schemas.records import Annotation, Conditioning, GeneratedSample, Generatio
 class GenerateConfig:
     node_id: str = "node-0"
     max_count: int = 4096  # a job is one generation batch; `sdg plan` splits larger requests
-    run_id: str = "generate"
 
 
 def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: GenerateConfig) -> list[Record]:
@@ -68,9 +67,6 @@ def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: Genera
 def sink_of(record: Record) -> str:
     """Samples go to ``sdg.samples.raw``, the worker's load to ``sdg.telemetry``."""
     return "sdg.telemetry" if isinstance(record, Reading) else "sdg.samples.raw"
-
-
-__all__ = ["GenerateConfig", "GeneratorError", "generate", "sink_of"]
 
 
 def plan_jobs(

@@ -12,15 +12,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from processors.passthrough import passthrough
 from schemas.examples import example, example_sample
 from schemas.records import GeneratedSample
 from sdg.settings import Settings
+from sdg.workers import processor
 from streams import admin
 from streams.catalog import CATALOG, REPLAY_PREFIX
 from streams.catalog import topic as topic_spec
 from streams.producer import RecordProducer
-from streams.runner import DLQ_TOPIC, Runner, Step
+from streams.runner import DLQ_TOPIC
 from streams.subscribe import subscribe
 
 # bad input the pass-through must route to the dead-letter topic, each with a reason
@@ -82,11 +82,10 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console, pl
                 producer.send_bytes("sdg.samples.raw", b"poison", bad)
         published["sdg.samples.raw"] += len(POISON) + 1
 
-        step = Step("passthrough", "sdg.samples.raw", passthrough, relay)
-        runner = Runner(step, kafka=kafka, config=settings.runner, group=group, run_id=run_id)
         total = published["sdg.samples.raw"]
-        thread = threading.Thread(target=runner.run, kwargs={"max_idle_s": 30}, daemon=True)
-        with console.status("pass-through processor: sdg.samples.raw → " + relay):
+        with processor("passthrough", settings, source="sdg.samples.raw", sink=relay, group=group) as runner, \
+                console.status("pass-through processor: sdg.samples.raw → " + relay):
+            thread = threading.Thread(target=runner.run, kwargs={"max_idle_s": 30}, daemon=True)
             thread.start()
             while thread.is_alive() and runner.stats.consumed < total:
                 time.sleep(0.1)
@@ -148,7 +147,6 @@ def _generation(settings: Settings, plan: DemoPlan, console: Console) -> tuple[d
     """Plan a mix of all three generators, run the generate processor, show the samples arriving."""
     from models.generator import decode_png, sample_grid
     from processors.generate import plan_jobs
-    from sdg.workers import processor
 
     _ensure_generators(settings, plan, console)
     kafka = settings.kafka_client

@@ -93,7 +93,6 @@ class RunStats:
     produced: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     batches: int = 0
-    throttled_s: float = 0.0
     first_batch_s: float | None = None
     last_batch_s: float | None = None
 
@@ -248,7 +247,6 @@ class Runner:
         wait = self.rate_cap.wait_s()
         if wait <= 0:
             return True
-        self.stats.throttled_s += wait if wait != float("inf") else 0.0
         assignment = consumer.assignment()
         consumer.pause(assignment)
         try:
