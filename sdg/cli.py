@@ -136,9 +136,19 @@ def run_processor(
     sink: Annotated[Optional[str], typer.Option(help="Topic to produce to (default: the processor's).")] = None,
     group: Annotated[Optional[str], typer.Option(help="Consumer group (default: sdg-<processor>).")] = None,
 ) -> None:
-    """Run a stream processor until SIGTERM/SIGINT (finishes its batch, commits, exits 0)."""
+    """Run a stream processor until SIGTERM/SIGINT (finishes its batch, commits, exits 0).
+
+    Processors: passthrough, generate, label (record at a time or batched, committed by hand) and
+    quality (a faust app with its windows in tables)."""
     from sdg.workers import processor as make_processor
 
+    if processor == "quality":
+        from sdg.quality_app import run_quality
+
+        if source or sink or group:
+            raise typer.BadParameter("quality reads sdg.samples.labeled as the faust app sdg-quality")
+        run_quality(_settings())
+        return
     with make_processor(processor, _settings(), source=source, sink=sink, group=group) as runner:
         stats = runner.run(handle_signals=True)
     console.print(f"{processor}: {stats.consumed} consumed, {dict(stats.produced)} produced, "
@@ -159,6 +169,45 @@ def train_generator(
     result = train(_settings(), kind, labels_per_class=labels_per_class, pseudo_labels=pseudo_labels, steps=steps,
                    seed=seed, console=console)
     console.print(f"{kind} version {result.version}: {result.labels_used} real labels used; grid {result.grid}")
+
+
+@app.command("train-labeler")
+def train_labeler(
+    labels_per_class: Annotated[int, typer.Option(help="Real labels per class the labeler may use.")] = 10,
+    extractor_steps: Annotated[int, typer.Option(help="Contrastive training steps of the feature extractor.")] = 600,
+    labeler_steps: Annotated[int, typer.Option(help="Fine-tuning steps of the labeler.")] = 600,
+    seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
+) -> None:
+    """Train the quality feature extractor (no labels) and the labeler (few labels); deploy both as fp32 and INT8 ONNX."""
+    from models.reference import load_digits_reference, make_splits
+    from sdg.labeling import train_quality_models
+
+    splits = make_splits(load_digits_reference(), labels_per_class=labels_per_class, seed=seed)
+    result = train_quality_models(_settings(), splits=splits, extractor_steps=extractor_steps,
+                                  labeler_steps=labeler_steps, console=console)
+    accuracy = ", ".join(f"{k} {v:.1%}" for k, v in result.test_accuracy.items())
+    console.print(f"labeler {result.labeler} ({result.labels_used} real labels): real test accuracy {accuracy}")
+    console.print(f"extractor {result.extractor} (0 labels)")
+
+
+@app.command()
+def quality(
+    run: Annotated[Optional[str], typer.Option(help="Only windows of this run.")] = None,
+    classes: Annotated[bool, typer.Option("--classes", help="Also show the per-class windows.")] = False,
+) -> None:
+    """Print the latest quality windows per generator (and class) against the real-vs-real baseline."""
+    from sdg.report import quality_table
+    from streams.subscribe import subscribe as records
+
+    latest: dict[tuple[str, int | None, str], Any] = {}
+    for received in records("sdg.quality", kafka=_settings().kafka_client, from_beginning=True, idle_timeout_s=3):
+        window = received.record
+        if (run is None or window.run_id == run) and (classes or window.class_label is None):
+            latest[(window.generator, window.class_label, window.kind)] = window
+    if not latest:
+        console.print("no quality windows yet" + (f" for run {run}" if run else ""))
+        return
+    console.print(quality_table([latest[k] for k in sorted(latest, key=lambda k: (k[0], k[1] is not None, k[1] or 0, k[2]))]))
 
 
 @app.command()

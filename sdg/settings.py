@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.broker import BrokerConfig, EmbeddedBroker
+from processors.quality import QualityConfig
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
 from streams.errors import ConfigError
 
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     topics: TopicConfig = TopicConfig()
     runner: RunnerConfig = RunnerConfig()
     worker: WorkerConfig = WorkerConfig()
+    quality: QualityConfig = QualityConfig()
 
     @property
     def embedded(self) -> bool:

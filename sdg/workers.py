@@ -46,9 +46,22 @@ def _generate(settings: Settings, source: str | None, sink: str | None, group: s
         listener.stop()
 
 
+@contextmanager
+def _label(settings: Settings, source: str | None, sink: str | None, group: str) -> Iterator[Runner]:
+    """sdg.samples.raw → sdg.samples.labeled, a batch at a time through the ONNX labeler."""
+    from processors.label import label
+    from sdg.labeling import load_labeler
+
+    labeler = load_labeler(settings)
+    step = Step("label", source or "sdg.samples.raw", lambda batch: label(batch, labeler=labeler),
+                sink or "sdg.samples.labeled", batched=True)
+    yield Runner(step, kafka=settings.kafka_client, config=settings.runner, group=group, run_id=settings.run_id)
+
+
 PROCESSORS: dict[str, Callable[[Settings, str | None, str | None, str], AbstractContextManager[Runner]]] = {
     "passthrough": _passthrough,
     "generate": _generate,
+    "label": _label,
 }
 
 

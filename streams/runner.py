@@ -47,6 +47,9 @@ class Step:
         fn: The typed processor function.
         sink: Topic to produce to, or a function choosing the topic per output record.
         returns: ``"one"`` (exactly one record), ``"optional"`` (``None`` drops) or ``"many"`` (a list).
+        batched: ``fn`` takes the list of a batch's decoded records and returns one result per record, in
+            order; a result that is an exception sends its record to the dead-letter topic (for models that
+            run a batch at once, like the labeler).
     """
 
     step_id: str
@@ -54,6 +57,7 @@ class Step:
     fn: Callable[[Any], Any]
     sink: str | Callable[[Record], str]
     returns: Returns = "one"
+    batched: bool = False
 
     def __post_init__(self) -> None:
         topic_spec(self.source)
@@ -127,6 +131,8 @@ class Runner:
         self.codec = codec or RecordCodec()
         self.stats = RunStats()
         self.stopping = threading.Event()
+        if rate_cap is not None and step.batched:
+            raise ConfigError(f"step {step.step_id}: a rate cap applies to record-at-a-time steps only")
         self.rate_cap = rate_cap
         self.cost = cost
         self._done: dict[tuple[str, int], int] = {}  # next offset to commit per partition: processed records only
@@ -172,9 +178,13 @@ class Runner:
                     idle_since = now
                     if self.stats.first_batch_s is None:
                         self.stats.first_batch_s = now
-                    for message in [first, *consumer.consume(self.config.batch_size - 1, 0)]:
-                        if self.stopping.is_set() or not self._process(consumer, message):
-                            break  # the rest of the batch is not marked done: it is consumed again later
+                    messages = [first, *consumer.consume(self.config.batch_size - 1, 0)]
+                    if self.step.batched:
+                        self._process_batch(messages)
+                    else:
+                        for message in messages:
+                            if self.stopping.is_set() or not self._process(consumer, message):
+                                break  # the rest of the batch is not marked done: it is consumed again later
                     self.stats.batches += 1
                     self.stats.last_batch_s = time.monotonic()
                 if now - last_checkpoint >= self.config.commit_interval_s:
@@ -204,22 +214,62 @@ class Runner:
             self._done.pop((tp.topic, tp.partition), None)
             self._committed.pop((tp.topic, tp.partition), None)
 
-    def _process(self, consumer: Consumer, message: Message) -> bool:
-        """Decode, wait for the rate cap, call, produce; False when stopped while waiting (not processed)."""
-        error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                return True
-            raise BrokerError(f"step {self.step.step_id}: consuming {self.step.source}: {error.str()}")
+    def _decode(self, message: Message) -> Record | None:
+        """The message's record; None after sending an undecodable or wrong-type one to the dead-letter topic."""
         try:
             record = self.codec.decode(message.value())
             if not self._source.accepts(record):
                 raise UndecodableRecord(
                     f"{self._source.name} carries {self._source.value.__name__}, not {record.schema_name}"  # type: ignore[union-attr]
                 )
+            return record
         except UndecodableRecord as e:
             self._dead_letter(message, "decode", e)
-            record = None
+            return None
+
+    def _check(self, message: Message) -> bool:
+        """False for a partition-EOF event; raises on a consumer error."""
+        error = message.error()
+        if error is None:
+            return True
+        if error.code() == KafkaError._PARTITION_EOF:
+            return False
+        raise BrokerError(f"step {self.step.step_id}: consuming {self.step.source}: {error.str()}")
+
+    def _process_batch(self, messages: list[Message]) -> None:
+        """Decode every message, call the batched function once, produce each record's outputs."""
+        messages = [m for m in messages if self._check(m)]
+        decoded = [(m, r) for m in messages if (r := self._decode(m)) is not None]
+        results = self.step.fn([r for _, r in decoded]) if decoded else []
+        if not isinstance(results, list) or len(results) != len(decoded):
+            raise StepReturnError(f"step {self.step.step_id} must return one result per record of its batch")
+        for (message, _), result in zip(decoded, results):
+            if isinstance(result, Exception):
+                self._dead_letter(message, self.step.step_id, result)
+            else:
+                self._produce(message, result)
+        for message in messages:
+            self._done[(message.topic(), message.partition())] = message.offset() + 1
+        self.stats.consumed += len(messages)
+
+    def _produce(self, message: Message, result: Any) -> None:
+        try:
+            outputs = [(self.step.sink_of(r), r) for r in self.step.outputs(result)]
+            encoded = [(t, r.key(), self._encode_for(t, r)) for t, r in outputs]
+        except (BrokerError, StepReturnError, ConfigError):
+            raise
+        except Exception as e:  # the outputs cannot be routed or encoded: the input goes to the DLQ
+            self._dead_letter(message, self.step.step_id, e)
+            return
+        for topic, key, value in encoded:
+            self.producer.send_bytes(topic, key.encode() if isinstance(key, str) else key, value)
+            self.stats.produced[topic] += 1
+
+    def _process(self, consumer: Consumer, message: Message) -> bool:
+        """Decode, wait for the rate cap, call, produce; False when stopped while waiting (not processed)."""
+        if not self._check(message):
+            return True
+        record = self._decode(message)
         if record is not None and self.rate_cap is not None:
             if not self._wait_for_cap(consumer):
                 return False
@@ -229,16 +279,13 @@ class Runner:
         if record is None:
             return True
         try:
-            outputs = [(self.step.sink_of(r), r) for r in self.step.outputs(self.step.fn(record))]
-            encoded = [(t, r.key(), self._encode_for(t, r)) for t, r in outputs]
+            result = self.step.fn(record)
         except (BrokerError, StepReturnError, ConfigError):
             raise
         except Exception as e:  # the function failed on this record: the record goes to the DLQ
             self._dead_letter(message, self.step.step_id, e)
             return True
-        for topic, key, value in encoded:
-            self.producer.send_bytes(topic, key.encode() if isinstance(key, str) else key, value)
-            self.stats.produced[topic] += 1
+        self._produce(message, result)
         return True
 
     def _wait_for_cap(self, consumer: Consumer) -> bool:

@@ -1,0 +1,235 @@
+"""The quality processor's logic: windows per generator, set metrics against the real baseline, the gate.
+
+Per generator, samples collect in a tumbling window (closed at ``window_size`` samples or after
+``max_window_s``); its running moments are updated per sample. When it closes, the processor scores
+the window and the sliding window (this one and the ``slide`` − 1 before it, moments merged) per
+generator and per class against the real-vs-real baseline at the same n, then decides every sample
+of the window: accepted, review or rejected, each with a reason. Multi-object scenes are not
+comparable to the reference set's single digits: they are decided on their labels alone.
+
+Nothing here imports Kafka or faust; ``sdg.quality_app`` runs it as a faust agent with its state in tables.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.generator import decode_png
+from models.quality import Reference, RunningMoments
+from schemas.records import Gate, LabeledSample, Metrics, QualityWindow, Record, SampleDecision, Score, ScoredSample
+
+
+class QualityConfig(BaseModel):
+    """Models, windows and gate of the label and quality processors (``SDG_QUALITY__*``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    labeler: Path | None = Field(default=None, description="An ONNX classifier with its .json description "
+                                                          "(default: the trained labeler in the model registry).")
+    labeler_precision: Literal["int8", "fp32"] = "int8"
+    extractor: Path | None = Field(default=None, description="An ONNX feature extractor with its .json description.")
+    threads: int = Field(default=1, ge=0, description="onnxruntime threads per processor (0: its default).")
+    window_size: int = Field(default=200, ge=10, description="Samples per tumbling window.")
+    max_window_s: float = Field(default=10.0, gt=0, description="A window closes after this long even if not full.")
+    slide: int = Field(default=5, ge=1, description="Tumbling windows per sliding window.")
+    k: int = Field(default=5, ge=1, description="Neighbours of the k-NN metrics.")
+    preset: Literal["relative", "absolute"] = Field(
+        default="relative", description="relative: within margins of the real baseline; absolute: FID < 30 and "
+                                        "recall > 0.85 (numbers meant for Inception features).")
+    fid_max_ratio: float = Field(default=3.0, gt=0, description="Window FID at most this × the baseline FID.")
+    recall_margin: float = Field(default=0.15, ge=0)
+    coverage_margin: float = Field(default=0.2, ge=0)
+    min_window: int = Field(default=50, ge=2, description="A sliding window with fewer samples is warming up.")
+    min_margin: float = Field(default=0.5, ge=0, le=1, description="Labeler top-2 margin below which a label is uncertain.")
+    reject_realism_factor: float = Field(default=0.5, gt=0, description="Reject below this × the real 1% realism.")
+
+
+WindowState = Literal["warming_up", "admissible", "inadmissible"]
+
+
+def window_gate(metrics: Metrics, baseline: Metrics, config: QualityConfig) -> tuple[WindowState, str]:
+    """Whether a window is admissible, and why (or why not)."""
+    if config.preset == "absolute":
+        checks = [("fid", metrics.fid < 30.0, "< 30"), ("recall", metrics.recall > 0.85, "> 0.85")]
+    else:
+        checks = [
+            ("fid", metrics.fid <= baseline.fid * config.fid_max_ratio,
+             f"≤ {baseline.fid * config.fid_max_ratio:.3g}"),
+            ("recall", metrics.recall >= baseline.recall - config.recall_margin,
+             f"≥ {baseline.recall - config.recall_margin:.2f}"),
+            ("coverage", metrics.coverage >= baseline.coverage - config.coverage_margin,
+             f"≥ {baseline.coverage - config.coverage_margin:.2f}"),
+        ]
+    failed = [f"{name} {getattr(metrics, name):.3g} not {limit}" for name, ok, limit in checks if not ok]
+    return ("inadmissible", "; ".join(failed)) if failed else ("admissible", "within the baseline margins")
+
+
+@dataclass
+class Closed:
+    """A closed tumbling window, kept for the sliding windows after it."""
+
+    moments: RunningMoments
+    features: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class GeneratorWindows:
+    """One generator's open tumbling window and the closed ones the sliding window still spans."""
+
+    generator: str
+    dim: int
+    slide: int
+    seq: int = 0
+    opened_ms: int | None = None
+    pending: list[tuple[LabeledSample, np.ndarray]] = field(default_factory=list)
+    moments: RunningMoments | None = None
+    history: deque[Closed] = field(default_factory=deque)
+
+    def add(self, record: LabeledSample, features: np.ndarray, now_ms: int) -> None:
+        if self.moments is None:
+            self.moments = RunningMoments(self.dim)
+        if self.opened_ms is None:
+            self.opened_ms = now_ms
+        self.pending.append((record, features))
+        self.moments.update(features)
+
+    def remember(self, closed: Closed) -> None:
+        self.history.append(closed)
+        while len(self.history) > self.slide - 1:
+            self.history.popleft()
+
+
+class QualityJudge:
+    """Scores windows and decides samples against one ``Reference`` (one extractor, one real set)."""
+
+    def __init__(self, reference: Reference, extractor: object, config: QualityConfig) -> None:
+        """``extractor`` maps uint8 images (N, H, W) to features (N, d) with ``run`` (an ``OnnxModel``)."""
+        self.reference = reference
+        self.extractor = extractor
+        self.config = config
+        self.review_realism = reference.realism_quantiles["q01"]
+        self.reject_realism = self.review_realism * config.reject_realism_factor
+
+    def features(self, records: list[LabeledSample]) -> np.ndarray:
+        images = np.stack([decode_png(r.sample.image_png) for r in records])
+        return self.extractor.run(images)  # type: ignore[attr-defined, no-any-return]
+
+    def due(self, windows: GeneratorWindows, now_ms: int) -> bool:
+        """Whether the open window is full or old enough to close."""
+        return len(windows.pending) >= self.config.window_size or (
+            bool(windows.pending) and windows.opened_ms is not None
+            and now_ms - windows.opened_ms >= self.config.max_window_s * 1000)
+
+    def _window(self, windows: GeneratorWindows, kind: Literal["tumbling", "sliding"], moments: RunningMoments,
+                features: np.ndarray, records: list[LabeledSample], class_label: int | None,
+                run_id: str) -> tuple[QualityWindow, str]:
+        ref = self.reference
+        n = len(features)
+        baseline = ref.baseline(n, class_label)
+        if n <= ref.k or n < (self.config.min_window if class_label is None else ref.k + 1):
+            state: WindowState = "warming_up"
+            metrics, why = Metrics(n=n, fid=0.0, precision=0.0, recall=0.0, density=0.0, coverage=0.0), \
+                f"{n} samples, fewer than {max(self.config.min_window, ref.k + 1)}"
+        else:
+            metrics = ref.metrics(moments, features, class_label)
+            state, why = window_gate(metrics, baseline, self.config)
+        times = [r.sample.created_ms for r in records]
+        suffix = "" if class_label is None else f"/{class_label}"
+        window = QualityWindow(
+            run_id=run_id, window_id=f"{windows.generator}{suffix}:{kind}:{windows.seq}", generator=windows.generator,
+            generator_version=records[-1].sample.generator_version, class_label=class_label, kind=kind,
+            start_ms=min(times), end_ms=max(times), metrics=metrics, baseline=baseline,
+            memorized_fraction=0.0, extractor=ref.extractor, extractor_hash=ref.extractor_hash,
+            reference_split=ref.name, gate_state=state)
+        return window, why
+
+    def close(self, windows: GeneratorWindows) -> list[Record]:
+        """Score the open window and its sliding window, decide each of its samples, start the next window."""
+        records = [r for r, _ in windows.pending]
+        features = np.stack([f for _, f in windows.pending])
+        assert windows.moments is not None
+        labels = np.array([r.sample.conditioning.class_label for r in records])
+        realism, nn_distance, memorization = self.reference.per_sample(
+            features, np.stack([decode_png(r.sample.image_png) for r in records]))
+        memorized = memorization < self.reference.memorization_floor
+        run_id = records[-1].run_id
+        tumbling, _ = self._window(windows, "tumbling", windows.moments, features, records, None, run_id)
+        out: list[Record] = [tumbling.model_copy(update={"memorized_fraction": float(memorized.mean())})]
+        for c in sorted(set(labels.tolist())):
+            members = labels == c
+            if members.sum() > self.reference.k:
+                class_features = features[members]
+                moments = RunningMoments(windows.dim).update(class_features)
+                window, _ = self._window(windows, "tumbling", moments, class_features,
+                                         [r for r, m in zip(records, members) if m], c, run_id)
+                out.append(window.model_copy(update={"memorized_fraction": float(memorized[members].mean())}))
+        closed = Closed(windows.moments, features, labels)
+        span = [*windows.history, closed]
+        moments = span[0].moments
+        for part in span[1:]:
+            moments = moments + part.moments
+        sliding, why = self._window(windows, "sliding", moments, np.concatenate([p.features for p in span]),
+                                    records, None, run_id)
+        out.append(sliding.model_copy(update={"memorized_fraction": float(memorized.mean())}))
+        for i, record in enumerate(records):
+            score = Score(window_id=tumbling.window_id, realism=float(realism[i]), nn_distance=float(nn_distance[i]),
+                          memorization_ratio=float(memorization[i]), extractor=self.reference.extractor,
+                          extractor_hash=self.reference.extractor_hash)
+            out += self.decide(record, score, sliding.gate_state, f"window {sliding.window_id}: {why}")
+        windows.remember(closed)
+        windows.seq += 1
+        windows.pending, windows.moments, windows.opened_ms = [], None, None
+        return out
+
+    def decide(self, record: LabeledSample, score: Score, state: WindowState, why: str) -> list[Record]:
+        """The scored record and the decision for one sample."""
+        label, c = record.label, self.config
+        conditioned = record.sample.conditioning.class_label
+        decision: Literal["accepted", "review", "rejected"]
+        if score.memorization_ratio < self.reference.memorization_floor:
+            decision, reason = "rejected", (f"memorized: {score.memorization_ratio:.2f}× the real median distance to "
+                                            f"the nearest training image (floor {self.reference.memorization_floor:.2f})")
+        elif not label.agrees:
+            decision, reason = "rejected", (f"labeler disagrees with the conditioning (class {conditioned}): "
+                                            f"labeler says {label.label if not record.sample.objects else 'otherwise'}, "
+                                            f"margin {label.margin:.2f}")
+        elif not record.sample.objects and score.realism < self.reject_realism:
+            decision, reason = "rejected", f"off the real manifold: realism {score.realism:.2f} < {self.reject_realism:.2f}"
+        elif not record.sample.objects and state == "inadmissible":
+            decision, reason = "rejected", f"inadmissible {why}"
+        elif not record.sample.objects and state == "warming_up":
+            decision, reason = "review", f"not judged: {why}"
+        elif label.margin < c.min_margin:
+            decision, reason = "review", f"uncertain label: margin {label.margin:.2f} < {c.min_margin:.2f}"
+        elif not record.sample.objects and score.realism < self.review_realism:
+            decision, reason = "review", (f"edge of the real manifold: realism {score.realism:.2f} "
+                                          f"< {self.review_realism:.2f} (real 1%)")
+        else:
+            decision, reason = "accepted", ("every object labeled confidently and in agreement (scenes have no set "
+                                            "metrics)" if record.sample.objects else
+                                            "window admissible, label confident and in agreement, realistic")
+        scored = ScoredSample(run_id=record.run_id, sample=record.sample, label=label, score=score)
+        gate = Gate(decision=decision, reason=reason, gate=c.preset)
+        return [scored, SampleDecision(run_id=record.run_id, sample=record.sample, label=label, score=score, gate=gate)]
+
+    def decide_scene(self, record: LabeledSample) -> list[Record]:
+        """A multi-object scene: no window, decided on its labels (its realism is not measured)."""
+        score = Score(window_id="scene", realism=0.0, nn_distance=0.0, memorization_ratio=float("inf"),
+                      extractor=self.reference.extractor, extractor_hash=self.reference.extractor_hash)
+        return self.decide(record, score, "admissible", "scene")
+
+
+def sink_of(record: Record) -> str:
+    """Scored samples, decisions (by decision) and windows each to their topic."""
+    if isinstance(record, SampleDecision):
+        return f"sdg.samples.{record.gate.decision}"
+    if isinstance(record, ScoredSample):
+        return "sdg.samples.scored"
+    return "sdg.quality"

@@ -1,0 +1,120 @@
+"""The labeler and the quality extractor: ``sdg train-labeler`` trains both; the processors load them.
+
+Layout in the model registry: ``<models>/<kind>/<version>/{fp32,int8}.onnx`` (+ ``.json`` descriptions,
+``config.json`` with the label budget) and ``<models>/<kind>/LATEST``, for kind ``labeler`` and ``extractor``.
+A user's own ONNX model replaces either through ``SDG_QUALITY__LABELER`` / ``SDG_QUALITY__EXTRACTOR``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from models.generator import GeneratorError
+from models.reference import Splits, load_digits_reference, make_splits
+from models.runtime import OnnxModel, OnnxSpec
+from processors.label import Labeler
+from processors.quality import QualityJudge
+from sdg.settings import Settings
+
+EXTRACTOR_SPEC = OnnxSpec(name="sdg-digits-contrastive", kind="features", output="features")
+
+
+@dataclass(frozen=True)
+class QualityModels:
+    labeler: Path
+    extractor: Path
+    labels_used: int
+    test_accuracy: dict[str, float]
+
+
+def _publish(staging: Path, root: Path, kind: str) -> Path:
+    """Move a freshly written model folder to ``root/kind/<content version>`` and mark it the latest."""
+    version = OnnxModel(staging / "fp32.onnx").version
+    target = root / kind / version
+    if target.exists():
+        shutil.rmtree(staging)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(target)
+    (root / kind / "LATEST").write_text(version)
+    return target
+
+
+def train_quality_models(settings: Settings, *, splits: Splits | None = None, extractor_steps: int = 600,
+                         labeler_steps: int = 600, console: Console) -> QualityModels:
+    """Train the contrastive extractor (unlabeled train images) and the labeler (few labels only); deploy both."""
+    import numpy as np
+    import torch
+
+    from models.features import ExtractorConfig, extractor_config, train_extractor
+    from models.labeler import LabelerConfig, deploy, labeler_config, labeler_spec, train_labeler
+
+    splits = splits or make_splits(load_digits_reference())
+    unlabeled = splits.reference.images[splits.train]  # images only: no label of the train split is read
+    root = settings.models_dir
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bars:
+        def bar(name: str, total: int) -> Callable[[int], None]:
+            task = bars.add_task(name, total=total)
+            return lambda n: bars.advance(task, n)
+
+        e_config = ExtractorConfig(steps=extractor_steps)
+        extractor = train_extractor(unlabeled, e_config, progress=bar("extractor (contrastive, no labels)",
+                                                                      extractor_steps))
+        calibration = splits.unlabeled_images()[:512]
+        staging = root / "extractor" / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        deploy(extractor.net, staging, EXTRACTOR_SPEC, calibration=calibration,
+               config=extractor_config(e_config, splits.hashes["train"]))
+        extractor_dir = _publish(staging, root, "extractor")
+
+        few = splits.labeled("few")
+        l_config = replace(LabelerConfig(), steps=labeler_steps)
+        labeler = train_labeler(few, l_config, init=extractor, progress=bar(f"labeler ({few.budget.n_labels} labels)",
+                                                                           labeler_steps))
+    staging = root / "labeler" / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    deployed = deploy(labeler, staging, labeler_spec(l_config), calibration=calibration,
+                      config=labeler_config(l_config, few, extractor_dir.name))
+    images, labels = splits.test_set()
+    u8 = np.floor(images * 255 + 0.5).astype(np.uint8)
+    accuracy = {p.stem: float((OnnxModel(p).run(u8).argmax(1) == labels).mean()) for p in (deployed.fp32, deployed.int8)}
+    with torch.no_grad():
+        accuracy["torch"] = float((labeler(torch.as_tensor(images)[:, None]).argmax(1).numpy() == labels).mean())
+    labeler_dir = _publish(staging, root, "labeler")
+    return QualityModels(labeler_dir, extractor_dir, few.budget.n_labels, accuracy)
+
+
+def _model_path(settings: Settings, kind: str, given: Path | None, precision: str) -> Path:
+    if given is not None:
+        return given
+    latest = settings.models_dir / kind / "LATEST"
+    if not latest.exists():
+        raise GeneratorError(f"no {kind} in {settings.models_dir}; train one with `sdg train-labeler`")
+    return settings.models_dir / kind / latest.read_text().strip() / f"{precision}.onnx"
+
+
+def load_labeler(settings: Settings) -> Labeler:
+    q = settings.quality
+    model = OnnxModel(_model_path(settings, "labeler", q.labeler, q.labeler_precision), threads=q.threads)
+    if model.spec.kind != "classifier":
+        raise GeneratorError(f"{model.path} is described as {model.spec.kind}, not a classifier")
+    classes = model.spec.classes or tuple(range(int(model.session.get_outputs()[0].shape[1])))
+    return Labeler(name=model.spec.name, model=model, classes=classes, image_size=model.spec.image_size)
+
+
+def load_judge(settings: Settings, splits: Splits | None = None) -> QualityJudge:
+    """The quality judge over the default reference set (scikit-learn digits, fixed splits)."""
+    from models.quality import Reference
+
+    q = settings.quality
+    extractor = OnnxModel(_model_path(settings, "extractor", q.extractor, "fp32"), threads=q.threads)
+    reference = Reference.build(splits or make_splits(load_digits_reference()), extractor.run,
+                                extractor=extractor.spec.name, extractor_hash=extractor.version, k=q.k)
+    return QualityJudge(reference, extractor, q)

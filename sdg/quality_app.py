@@ -1,0 +1,160 @@
+"""The quality processor as a faust app: windowed state per generator in tables, recovered from changelogs.
+
+Two agents:
+
+- ``route`` reads ``sdg.samples.labeled`` (raw bytes: a record it cannot decode goes to ``sdg.dlq``
+  with its bytes), decides multi-object scenes at once, and re-keys every other sample by generator
+  onto an internal topic, so one worker owns each generator's windows.
+- ``judge`` keeps each generator's open window in the ``quality-rows`` table (one row per sample:
+  its features and record bytes; one row per closed window the sliding window still spans) and a
+  small header in ``quality-heads``. When a window is full it scores and decides it; a timer sends
+  a tick for windows older than ``max_window_s``, so a generator that stops still gets judged.
+
+In memory, a generator's windows are a ``GeneratorWindows`` with running moments updated per sample;
+after a restart they are rebuilt from the table (the same per-sample updates, replayed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+from processors.quality import Closed, GeneratorWindows, QualityJudge, sink_of
+from schemas.codec import RecordCodec
+from schemas.errors import UndecodableRecord
+from schemas.records import DeadLetter, LabeledSample, now_ms
+from sdg.settings import Settings
+from streams.catalog import topic as topic_spec
+from streams.faust_app import catalog_topic, faust_app
+
+SOURCE = "sdg.samples.labeled"
+TICK = b""
+
+
+def _pack_closed(closed: Closed) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, features=closed.features, labels=closed.labels)
+    return buf.getvalue()
+
+
+def _unpack_closed(data: bytes, dim: int) -> Closed:
+    from models.quality import RunningMoments
+
+    arrays = np.load(io.BytesIO(data))
+    return Closed(RunningMoments(dim).update(arrays["features"]), arrays["features"], arrays["labels"])
+
+
+def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-quality") -> Any:
+    """Build the faust app (run it with ``faust.Worker(app).execute_from_commandline()``)."""
+    codec = RecordCodec()
+    partitions = topic_spec(SOURCE).partitions
+    app = faust_app(app_id, kafka=settings.kafka_client, topics=settings.topics,
+                    data_dir=settings.state_dir / "faust" / app_id, topic_partitions=partitions)
+    source = app.topic(SOURCE, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    by_generator = app.topic(f"{app_id}-by-generator", key_type=bytes, value_type=bytes, key_serializer="raw",
+                             value_serializer="raw", partitions=partitions, internal=True)
+    rows = app.Table("quality-rows", default=None, key_type=str, value_type=bytes, value_serializer="raw",
+                     partitions=partitions)
+    heads = app.Table("quality-heads", default=None, key_type=str, value_type=str, value_serializer="raw",
+                      partitions=partitions)
+    outputs = {name: catalog_topic(app, name) for name in ("sdg.samples.scored", "sdg.samples.accepted",
+                                                          "sdg.samples.review", "sdg.samples.rejected",
+                                                          "sdg.quality", "sdg.dlq")}
+    dim = int(judge.extractor.run(np.zeros((1, 8, 8), np.uint8)).shape[1])  # type: ignore[attr-defined]
+    cache: dict[str, GeneratorWindows] = {}
+    slide = settings.quality.slide
+
+    async def publish(records: list[Any]) -> None:
+        for record in records:
+            await outputs[sink_of(record)].send(key=record.key(), value=record)
+
+    @app.agent(source)
+    async def route(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            try:
+                record = codec.decode(event.value)
+                if not isinstance(record, LabeledSample):
+                    raise UndecodableRecord(f"{SOURCE} carries LabeledSample, not {record.schema_name}")
+            except UndecodableRecord as e:
+                await outputs["sdg.dlq"].send(key=message.key, value=DeadLetter(
+                    run_id=settings.run_id, topic=message.topic, partition=message.partition, offset=message.offset,
+                    step_id="quality.route", error_type=type(e).__name__, error=str(e),
+                    original_key=message.key, original_value=event.value))
+                continue
+            if record.sample.objects:
+                await publish(judge.decide_scene(record))
+            else:
+                await by_generator.send(key=record.sample.generator.encode(), value=event.value)
+
+    def windows_of(generator: str) -> GeneratorWindows:
+        """The generator's windows from the cache, or rebuilt from the tables (after a start or rebalance)."""
+        if generator in cache:
+            return cache[generator]
+        windows = GeneratorWindows(generator, dim, slide)
+        head = heads.get(generator)
+        if head is not None:
+            state = json.loads(head)
+            windows.seq, opened, count = state["seq"], state["opened_ms"], state["count"]
+            for back in range(slide - 1, 0, -1):
+                closed = rows.get(f"{generator}|h|{windows.seq - back}")
+                if closed is not None:
+                    windows.remember(_unpack_closed(closed, dim))
+            for i in range(count):
+                row = rows[f"{generator}|{windows.seq}|{i}"]
+                features = np.frombuffer(row[: 4 * dim], dtype=np.float32)
+                windows.add(codec.decode(row[4 * dim:]), features, opened)  # type: ignore[arg-type]
+        cache[generator] = windows
+        return windows
+
+    def save_head(windows: GeneratorWindows) -> None:
+        heads[windows.generator] = json.dumps({"seq": windows.seq, "opened_ms": windows.opened_ms,
+                                               "count": len(windows.pending)})
+
+    @app.agent(by_generator)
+    async def judge_windows(stream: Any) -> None:
+        async for event in stream.events():
+            generator = event.key.decode()
+            windows = windows_of(generator)
+            if event.value != TICK:
+                record = codec.decode(event.value)
+                features = judge.features([record])[0].astype(np.float32)  # type: ignore[list-item]
+                rows[f"{generator}|{windows.seq}|{len(windows.pending)}"] = features.tobytes() + event.value
+                windows.add(record, features, now_ms())  # type: ignore[arg-type]
+            if windows.pending and judge.due(windows, now_ms()):
+                seq, count = windows.seq, len(windows.pending)
+                await publish(judge.close(windows))
+                for i in range(count):
+                    del rows[f"{generator}|{seq}|{i}"]
+                if slide > 1:  # the sliding window spans this one: keep it, drop the one that left the span
+                    rows[f"{generator}|h|{seq}"] = _pack_closed(windows.history[-1])
+                    if f"{generator}|h|{seq - slide + 1}" in rows:
+                        del rows[f"{generator}|h|{seq - slide + 1}"]
+            save_head(windows)
+
+    @app.timer(interval=1.0)
+    async def tick() -> None:
+        now = now_ms()
+        for generator, head in list(heads.items()):
+            state = json.loads(head)
+            if state["count"] and now - state["opened_ms"] >= settings.quality.max_window_s * 1000:
+                await by_generator.send(key=generator.encode(), value=TICK)
+
+    return app
+
+
+def run_quality(settings: Settings) -> None:
+    """Run the quality processor in this process until SIGTERM/SIGINT."""
+    import faust
+
+    from sdg.labeling import load_judge
+
+    app = quality_app(settings, load_judge(settings))
+    faust.Worker(app, loglevel="WARN", quiet=True).execute_from_commandline()
+
+
+__all__ = ["quality_app", "run_quality"]
+
