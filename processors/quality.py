@@ -1,10 +1,12 @@
 """The quality processor's logic: windows per generator, set metrics against the real baseline, the gate.
 
-Per generator, samples collect in a tumbling window (closed at ``window_size`` samples or after
-``max_window_s``); its running moments are updated per sample. When it closes, the processor scores
-the window and the sliding window (this one and the ``slide`` − 1 before it, moments merged) per
-generator and per class against the real-vs-real baseline at the same n, then decides every sample
-of the window: accepted, review or rejected, each with a reason. Multi-object scenes are not
+Each sample is scored on its own as it arrives (features, realism, memorization, label agreement);
+a sample failing those checks is rejected. Per generator, samples collect in a tumbling window
+(closed at ``window_size`` samples or after ``max_window_s``) whose running moments are updated per
+candidate sample. When it closes, the processor scores the window and the sliding window (this one
+and the ``slide`` − 1 before it, moments merged), per generator and per class, against the
+real-vs-real baseline at the same n, then decides every sample of the window: accepted, review or
+rejected, each with a reason. Multi-object scenes are not
 comparable to the reference set's single digits: they are decided on their labels alone.
 
 Nothing here imports Kafka or faust; ``sdg.quality_app`` runs it as a faust agent with its state in tables.
@@ -72,7 +74,7 @@ def window_gate(metrics: Metrics, baseline: Metrics, config: QualityConfig) -> t
 
 @dataclass
 class Closed:
-    """A closed tumbling window, kept for the sliding windows after it."""
+    """A closed tumbling window's candidates, kept for the sliding windows after it."""
 
     moments: RunningMoments
     features: np.ndarray
@@ -80,25 +82,45 @@ class Closed:
 
 
 @dataclass
+class Pending:
+    """A sample waiting for its window: its features, per-sample score and per-sample rejection (None: a candidate)."""
+
+    record: LabeledSample
+    features: np.ndarray
+    score: Score
+    rejection: str | None
+
+
+@dataclass
 class GeneratorWindows:
-    """One generator's open tumbling window and the closed ones the sliding window still spans."""
+    """One generator's open tumbling window and the closed ones the sliding window still spans.
+
+    The running moments cover the window's candidates: samples that passed the per-sample checks.
+    Those checks catch outliers; the set metrics catch what no single sample shows (mode collapse,
+    missing diversity, a shifted distribution), without a few rejected outliers deciding for the rest.
+    """
 
     generator: str
     dim: int
     slide: int
     seq: int = 0
     opened_ms: int | None = None
-    pending: list[tuple[LabeledSample, np.ndarray]] = field(default_factory=list)
+    pending: list[Pending] = field(default_factory=list)
     moments: RunningMoments | None = None
     history: deque[Closed] = field(default_factory=deque)
 
-    def add(self, record: LabeledSample, features: np.ndarray, now_ms: int) -> None:
+    @property
+    def window_id(self) -> str:
+        return f"{self.generator}:tumbling:{self.seq}"
+
+    def add(self, item: Pending, now_ms: int) -> None:
         if self.moments is None:
             self.moments = RunningMoments(self.dim)
         if self.opened_ms is None:
             self.opened_ms = now_ms
-        self.pending.append((record, features))
-        self.moments.update(features)
+        self.pending.append(item)
+        if item.rejection is None:
+            self.moments.update(item.features)
 
     def remember(self, closed: Closed) -> None:
         self.history.append(closed)
@@ -107,7 +129,7 @@ class GeneratorWindows:
 
 
 class QualityJudge:
-    """Scores windows and decides samples against one ``Reference`` (one extractor, one real set)."""
+    """Scores samples and windows and decides samples against one ``Reference`` (one extractor, one real set)."""
 
     def __init__(self, reference: Reference, extractor: object, config: QualityConfig) -> None:
         """``extractor`` maps uint8 images (N, H, W) to features (N, d) with ``run`` (an ``OnnxModel``)."""
@@ -117,9 +139,32 @@ class QualityJudge:
         self.review_realism = reference.realism_quantiles["q01"]
         self.reject_realism = self.review_realism * config.reject_realism_factor
 
-    def features(self, records: list[LabeledSample]) -> np.ndarray:
+    def assess(self, records: list[LabeledSample], window_id: str) -> list[Pending]:
+        """Features, per-sample score and per-sample rejection of each record."""
         images = np.stack([decode_png(r.sample.image_png) for r in records])
-        return self.extractor.run(images)  # type: ignore[attr-defined, no-any-return]
+        features = self.extractor.run(images)  # type: ignore[attr-defined]
+        realism, nn_distance, memorization = self.reference.per_sample(features, images)
+        out = []
+        for i, record in enumerate(records):
+            score = Score(window_id=window_id, realism=float(realism[i]), nn_distance=float(nn_distance[i]),
+                          memorization_ratio=float(memorization[i]), extractor=self.reference.extractor,
+                          extractor_hash=self.reference.extractor_hash)
+            out.append(Pending(record, features[i].astype(np.float32), score, self.rejection(record, score)))
+        return out
+
+    def rejection(self, record: LabeledSample, score: Score) -> str | None:
+        """Why a sample fails on its own (memorized, mislabeled, unrealistic), or None."""
+        label, scene = record.label, bool(record.sample.objects)
+        if not scene and score.memorization_ratio < self.reference.memorization_floor:
+            return (f"memorized: {score.memorization_ratio:.2f}× the real median distance to the nearest "
+                    f"training image (floor {self.reference.memorization_floor:.2f})")
+        if not label.agrees:
+            said = "otherwise for an object" if scene else f"{label.label}"
+            return (f"labeler disagrees with the conditioning: class {record.sample.conditioning.class_label}, "
+                    f"labeler says {said} (margin {label.margin:.2f})")
+        if not scene and score.realism < self.reject_realism:
+            return f"off the real manifold: realism {score.realism:.2f} < {self.reject_realism:.2f}"
+        return None
 
     def due(self, windows: GeneratorWindows, now_ms: int) -> bool:
         """Whether the open window is full or old enough to close."""
@@ -128,23 +173,24 @@ class QualityJudge:
             and now_ms - windows.opened_ms >= self.config.max_window_s * 1000)
 
     def _window(self, windows: GeneratorWindows, kind: Literal["tumbling", "sliding"], moments: RunningMoments,
-                features: np.ndarray, records: list[LabeledSample], class_label: int | None,
+                features: np.ndarray, times: list[int], class_label: int | None,
                 run_id: str) -> tuple[QualityWindow, str]:
         ref = self.reference
         n = len(features)
-        baseline = ref.baseline(n, class_label)
-        if n <= ref.k or n < (self.config.min_window if class_label is None else ref.k + 1):
+        needed = self.config.min_window if class_label is None else ref.k + 1
+        baseline = None
+        if n < max(needed, ref.k + 1):
             state: WindowState = "warming_up"
-            metrics, why = Metrics(n=n, fid=0.0, precision=0.0, recall=0.0, density=0.0, coverage=0.0), \
-                f"{n} samples, fewer than {max(self.config.min_window, ref.k + 1)}"
+            metrics = Metrics(n=n, fid=0.0, precision=0.0, recall=0.0, density=0.0, coverage=0.0)
+            why = f"{n} candidate samples, fewer than {max(needed, ref.k + 1)}"
         else:
+            baseline = ref.baseline(n, class_label)
             metrics = ref.metrics(moments, features, class_label)
             state, why = window_gate(metrics, baseline, self.config)
-        times = [r.sample.created_ms for r in records]
         suffix = "" if class_label is None else f"/{class_label}"
         window = QualityWindow(
             run_id=run_id, window_id=f"{windows.generator}{suffix}:{kind}:{windows.seq}", generator=windows.generator,
-            generator_version=records[-1].sample.generator_version, class_label=class_label, kind=kind,
+            generator_version=windows.pending[-1].record.sample.generator_version, class_label=class_label, kind=kind,
             start_ms=min(times), end_ms=max(times), metrics=metrics, baseline=baseline,
             memorized_fraction=0.0, extractor=ref.extractor, extractor_hash=ref.extractor_hash,
             reference_split=ref.name, gate_state=state)
@@ -152,78 +198,68 @@ class QualityJudge:
 
     def close(self, windows: GeneratorWindows) -> list[Record]:
         """Score the open window and its sliding window, decide each of its samples, start the next window."""
-        records = [r for r, _ in windows.pending]
-        features = np.stack([f for _, f in windows.pending])
-        assert windows.moments is not None
-        labels = np.array([r.sample.conditioning.class_label for r in records])
-        realism, nn_distance, memorization = self.reference.per_sample(
-            features, np.stack([decode_png(r.sample.image_png) for r in records]))
-        memorized = memorization < self.reference.memorization_floor
-        run_id = records[-1].run_id
-        tumbling, _ = self._window(windows, "tumbling", windows.moments, features, records, None, run_id)
-        out: list[Record] = [tumbling.model_copy(update={"memorized_fraction": float(memorized.mean())})]
+        pending = windows.pending
+        candidates = [p for p in pending if p.rejection is None]
+        features = np.stack([p.features for p in candidates]) if candidates else np.zeros((0, windows.dim), np.float32)
+        labels = np.array([p.record.sample.conditioning.class_label for p in candidates], dtype=np.int64)
+        moments = windows.moments if windows.moments is not None else RunningMoments(windows.dim)
+        times = [p.record.sample.created_ms for p in pending]
+        floor = self.reference.memorization_floor
+        memorized = float(np.mean([p.score.memorization_ratio < floor for p in pending]))
+        run_id = pending[-1].record.run_id
+        tumbling, _ = self._window(windows, "tumbling", moments, features, times, None, run_id)
+        out: list[Record] = [tumbling]
         for c in sorted(set(labels.tolist())):
             members = labels == c
             if members.sum() > self.reference.k:
-                class_features = features[members]
-                moments = RunningMoments(windows.dim).update(class_features)
-                window, _ = self._window(windows, "tumbling", moments, class_features,
-                                         [r for r, m in zip(records, members) if m], c, run_id)
-                out.append(window.model_copy(update={"memorized_fraction": float(memorized[members].mean())}))
-        closed = Closed(windows.moments, features, labels)
+                class_moments = RunningMoments(windows.dim).update(features[members])
+                out.append(self._window(windows, "tumbling", class_moments, features[members], times, c, run_id)[0])
+        closed = Closed(moments, features, labels)
         span = [*windows.history, closed]
-        moments = span[0].moments
+        merged = span[0].moments
         for part in span[1:]:
-            moments = moments + part.moments
-        sliding, why = self._window(windows, "sliding", moments, np.concatenate([p.features for p in span]),
-                                    records, None, run_id)
-        out.append(sliding.model_copy(update={"memorized_fraction": float(memorized.mean())}))
-        for i, record in enumerate(records):
-            score = Score(window_id=tumbling.window_id, realism=float(realism[i]), nn_distance=float(nn_distance[i]),
-                          memorization_ratio=float(memorization[i]), extractor=self.reference.extractor,
-                          extractor_hash=self.reference.extractor_hash)
-            out += self.decide(record, score, sliding.gate_state, f"window {sliding.window_id}: {why}")
+            merged = merged + part.moments
+        sliding, why = self._window(windows, "sliding", merged, np.concatenate([p.features for p in span]), times,
+                                    None, run_id)
+        out.append(sliding)
+        out = [w.model_copy(update={"memorized_fraction": memorized}) for w in out]  # type: ignore[union-attr]
+        for item in pending:
+            out += self.decide(item, sliding.gate_state, f"window {sliding.window_id}: {why}")
         windows.remember(closed)
         windows.seq += 1
         windows.pending, windows.moments, windows.opened_ms = [], None, None
         return out
 
-    def decide(self, record: LabeledSample, score: Score, state: WindowState, why: str) -> list[Record]:
+    def decide(self, item: Pending, state: WindowState, why: str) -> list[Record]:
         """The scored record and the decision for one sample."""
-        label, c = record.label, self.config
-        conditioned = record.sample.conditioning.class_label
+        record, c = item.record, self.config
+        scene = bool(record.sample.objects)
         decision: Literal["accepted", "review", "rejected"]
-        if score.memorization_ratio < self.reference.memorization_floor:
-            decision, reason = "rejected", (f"memorized: {score.memorization_ratio:.2f}× the real median distance to "
-                                            f"the nearest training image (floor {self.reference.memorization_floor:.2f})")
-        elif not label.agrees:
-            decision, reason = "rejected", (f"labeler disagrees with the conditioning (class {conditioned}): "
-                                            f"labeler says {label.label if not record.sample.objects else 'otherwise'}, "
-                                            f"margin {label.margin:.2f}")
-        elif not record.sample.objects and score.realism < self.reject_realism:
-            decision, reason = "rejected", f"off the real manifold: realism {score.realism:.2f} < {self.reject_realism:.2f}"
-        elif not record.sample.objects and state == "inadmissible":
+        if item.rejection is not None:
+            decision, reason = "rejected", item.rejection
+        elif state == "inadmissible":
             decision, reason = "rejected", f"inadmissible {why}"
-        elif not record.sample.objects and state == "warming_up":
+        elif state == "warming_up":
             decision, reason = "review", f"not judged: {why}"
-        elif label.margin < c.min_margin:
-            decision, reason = "review", f"uncertain label: margin {label.margin:.2f} < {c.min_margin:.2f}"
-        elif not record.sample.objects and score.realism < self.review_realism:
-            decision, reason = "review", (f"edge of the real manifold: realism {score.realism:.2f} "
+        elif record.label.margin < c.min_margin:
+            decision, reason = "review", f"uncertain label: margin {record.label.margin:.2f} < {c.min_margin:.2f}"
+        elif not scene and item.score.realism < self.review_realism:
+            decision, reason = "review", (f"edge of the real manifold: realism {item.score.realism:.2f} "
                                           f"< {self.review_realism:.2f} (real 1%)")
         else:
             decision, reason = "accepted", ("every object labeled confidently and in agreement (scenes have no set "
-                                            "metrics)" if record.sample.objects else
+                                            "metrics)" if scene else
                                             "window admissible, label confident and in agreement, realistic")
-        scored = ScoredSample(run_id=record.run_id, sample=record.sample, label=label, score=score)
+        scored = ScoredSample(run_id=record.run_id, sample=record.sample, label=record.label, score=item.score)
         gate = Gate(decision=decision, reason=reason, gate=c.preset)
-        return [scored, SampleDecision(run_id=record.run_id, sample=record.sample, label=label, score=score, gate=gate)]
+        return [scored, SampleDecision(run_id=record.run_id, sample=record.sample, label=record.label,
+                                       score=item.score, gate=gate)]
 
     def decide_scene(self, record: LabeledSample) -> list[Record]:
         """A multi-object scene: no window, decided on its labels (its realism is not measured)."""
-        score = Score(window_id="scene", realism=0.0, nn_distance=0.0, memorization_ratio=float("inf"),
+        score = Score(window_id="scene", realism=0.0, nn_distance=0.0, memorization_ratio=0.0,
                       extractor=self.reference.extractor, extractor_hash=self.reference.extractor_hash)
-        return self.decide(record, score, "admissible", "scene")
+        return self.decide(Pending(record, np.zeros(0), score, self.rejection(record, score)), "admissible", "scene")
 
 
 def sink_of(record: Record) -> str:

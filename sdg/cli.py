@@ -145,9 +145,9 @@ def run_processor(
     if processor == "quality":
         from sdg.quality_app import run_quality
 
-        if source or sink or group:
-            raise typer.BadParameter("quality reads sdg.samples.labeled as the faust app sdg-quality")
-        run_quality(_settings())
+        if source or sink:
+            raise typer.BadParameter("quality reads sdg.samples.labeled and writes the scored, decision and quality topics")
+        run_quality(_settings(), app_id=group or "sdg-quality")
         return
     with make_processor(processor, _settings(), source=source, sink=sink, group=group) as runner:
         stats = runner.run(handle_signals=True)

@@ -6,12 +6,12 @@ Two agents:
   with its bytes), decides multi-object scenes at once, and re-keys every other sample by generator
   onto an internal topic, so one worker owns each generator's windows.
 - ``judge`` keeps each generator's open window in the ``quality-rows`` table (one row per sample:
-  its features and record bytes; one row per closed window the sliding window still spans) and a
+  its record bytes; one row per closed window the sliding window still spans: its candidates' features) and a
   small header in ``quality-heads``. When a window is full it scores and decides it; a timer sends
   a tick for windows older than ``max_window_s``, so a generator that stops still gets judged.
 
 In memory, a generator's windows are a ``GeneratorWindows`` with running moments updated per sample;
-after a restart they are rebuilt from the table (the same per-sample updates, replayed).
+after a restart they are rebuilt from the table (the same per-sample scoring and updates, replayed).
 """
 
 from __future__ import annotations
@@ -27,11 +27,17 @@ from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
 from schemas.records import DeadLetter, LabeledSample, now_ms
 from sdg.settings import Settings
+from streams import admin
+from streams.catalog import TopicSpec
 from streams.catalog import topic as topic_spec
 from streams.faust_app import catalog_topic, faust_app
 
 SOURCE = "sdg.samples.labeled"
 TICK = b""
+
+
+def internal_topic(app_id: str) -> str:
+    return f"{app_id}-by-generator"
 
 
 def _pack_closed(closed: Closed) -> bytes:
@@ -51,14 +57,16 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
     """Build the faust app (run it with ``faust.Worker(app).execute_from_commandline()``)."""
     codec = RecordCodec()
     partitions = topic_spec(SOURCE).partitions
-    app = faust_app(app_id, kafka=settings.kafka_client, topics=settings.topics,
-                    data_dir=settings.state_dir / "faust" / app_id, topic_partitions=partitions)
+    data_dir = settings.state_dir / "faust" / app_id
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust_app(app_id, kafka=settings.kafka_client, topics=settings.topics, data_dir=data_dir,
+                    topic_partitions=partitions)
     source = app.topic(SOURCE, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    by_generator = app.topic(f"{app_id}-by-generator", key_type=bytes, value_type=bytes, key_serializer="raw",
+    by_generator = app.topic(internal_topic(app_id), key_type=bytes, value_type=bytes, key_serializer="raw",
                              value_serializer="raw", partitions=partitions, internal=True)
-    rows = app.Table("quality-rows", default=None, key_type=str, value_type=bytes, value_serializer="raw",
+    rows = app.Table("quality-rows", default=None, key_type=str, value_type=bytes,
                      partitions=partitions)
-    heads = app.Table("quality-heads", default=None, key_type=str, value_type=str, value_serializer="raw",
+    heads = app.Table("quality-heads", default=None, key_type=str, value_type=str,
                       partitions=partitions)
     outputs = {name: catalog_topic(app, name) for name in ("sdg.samples.scored", "sdg.samples.accepted",
                                                           "sdg.samples.review", "sdg.samples.rejected",
@@ -103,10 +111,9 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
                 closed = rows.get(f"{generator}|h|{windows.seq - back}")
                 if closed is not None:
                     windows.remember(_unpack_closed(closed, dim))
-            for i in range(count):
-                row = rows[f"{generator}|{windows.seq}|{i}"]
-                features = np.frombuffer(row[: 4 * dim], dtype=np.float32)
-                windows.add(codec.decode(row[4 * dim:]), features, opened)  # type: ignore[arg-type]
+            records = [codec.decode(rows[f"{generator}|{windows.seq}|{i}"]) for i in range(count)]
+            for item in judge.assess(records, windows.window_id) if records else []:  # type: ignore[arg-type]
+                windows.add(item, opened)
         cache[generator] = windows
         return windows
 
@@ -120,10 +127,9 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
             generator = event.key.decode()
             windows = windows_of(generator)
             if event.value != TICK:
-                record = codec.decode(event.value)
-                features = judge.features([record])[0].astype(np.float32)  # type: ignore[list-item]
-                rows[f"{generator}|{windows.seq}|{len(windows.pending)}"] = features.tobytes() + event.value
-                windows.add(record, features, now_ms())  # type: ignore[arg-type]
+                item = judge.assess([codec.decode(event.value)], windows.window_id)[0]  # type: ignore[list-item]
+                rows[f"{generator}|{windows.seq}|{len(windows.pending)}"] = event.value
+                windows.add(item, now_ms())
             if windows.pending and judge.due(windows, now_ms()):
                 seq, count = windows.seq, len(windows.pending)
                 await publish(judge.close(windows))
@@ -146,13 +152,18 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
     return app
 
 
-def run_quality(settings: Settings) -> None:
-    """Run the quality processor in this process until SIGTERM/SIGINT."""
+def run_quality(settings: Settings, *, app_id: str = "sdg-quality") -> None:
+    """Run the quality processor in this process until SIGTERM/SIGINT; ``app_id`` is also its consumer group."""
     import faust
 
     from sdg.labeling import load_judge
 
-    app = quality_app(settings, load_judge(settings))
+    # aiokafka drops a subscribed topic that does not exist yet and never comes back to it, so the
+    # internal topic is created before the worker subscribes
+    spec = TopicSpec(internal_topic(app_id), "generator", LabeledSample, topic_spec(SOURCE).partitions,
+                     "the quality processor's samples, keyed by generator", {"retention.ms": str(24 * 3600 * 1000)})
+    admin.create_topics(settings.kafka_client, settings.topics, [spec])
+    app = quality_app(settings, load_judge(settings), app_id=app_id)
     faust.Worker(app, loglevel="WARN", quiet=True).execute_from_commandline()
 
 

@@ -162,9 +162,16 @@ def log_end_offsets(kafka: KafkaConfig, names: list[str], *, timeout_s: float = 
 def start_group_at_end(kafka: KafkaConfig, group: str, names: list[str], *, timeout_s: float = 10) -> None:
     """Commit the current log ends for a new ``group``: its members read only what is written from now on."""
     consumer = Consumer(kafka.librdkafka(**{"group.id": group, "enable.auto.commit": False}))
+    deadline = time.monotonic() + timeout_s
     try:
-        consumer.commit(offsets=_partition_ends(consumer, names, timeout_s), asynchronous=False)
-    except KafkaException as e:
-        raise BrokerError(f"cannot set the offsets of group {group}: {e}") from e
+        ends = _partition_ends(consumer, names, timeout_s)
+        while True:
+            try:
+                consumer.commit(offsets=ends, asynchronous=False)
+                return
+            except KafkaException as e:  # a new broker's group coordinator may still be loading: retriable
+                if not e.args[0].retriable() or time.monotonic() > deadline:
+                    raise BrokerError(f"cannot set the offsets of group {group}: {e}") from e
+                time.sleep(0.2)
     finally:
         consumer.close()

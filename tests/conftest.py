@@ -65,3 +65,17 @@ def fresh_topic(kafka: KafkaConfig):
 def sdg_command(*args: str) -> list[str]:
     """The ``sdg`` command line, run with this interpreter."""
     return [sys.executable, "-m", "sdg", *args]
+
+
+@pytest.fixture(scope="session")
+def quality_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state folder whose model registry holds a small trained labeler and quality extractor."""
+    from rich.console import Console
+
+    from sdg.labeling import train_quality_models
+    from sdg.settings import Settings
+
+    state = tmp_path_factory.mktemp("quality")
+    train_quality_models(Settings(state_dir=state), extractor_steps=300, labeler_steps=300,
+                         console=Console(quiet=True))
+    return state

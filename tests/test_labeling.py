@@ -1,0 +1,131 @@
+"""The labeler and the quality extractor as real ONNX Runtime models, the label function and the gate."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.corruption import mixed_stream
+from models.generator import to_uint8
+from models.quality import RunningMoments
+from models.reference import load_digits_reference, make_splits
+from models.render import ProceduralRenderer
+from models.runtime import ModelFileError, OnnxModel, OnnxSpec, export_onnx
+from processors.generate import GenerateConfig, generate, plan_jobs
+from processors.label import label
+from processors.quality import GeneratorWindows, QualityConfig
+from schemas.records import GeneratedSample, SampleDecision
+from sdg.labeling import load_judge, load_labeler
+from sdg.settings import Settings
+
+SPLITS = make_splits(load_digits_reference())
+
+
+def _test_images() -> tuple[np.ndarray, np.ndarray]:
+    images, labels = SPLITS.test_set()
+    return to_uint8(images), labels
+
+
+def test_int8_labeler_keeps_the_fp32_accuracy_and_records_its_budget(quality_state: Path) -> None:
+    folder = quality_state / "models" / "labeler"
+    version = (folder / "LATEST").read_text()
+    images, labels = _test_images()
+    accuracy = {p: float((OnnxModel(folder / version / f"{p}.onnx").run(images).argmax(1) == labels).mean())
+                for p in ("fp32", "int8")}
+    assert accuracy["fp32"] > 0.85
+    assert abs(accuracy["int8"] - accuracy["fp32"]) <= 0.02
+    config = json.loads((folder / version / "config.json").read_text())
+    assert [(b["split"], b["n_labels"]) for b in config["label_budgets"]] == [("few", 100)]
+    assert OnnxModel(folder / version / "int8.onnx").version != OnnxModel(folder / version / "fp32.onnx").version
+
+
+def test_a_user_onnx_classifier_with_its_description_replaces_the_labeler(tmp_path: Path, quality_state: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 3), torch.nn.Softmax(dim=1))
+    path = tmp_path / "mine.onnx"
+    export_onnx(net, path, image_size=16, input="pixels", output="probs")
+    spec = OnnxSpec(name="my-classifier", kind="classifier", input="pixels", output="probs", image_size=16,
+                    scale=(0.0, 255.0), invert=True, output_is="probabilities", classes=(7, 3, 5))
+    spec.write(path.with_suffix(".json"))
+    labeler = load_labeler(Settings(state_dir=quality_state, quality=QualityConfig(labeler=path)))
+    images, _ = _test_images()
+    probabilities = labeler.model.run(images[:20])
+    big = np.stack([np.asarray(Image.fromarray(i).resize((16, 16), Image.Resampling.BILINEAR)) for i in images[:20]])
+    expected = net(torch.as_tensor(255.0 * (1.0 - big / 255.0), dtype=torch.float32)[:, None]).detach().numpy()
+    assert np.allclose(probabilities, expected, atol=1e-5)
+    assert labeler.name == "my-classifier" and labeler.classes == (7, 3, 5)
+
+    path.with_suffix(".json").unlink()
+    with pytest.raises(ModelFileError, match="no description"):
+        OnnxModel(path)
+    with pytest.raises(ModelFileError, match="names 'image'"):
+        OnnxModel(path, OnnxSpec(name="x", kind="classifier"))
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelFileError, match="cannot load"):
+        OnnxModel(tmp_path / "junk.onnx", spec)
+
+
+def test_noise_scores_far_worse_than_real_data(quality_state: Path) -> None:
+    judge = load_judge(Settings(state_dir=quality_state))
+    reference = judge.reference
+    real = reference.baseline(200)
+    noise = judge.extractor.run(np.random.default_rng(0).integers(0, 256, (200, 8, 8)).astype(np.uint8))
+    scored = reference.metrics(RunningMoments(noise.shape[1]).update(noise), noise)
+    assert scored.fid > 20 * real.fid
+    assert scored.recall < 0.1 < 0.8 < real.recall
+    assert scored.coverage < 0.1 < 0.3 < real.coverage
+    assert scored.density < 0.2 < 0.7 < real.density
+
+
+def _procedural(mode: str) -> list[GeneratedSample]:
+    job = plan_jobs("procedural", classes=list(range(10)), per_class=3, seed=0, run_id="t", params={"mode": mode})[0]
+    from models.catalog import GeneratorCatalog
+
+    catalog = GeneratorCatalog(Path("unused"))
+    catalog.put(ProceduralRenderer())
+    return [r for r in generate(job, generators=catalog, config=GenerateConfig()) if isinstance(r, GeneratedSample)]
+
+
+def test_label_keeps_renderer_labels_checks_scene_objects_and_returns_bad_images_as_errors(quality_state: Path) -> None:
+    labeler = load_labeler(Settings(state_dir=quality_state))
+    crops, scenes = _procedural("crop"), _procedural("scene")
+    broken = crops[0].model_copy(update={"image_png": b"\x89PNG broken"})
+    out = label([*crops, *scenes[:3], broken], labeler=labeler)
+    assert isinstance(out[-1], ValueError) and "not a PNG" in str(out[-1])
+    labeled = out[:-1]
+    for sample, result in zip([*crops, *scenes[:3]], labeled):
+        assert not isinstance(result, Exception)
+        assert result.label.label == sample.conditioning.class_label  # the renderer's label is exact
+        assert result.label.labeler_version == labeler.model.version
+        assert 0 <= result.label.margin <= result.label.confidence <= 1
+    assert [r.label.objects for r in labeled[len(crops):]] == [s.objects for s in scenes[:3]]
+    assert sum(r.label.agrees for r in labeled[: len(crops)]) >= len(crops) // 3  # the renderer's domain gap
+
+
+def test_the_gate_rejects_or_reviews_known_bad_samples_and_accepts_good_ones(quality_state: Path) -> None:
+    settings = Settings(state_dir=quality_state, quality=QualityConfig(window_size=400))
+    judge, labeler = load_judge(settings), load_labeler(settings)
+    stream = mixed_stream(SPLITS, good=360, noise=20, wrong_class=20, memorized=10, run_id="t")
+    labeled = label([s for s, _ in stream], labeler=labeler)
+    windows = GeneratorWindows("probe", 64, 5)
+    for item in judge.assess(labeled, windows.window_id):  # type: ignore[arg-type]
+        windows.add(item, 0)
+    out = judge.close(windows)
+    decisions = {r.sample.sample_id: r.gate for r in out if isinstance(r, SampleDecision)}
+    outcome = Counter((kind, decisions[s.sample_id].decision) for s, kind in stream)
+    for kind in ("noise", "wrong_class", "memorized"):
+        assert outcome[(kind, "accepted")] == 0, outcome
+    assert outcome[("good", "accepted")] >= 0.8 * 360, outcome
+    reasons = {kind: Counter(decisions[s.sample_id].reason.split(":")[0] for s, k in stream if k == kind)
+               for kind in ("noise", "wrong_class", "memorized")}
+    assert set(reasons["memorized"]) == {"memorized"}
+    assert reasons["wrong_class"]["labeler disagrees with the conditioning"] >= 15
+    windows_out = [r for r in out if r.schema_name == "QualityWindow"]
+    assert {w.kind for w in windows_out} == {"tumbling", "sliding"}
+    assert all(w.gate_state == "admissible" for w in windows_out if w.class_label is None), windows_out

@@ -1,0 +1,96 @@
+"""Label and quality processors through the real broker: a stream mixing good and corrupted samples
+ends with the corrupted ones rejected or in review (with reasons) and the good ones accepted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from models.corruption import mixed_stream
+from models.reference import load_digits_reference, make_splits
+from schemas.examples import example
+from schemas.records import LabeledSample, QualityWindow, SampleDecision, ScoredSample
+from sdg.settings import Settings
+from sdg.workers import processor
+from streams import admin
+from streams.config import KafkaConfig, RunnerConfig
+from streams.producer import RecordProducer
+from streams.runner import DLQ_TOPIC
+from streams.subscribe import subscribe
+from tests.conftest import REPO, sdg_command
+
+DECISIONS = ["sdg.samples.accepted", "sdg.samples.review", "sdg.samples.rejected"]
+
+
+def _collect(topic: str, kafka: KafkaConfig, run_id: str) -> list:
+    return [r.record for r in subscribe(topic, kafka=kafka, from_beginning=True, idle_timeout_s=2)
+            if r.record.run_id == run_id]
+
+
+def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: str, quality_state: Path) -> None:
+    splits = make_splits(load_digits_reference())
+    stream = mixed_stream(splits, good=180, noise=12, wrong_class=12, memorized=6, run_id=run_id, seed=7)
+    kinds = {s.sample_id: kind for s, kind in stream}
+    settings = Settings(kafka=KafkaConfig(bootstrap_servers=kafka.bootstrap_servers), state_dir=quality_state,
+                        run_id=run_id, runner=RunnerConfig(batch_size=64))
+    group = f"label-{uuid.uuid4().hex[:6]}"
+    admin.start_group_at_end(kafka, group, ["sdg.samples.raw"])
+    env = {**os.environ, "SDG_STATE_DIR": str(quality_state), "SDG_RUN_ID": run_id,
+           "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "SDG_QUALITY__WINDOW_SIZE": "100", "SDG_QUALITY__MAX_WINDOW_S": "3"}
+    quality = subprocess.Popen(sdg_command("run", "quality", "--group", f"quality-{run_id}"), cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with processor("label", settings, source=None, sink=None, group=group) as runner:
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        try:
+            with RecordProducer(kafka) as producer:
+                for sample, _ in stream:
+                    producer.send("sdg.samples.raw", sample)
+                producer.send_bytes("sdg.samples.raw", b"bad", b"not avro at all")
+                producer.send("sdg.samples.raw", stream[0][0].model_copy(update={"image_png": b"\x89PNG cut"}))
+                producer.send_bytes("sdg.samples.labeled", b"bad", b"\x00garbage for the quality processor")
+                wrong_type = producer.codec.encode(example(QualityWindow, 0, run_id))  # valid, but not for this topic
+                producer.send_bytes("sdg.samples.labeled", b"wrong", wrong_type)
+            deadline = time.monotonic() + 150
+            decided: dict[str, SampleDecision] = {}
+            while len(decided) < len(stream):
+                if time.monotonic() > deadline:
+                    quality.kill()
+                    raise AssertionError(f"{len(decided)} of {len(stream)} decided; quality processor said: "
+                                         f"{quality.communicate()[0].decode()[-3000:]}")
+                assert quality.poll() is None, quality.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
+                for topic in DECISIONS:
+                    for decision in _collect(topic, kafka, run_id):
+                        decided[decision.sample.sample_id] = decision
+        finally:
+            runner.stop()
+            thread.join(30)
+            quality.send_signal(signal.SIGTERM)
+            quality.wait(60)
+
+    assert runner.stats.produced["sdg.samples.labeled"] == len(stream)
+    labeled = _collect("sdg.samples.labeled", kafka, run_id)
+    assert sum(isinstance(r, LabeledSample) for r in labeled) == len(stream)
+    letters = [d for d in _collect(DLQ_TOPIC, kafka, run_id) if d.step_id != "example"]
+    assert sorted(d.step_id for d in letters) == ["decode", "label", "quality.route", "quality.route"]
+    assert {d.original_value for d in letters if d.step_id == "quality.route"} >= {b"\x00garbage for the quality processor"}
+
+    assert set(decided) == set(kinds)  # every sample decided exactly once per topic set, none lost
+    outcome = Counter((kinds[s], d.gate.decision) for s, d in decided.items())
+    assert sum(n for (kind, decision), n in outcome.items() if kind != "good" and decision == "accepted") == 0, outcome
+    assert outcome[("good", "accepted")] >= 0.75 * 180, outcome  # a small labeler: ~93% accurate
+    assert all(d.gate.reason for d in decided.values())
+    scored = [s for s in _collect("sdg.samples.scored", kafka, run_id) if isinstance(s, ScoredSample)]
+    assert {s.sample.sample_id for s in scored} == set(kinds)
+    windows = [w for w in _collect("sdg.quality", kafka, run_id) if isinstance(w, QualityWindow) and w.generator == "probe"]
+    tumbling = [w for w in windows if w.kind == "tumbling" and w.class_label is None]
+    assert sum(1 for w in tumbling) == 3  # 100 + 100 (full) + 10 (closed by the timer)
+    assert all(w.extractor_hash and w.reference_split.startswith("sklearn-digits") for w in windows)
+    assert any(w.gate_state == "admissible" and w.baseline is not None for w in tumbling)
