@@ -44,7 +44,8 @@ class QualityConfig(BaseModel):
     preset: Literal["relative", "absolute"] = Field(
         default="relative", description="relative: within margins of the real baseline; absolute: FID < 30 and "
                                         "recall > 0.85 (numbers meant for Inception features).")
-    fid_max_ratio: float = Field(default=3.0, gt=0, description="Window FID at most this × the baseline FID.")
+    fid_margin: float = Field(default=0.05, ge=0, description="Window FID at most the baseline FID plus this "
+                                                          "fraction of the real features' total variance.")
     recall_margin: float = Field(default=0.15, ge=0)
     coverage_margin: float = Field(default=0.2, ge=0)
     min_window: int = Field(default=50, ge=2, description="A sliding window with fewer samples is warming up.")
@@ -55,14 +56,19 @@ class QualityConfig(BaseModel):
 WindowState = Literal["warming_up", "admissible", "inadmissible"]
 
 
-def window_gate(metrics: Metrics, baseline: Metrics, config: QualityConfig) -> tuple[WindowState, str]:
-    """Whether a window is admissible, and why (or why not)."""
+def window_gate(metrics: Metrics, baseline: Metrics, config: QualityConfig, *, variance: float) -> tuple[WindowState, str]:
+    """Whether a window is admissible, and why (or why not).
+
+    The FID margin is a fraction of the real features' total variance (the trace of their covariance),
+    so it means the same for any extractor; a ratio to the baseline would not, because the baseline's
+    finite-sample bias shrinks with n while a generator's real gap does not.
+    """
     if config.preset == "absolute":
         checks = [("fid", metrics.fid < 30.0, "< 30"), ("recall", metrics.recall > 0.85, "> 0.85")]
     else:
+        fid_limit = baseline.fid + config.fid_margin * variance
         checks = [
-            ("fid", metrics.fid <= baseline.fid * config.fid_max_ratio,
-             f"≤ {baseline.fid * config.fid_max_ratio:.3g}"),
+            ("fid", metrics.fid <= fid_limit, f"≤ {fid_limit:.3g}"),
             ("recall", metrics.recall >= baseline.recall - config.recall_margin,
              f"≥ {baseline.recall - config.recall_margin:.2f}"),
             ("coverage", metrics.coverage >= baseline.coverage - config.coverage_margin,
@@ -186,7 +192,8 @@ class QualityJudge:
         else:
             baseline = ref.baseline(n, class_label)
             metrics = ref.metrics(moments, features, class_label)
-            state, why = window_gate(metrics, baseline, self.config)
+            variance = float(np.trace(ref.sets[class_label].moments.cov))
+            state, why = window_gate(metrics, baseline, self.config, variance=variance)
         suffix = "" if class_label is None else f"/{class_label}"
         window = QualityWindow(
             run_id=run_id, window_id=f"{windows.generator}{suffix}:{kind}:{windows.seq}", generator=windows.generator,
