@@ -126,6 +126,7 @@ class Reference:
     extractor: str
     extractor_hash: str
     k: int
+    image_size: int
     sets: dict[int | None, RealSet]
     train_pixels: np.ndarray
     memorization_scale: float  # median real test-to-train pixel distance
@@ -154,7 +155,8 @@ class Reference:
         scores = realism(test_f, train_f, sets[None].radii)
         return cls(
             name=f"{splits.reference.name}:train={splits.hashes['train']}:test={splits.hashes['test']}",
-            extractor=extractor, extractor_hash=extractor_hash, k=k, sets=sets, train_pixels=train_px,
+            extractor=extractor, extractor_hash=extractor_hash, k=k, image_size=splits.reference.image_size,
+            sets=sets, train_pixels=train_px,
             memorization_scale=scale, memorization_floor=float(np.quantile(nearest / scale, 0.01)),
             realism_quantiles={f"q{q:02d}": float(np.quantile(scores, q / 100)) for q in (1, 2, 5, 10, 50)},
             seed=seed,

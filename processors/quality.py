@@ -231,32 +231,32 @@ class QualityJudge:
         out.append(sliding)
         out = [w.model_copy(update={"memorized_fraction": memorized}) for w in out]  # type: ignore[union-attr]
         for item in pending:
-            out += self.decide(item, sliding.gate_state, f"window {sliding.window_id}: {why}")
+            out += self.decide(item, sliding.gate_state, f"{sliding.window_id}: {why}")
         windows.remember(closed)
         windows.seq += 1
         windows.pending, windows.moments, windows.opened_ms = [], None, None
         return out
 
     def decide(self, item: Pending, state: WindowState, why: str) -> list[Record]:
-        """The scored record and the decision for one sample."""
+        """The scored record and the decision for one sample; every reason reads ``<category>: <details>``."""
         record, c = item.record, self.config
         scene = bool(record.sample.objects)
         decision: Literal["accepted", "review", "rejected"]
         if item.rejection is not None:
             decision, reason = "rejected", item.rejection
         elif state == "inadmissible":
-            decision, reason = "rejected", f"inadmissible {why}"
+            decision, reason = "rejected", f"inadmissible window: {why}"
         elif state == "warming_up":
-            decision, reason = "review", f"not judged: {why}"
+            decision, reason = "review", f"window warming up: {why}"
         elif record.label.margin < c.min_margin:
             decision, reason = "review", f"uncertain label: margin {record.label.margin:.2f} < {c.min_margin:.2f}"
         elif not scene and item.score.realism < self.review_realism:
             decision, reason = "review", (f"edge of the real manifold: realism {item.score.realism:.2f} "
                                           f"< {self.review_realism:.2f} (real 1%)")
         else:
-            decision, reason = "accepted", ("every object labeled confidently and in agreement (scenes have no set "
-                                            "metrics)" if scene else
-                                            "window admissible, label confident and in agreement, realistic")
+            decision, reason = "accepted", ("accepted: every object labeled confidently and in agreement (scenes have "
+                                            "no set metrics)" if scene else
+                                            "accepted: window admissible, label confident and in agreement, realistic")
         scored = ScoredSample(run_id=record.run_id, sample=record.sample, label=record.label, score=item.score)
         gate = Gate(decision=decision, reason=reason, gate=c.preset)
         return [scored, SampleDecision(run_id=record.run_id, sample=record.sample, label=record.label,

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from rich.console import Console
@@ -13,7 +20,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from schemas.examples import example, example_sample
-from schemas.records import GeneratedSample
+from schemas.records import GeneratedSample, QualityWindow, SampleDecision
+from sdg.report import decisions_table, quality_table
 from sdg.settings import Settings
 from sdg.workers import processor
 from streams import admin
@@ -38,6 +46,10 @@ class DemoPlan:
     gan_steps: int = 1500
     diffusion_steps: int = 400
     diffusion_channels: tuple[int, ...] = (32, 64, 64)
+    extractor_steps: int = 600
+    labeler_steps: int = 600
+    window_size: int = 100
+    max_window_s: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,8 @@ class DemoResult:
     growth: dict[str, int]
     generated: dict[str, int]
     grids: dict[str, Path]
+    decisions: dict[str, Counter[str]] = field(default_factory=dict)
+    windows: list[QualityWindow] = field(default_factory=list)
 
 
 def run_demo(settings: Settings, *, records_per_topic: int, console: Console, plan: DemoPlan = DemoPlan()) -> DemoResult:
@@ -106,8 +120,8 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console, pl
             if letter.run_id == run_id and letter.step_id != "example":
                 console.print(f"  dead letter from {letter.topic}[{letter.partition}]@{letter.offset} "
                               f"({len(letter.original_value or b'')} bytes kept): {letter.error}")
-        generated, grids = _generation(settings, plan, console)
-        return DemoResult(growth, generated, grids)
+        generated, grids, decisions, windows = _generation(settings, plan, console)
+        return DemoResult(growth, generated, grids, decisions, windows)
     finally:
         if started_here and broker is not None:
             broker.stop()
@@ -143,16 +157,65 @@ def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console) -> 
         console.print(f"{kind}: trained version {version} ({model.label_budgets[0]['n_labels']} real labels)")
 
 
-def _generation(settings: Settings, plan: DemoPlan, console: Console) -> tuple[dict[str, int], dict[str, Path]]:
-    """Plan a mix of all three generators, run the generate processor, show the samples arriving."""
+QUALITY_APP = "sdg-quality"
+DECISION_TOPICS = ["sdg.samples.accepted", "sdg.samples.review", "sdg.samples.rejected"]
+
+
+def _ensure_quality_models(settings: Settings, plan: DemoPlan, console: Console) -> None:
+    """Train the labeler (few labels) and the quality extractor (no labels) once unless the registry has them."""
+    from sdg.labeling import train_quality_models
+
+    if (settings.models_dir / "labeler" / "LATEST").exists() and (settings.models_dir / "extractor" / "LATEST").exists():
+        console.print(f"labeler and quality extractor: using the trained ones in {settings.models_dir}")
+        return
+    trained = train_quality_models(settings, extractor_steps=plan.extractor_steps, labeler_steps=plan.labeler_steps,
+                                   console=console)
+    console.print(f"labeler: {trained.labels_used} real labels, real test accuracy "
+                  + ", ".join(f"{k} {v:.1%}" for k, v in trained.test_accuracy.items()))
+
+
+@contextmanager
+def _gate_processors(settings: Settings, plan: DemoPlan, out: Path) -> Iterator[None]:
+    """The label processor (a thread here) and the quality processor (a faust worker process), reading from now on."""
+    kafka = settings.kafka_client
+    label_group = f"sdg-demo-label-{settings.run_id}"
+    admin.start_group_at_end(kafka, label_group, ["sdg.samples.raw"])
+    admin.start_group_at_end(kafka, QUALITY_APP, ["sdg.samples.labeled"])
+    env = {**os.environ, "SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": settings.run_id,
+           "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "SDG_QUALITY__WINDOW_SIZE": str(plan.window_size), "SDG_QUALITY__MAX_WINDOW_S": str(plan.max_window_s)}
+    with open(out / "quality-processor.log", "wb") as log:
+        quality = subprocess.Popen([sys.executable, "-m", "sdg", "run", "quality", "--group", QUALITY_APP],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with processor("label", settings, source=None, sink=None, group=label_group) as runner:
+                thread = threading.Thread(target=runner.run, daemon=True)
+                thread.start()
+                try:
+                    yield
+                finally:
+                    runner.stop()
+                    thread.join()
+        finally:
+            quality.send_signal(signal.SIGTERM)
+            quality.wait(60)
+
+
+def _generation(
+    settings: Settings, plan: DemoPlan, console: Console
+) -> tuple[dict[str, int], dict[str, Path], dict[str, Counter[str]], list[QualityWindow]]:
+    """Plan a mix of all three generators; generate, label and gate them; show what arrived and what passed."""
     from models.generator import decode_png, sample_grid
     from processors.generate import plan_jobs
 
     _ensure_generators(settings, plan, console)
+    _ensure_quality_models(settings, plan, console)
     kafka = settings.kafka_client
     run_id = settings.run_id
     group = f"sdg-demo-generate-{run_id}"
     admin.start_group_at_end(kafka, group, ["sdg.requests"])
+    watch = f"sdg-demo-watch-{run_id}"
+    admin.start_group_at_end(kafka, watch, [*DECISION_TOPICS, "sdg.quality"])
     jobs = [job for name in ("gan", "diffusion", "procedural")
             for job in plan_jobs(name, classes=list(range(10)), per_class=plan.per_class, seed=0, run_id=run_id)]
     jobs += plan_jobs("procedural", classes=list(range(10)), per_class=1, seed=1, run_id=run_id,
@@ -160,7 +223,13 @@ def _generation(settings: Settings, plan: DemoPlan, console: Console) -> tuple[d
     expected = sum(job.count for job in jobs)
     planned = {(run_id, job.job_id) for job in jobs}
     arrived: dict[str, list] = {}
-    with processor("generate", settings, source=None, sink=None, group=group) as runner:
+    out = Path("runs") / run_id
+    out.mkdir(parents=True, exist_ok=True)
+    decisions: dict[str, Counter[str]] = {}
+    reasons: dict[str, Counter[str]] = {}
+    windows: dict[str, QualityWindow] = {}
+    with _gate_processors(settings, plan, out), \
+            processor("generate", settings, source=None, sink=None, group=group) as runner:
         thread = threading.Thread(target=runner.run, daemon=True)
         thread.start()
         try:
@@ -174,17 +243,32 @@ def _generation(settings: Settings, plan: DemoPlan, console: Console) -> tuple[d
                     sample = received.record
                     if not isinstance(sample, GeneratedSample) or (sample.run_id, sample.job_id) not in planned:
                         continue
-                    arrived.setdefault(sample.generator + ("/scene" if sample.objects else ""), []).append(sample)
+                    arrived.setdefault(_kind(sample), []).append(sample)
                     progress.advance(task)
                     if sum(map(len, arrived.values())) >= expected:
                         break
         finally:
             runner.stop()
             thread.join()
+        with Progress(console=console) as progress:
+            task = progress.add_task("labeled and gated (accepted / review / rejected)", total=expected)
+            for received in subscribe([*DECISION_TOPICS, "sdg.quality"], kafka=kafka, group=watch,
+                                      idle_timeout_s=60):
+                record = received.record
+                if record.run_id != run_id:
+                    continue
+                if isinstance(record, QualityWindow):
+                    if record.kind == "sliding" and record.class_label is None:
+                        windows[record.generator] = record
+                elif isinstance(record, SampleDecision):
+                    decisions.setdefault(_kind(record.sample), Counter())[record.gate.decision] += 1
+                    reasons.setdefault(_kind(record.sample), Counter())[record.gate.reason.split(":")[0]] += 1
+                    progress.advance(task)
+                    if sum(sum(c.values()) for c in decisions.values()) >= expected:
+                        break
+
     table = Table("generator", "version", "samples", "classes", "scheduler", "per-sample ms", title="samples arrived")
     grids = {}
-    out = Path("runs") / run_id
-    out.mkdir(parents=True, exist_ok=True)
     for key, samples in sorted(arrived.items()):
         first = samples[0]
         per_sample = sum(s.timings_ms.get("per_sample", 0) for s in samples) / len(samples)
@@ -197,4 +281,12 @@ def _generation(settings: Settings, plan: DemoPlan, console: Console) -> tuple[d
             grids[key].write_bytes(sample_grid(images, [s.conditioning.class_label for s in samples]))
     console.print(table)
     console.print("sample grids: " + ", ".join(str(p) for p in grids.values()))
-    return {key: len(samples) for key, samples in arrived.items()}, grids
+    console.print(decisions_table(decisions, reasons))
+    latest = [windows[g] for g in sorted(windows)]
+    if latest:
+        console.print(quality_table(latest, title="latest sliding window per generator (value / real-vs-real baseline)"))
+    return {key: len(samples) for key, samples in arrived.items()}, grids, decisions, latest
+
+
+def _kind(sample: GeneratedSample) -> str:
+    return sample.generator + ("/scene" if sample.objects else "")

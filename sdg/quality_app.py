@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from models.generator import decode_png
 from processors.quality import Closed, GeneratorWindows, QualityJudge, sink_of
 from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
@@ -34,6 +35,13 @@ from streams.faust_app import catalog_topic, faust_app
 
 SOURCE = "sdg.samples.labeled"
 TICK = b""
+
+
+def _image(record: LabeledSample) -> np.ndarray:
+    try:
+        return decode_png(record.sample.image_png)
+    except Exception as e:  # PIL raises several unrelated types for bad bytes
+        raise ValueError(f"sample {record.sample.sample_id}: image_png is not a PNG: {e}") from e
 
 
 def internal_topic(app_id: str) -> str:
@@ -72,6 +80,7 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
                                                           "sdg.samples.review", "sdg.samples.rejected",
                                                           "sdg.quality", "sdg.dlq")}
     dim = int(judge.extractor.run(np.zeros((1, 8, 8), np.uint8)).shape[1])  # type: ignore[attr-defined]
+    size = judge.reference.image_size
     cache: dict[str, GeneratorWindows] = {}
     slide = settings.quality.slide
 
@@ -87,7 +96,10 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
                 record = codec.decode(event.value)
                 if not isinstance(record, LabeledSample):
                     raise UndecodableRecord(f"{SOURCE} carries LabeledSample, not {record.schema_name}")
-            except UndecodableRecord as e:
+                image = _image(record)
+                if image.shape[0] != image.shape[1] or (not record.sample.objects and image.shape[0] != size):
+                    raise ValueError(f"a {image.shape[1]}×{image.shape[0]} image; the reference set is {size}×{size}")
+            except (UndecodableRecord, ValueError) as e:
                 await outputs["sdg.dlq"].send(key=message.key, value=DeadLetter(
                     run_id=settings.run_id, topic=message.topic, partition=message.partition, offset=message.offset,
                     step_id="quality.route", error_type=type(e).__name__, error=str(e),

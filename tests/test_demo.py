@@ -22,7 +22,8 @@ def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path:
                         state_dir=tmp_path / "state")
     assert not settings.embedded
     out = io.StringIO()
-    tiny = DemoPlan(per_class=2, gan_steps=20, diffusion_steps=5, diffusion_channels=(8, 16))
+    tiny = DemoPlan(per_class=2, gan_steps=20, diffusion_steps=5, diffusion_channels=(8, 16), extractor_steps=30,
+                    labeler_steps=30)
     result = run_demo(settings, records_per_topic=20, console=Console(file=out, width=200), plan=tiny)
     growth = result.growth
     bad = len(POISON) + 1  # plus one record of the wrong type
@@ -36,3 +37,9 @@ def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path:
     assert result.generated == {"gan": 20, "diffusion": 20, "procedural": 20, "procedural/scene": 10}
     assert "samples arrived" in text and set(result.grids) == {"gan", "diffusion", "procedural"}
     assert all(path.read_bytes().startswith(b"\x89PNG") for path in result.grids.values())
+    # every sample was labeled and gated, once
+    assert {g: sum(c.values()) for g, c in result.decisions.items()} == result.generated
+    assert "quality gate decisions" in text and "latest sliding window per generator" in text
+    assert {w.generator for w in result.windows} == {"gan", "diffusion", "procedural"}
+    assert all(w.gate_state == "warming_up" for w in result.windows)  # 20 samples each: below min_window
+

@@ -58,6 +58,7 @@ def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: 
                 producer.send_bytes("sdg.samples.labeled", b"bad", b"\x00garbage for the quality processor")
                 wrong_type = producer.codec.encode(example(QualityWindow, 0, run_id))  # valid, but not for this topic
                 producer.send_bytes("sdg.samples.labeled", b"wrong", wrong_type)
+                producer.send("sdg.samples.labeled", example(LabeledSample, 0, run_id))  # its image is not a PNG
             deadline = time.monotonic() + 150
             decided: dict[str, SampleDecision] = {}
             while len(decided) < len(stream):
@@ -77,9 +78,12 @@ def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: 
 
     assert runner.stats.produced["sdg.samples.labeled"] == len(stream)
     labeled = _collect("sdg.samples.labeled", kafka, run_id)
-    assert sum(isinstance(r, LabeledSample) for r in labeled) == len(stream)
+    assert sorted(r.sample.sample_id for r in labeled if isinstance(r, LabeledSample) and r.sample.sample_id in kinds) \
+        == sorted(kinds)
     letters = [d for d in _collect(DLQ_TOPIC, kafka, run_id) if d.step_id != "example"]
-    assert sorted(d.step_id for d in letters) == ["decode", "label", "quality.route", "quality.route"]
+    assert sorted(d.step_id for d in letters) == ["decode", "label", *["quality.route"] * 3]
+    reasons = sorted(d.error for d in letters if d.step_id == "quality.route")
+    assert "not a PNG" in reasons[0] and "carries LabeledSample, not QualityWindow" in reasons[1]
     assert {d.original_value for d in letters if d.step_id == "quality.route"} >= {b"\x00garbage for the quality processor"}
 
     assert set(decided) == set(kinds)  # every sample decided exactly once per topic set, none lost
