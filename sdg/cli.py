@@ -140,14 +140,13 @@ def run_processor(
 
     Processors: passthrough, generate, label (record at a time or batched, committed by hand) and
     quality (a faust app with its windows in tables)."""
+    from sdg.workers import FAUST_PROCESSORS
     from sdg.workers import processor as make_processor
 
-    if processor == "quality":
-        from sdg.quality_app import run_quality
-
+    if processor in FAUST_PROCESSORS:
         if source or sink:
-            raise typer.BadParameter("quality reads sdg.samples.labeled and writes the scored, decision and quality topics")
-        run_quality(_settings(), app_id=group or "sdg-quality")
+            raise typer.BadParameter(f"{processor} is a faust app with fixed topics; it takes --group (its app id) only")
+        FAUST_PROCESSORS[processor](_settings(), group or f"sdg-{processor}")
         return
     with make_processor(processor, _settings(), source=source, sink=sink, group=group) as runner:
         stats = runner.run(handle_signals=True)

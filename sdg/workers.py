@@ -65,6 +65,18 @@ PROCESSORS: dict[str, Callable[[Settings, str | None, str | None, str], Abstract
 }
 
 
+def _quality(settings: Settings, app_id: str) -> None:
+    from sdg.quality_app import run_quality
+
+    run_quality(settings, app_id=app_id)
+
+
+# stateful processors: faust apps that run in the foreground until SIGTERM (their app id is their group)
+FAUST_PROCESSORS: dict[str, Callable[[Settings, str], None]] = {
+    "quality": _quality,
+}
+
+
 def processor(
     name: str, settings: Settings, *, source: str | None, sink: str | None, group: str | None
 ) -> AbstractContextManager[Runner]:
@@ -74,5 +86,5 @@ def processor(
         ConfigError: an unknown processor (the message lists the valid ones) or missing topics.
     """
     if name not in PROCESSORS:
-        raise ConfigError(f"unknown processor {name!r}; valid: {', '.join(PROCESSORS)}")
+        raise ConfigError(f"unknown processor {name!r}; valid: {', '.join([*PROCESSORS, *FAUST_PROCESSORS])}")
     return PROCESSORS[name](settings, source, sink, group or f"sdg-{name}")

@@ -99,3 +99,9 @@ def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: 
     assert sum(1 for w in tumbling) == 3  # 100 + 100 (full) + 10 (closed by the timer)
     assert all(w.extractor_hash and w.reference_split.startswith("sklearn-digits") for w in windows)
     assert any(w.gate_state == "admissible" and w.baseline is not None for w in tumbling)
+
+    shown = subprocess.run([*sdg_command("quality", "--run", run_id, "--classes")], cwd=REPO, env={**env, "COLUMNS": "200"},
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "probe" in shown.stdout and "sliding" in shown.stdout and "admissible" in shown.stdout
+    assert f"extractor {windows[0].extractor}" in shown.stdout
