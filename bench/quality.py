@@ -49,7 +49,7 @@ console = Console()
 def judged(judge, labeler, samples: list[GeneratedSample], name: str):  # type: ignore[no-untyped-def]
     labeled = label(samples, labeler=labeler)
     windows = GeneratorWindows(name, judge.reference.sets[None].features.shape[1], judge.config.slide)
-    for item in judge.assess(labeled, windows.window_id):
+    for item in judge.assess(labeled, windows.window_id()):
         windows.add(item, 0)
     return labeled, judge.close(windows)
 
@@ -69,7 +69,7 @@ def main() -> None:
     times = []
     for record in labeled:
         start = time.perf_counter()
-        windows.add(judge.assess([record], windows.window_id)[0], 0)  # type: ignore[list-item]
+        windows.add(judge.assess([record], windows.window_id())[0], 0)  # type: ignore[list-item]
         times.append((time.perf_counter() - start) * 1000)
     start = time.perf_counter()
     judge.close(windows)

@@ -85,6 +85,7 @@ class Closed:
     moments: RunningMoments
     features: np.ndarray
     labels: np.ndarray
+    sample_ids: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -95,6 +96,7 @@ class Pending:
     features: np.ndarray
     score: Score
     rejection: str | None
+    duplicate: bool = False  # already in the sliding window (a re-delivery): not counted twice
 
 
 @dataclass
@@ -109,23 +111,29 @@ class GeneratorWindows:
     generator: str
     dim: int
     slide: int
+    version: str = ""
     seq: int = 0
     opened_ms: int | None = None
     pending: list[Pending] = field(default_factory=list)
     moments: RunningMoments | None = None
     history: deque[Closed] = field(default_factory=deque)
 
-    @property
-    def window_id(self) -> str:
-        return f"{self.generator}:tumbling:{self.seq}"
+    def window_id(self, kind: str = "tumbling", class_label: int | None = None) -> str:
+        version = f"@{self.version[:8]}" if self.version else ""
+        suffix = "" if class_label is None else f"/{class_label}"
+        return f"{self.generator}{version}{suffix}:{kind}:{self.seq}"
 
     def add(self, item: Pending, now_ms: int) -> None:
+        """Add a sample to the open window; one already in the sliding window is marked a duplicate."""
         if self.moments is None:
             self.moments = RunningMoments(self.dim)
         if self.opened_ms is None:
             self.opened_ms = now_ms
+        sample_id = item.record.sample.sample_id
+        item.duplicate = any(p.record.sample.sample_id == sample_id for p in self.pending) or any(
+            sample_id in closed.sample_ids for closed in self.history)
         self.pending.append(item)
-        if item.rejection is None:
+        if item.rejection is None and not item.duplicate:
             self.moments.update(item.features)
 
     def remember(self, closed: Closed) -> None:
@@ -194,9 +202,8 @@ class QualityJudge:
             metrics = ref.metrics(moments, features, class_label)
             variance = float(np.trace(ref.sets[class_label].moments.cov))
             state, why = window_gate(metrics, baseline, self.config, variance=variance)
-        suffix = "" if class_label is None else f"/{class_label}"
         window = QualityWindow(
-            run_id=run_id, window_id=f"{windows.generator}{suffix}:{kind}:{windows.seq}", generator=windows.generator,
+            run_id=run_id, window_id=windows.window_id(kind, class_label), generator=windows.generator,
             generator_version=windows.pending[-1].record.sample.generator_version, class_label=class_label, kind=kind,
             start_ms=min(times), end_ms=max(times), metrics=metrics, baseline=baseline,
             memorized_fraction=0.0, extractor=ref.extractor, extractor_hash=ref.extractor_hash,
@@ -206,7 +213,7 @@ class QualityJudge:
     def close(self, windows: GeneratorWindows) -> list[Record]:
         """Score the open window and its sliding window, decide each of its samples, start the next window."""
         pending = windows.pending
-        candidates = [p for p in pending if p.rejection is None]
+        candidates = [p for p in pending if p.rejection is None and not p.duplicate]
         features = np.stack([p.features for p in candidates]) if candidates else np.zeros((0, windows.dim), np.float32)
         labels = np.array([p.record.sample.conditioning.class_label for p in candidates], dtype=np.int64)
         moments = windows.moments if windows.moments is not None else RunningMoments(windows.dim)
@@ -221,7 +228,7 @@ class QualityJudge:
             if members.sum() > self.reference.k:
                 class_moments = RunningMoments(windows.dim).update(features[members])
                 out.append(self._window(windows, "tumbling", class_moments, features[members], times, c, run_id)[0])
-        closed = Closed(moments, features, labels)
+        closed = Closed(moments, features, labels, frozenset(p.record.sample.sample_id for p in pending))
         span = [*windows.history, closed]
         merged = span[0].moments
         for part in span[1:]:

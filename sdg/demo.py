@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -216,9 +217,11 @@ def _generation(
     admin.start_group_at_end(kafka, group, ["sdg.requests"])
     watch = f"sdg-demo-watch-{run_id}"
     admin.start_group_at_end(kafka, watch, [*DECISION_TOPICS, "sdg.quality"])
+    # a plan seed of its own per run: new samples each run (the same seed would name the same samples again)
+    seed = int(hashlib.sha256(run_id.encode()).hexdigest()[:6], 16) * 2
     jobs = [job for name in ("gan", "diffusion", "procedural")
-            for job in plan_jobs(name, classes=list(range(10)), per_class=plan.per_class, seed=0, run_id=run_id)]
-    jobs += plan_jobs("procedural", classes=list(range(10)), per_class=1, seed=1, run_id=run_id,
+            for job in plan_jobs(name, classes=list(range(10)), per_class=plan.per_class, seed=seed, run_id=run_id)]
+    jobs += plan_jobs("procedural", classes=list(range(10)), per_class=1, seed=seed + 1, run_id=run_id,
                       params={"mode": "scene"})
     expected = sum(job.count for job in jobs)
     planned = {(run_id, job.job_id) for job in jobs}

@@ -3,8 +3,8 @@
 Two agents:
 
 - ``route`` reads ``sdg.samples.labeled`` (raw bytes: a record it cannot decode goes to ``sdg.dlq``
-  with its bytes), decides multi-object scenes at once, and re-keys every other sample by generator
-  onto an internal topic, so one worker owns each generator's windows.
+  with its bytes), decides multi-object scenes at once, and re-keys every other sample by generator and version
+  onto an internal topic, so one worker owns each generator version's windows.
 - ``judge`` keeps each generator's open window in the ``quality-rows`` table (one row per sample:
   its record bytes; one row per closed window the sliding window still spans: its candidates' features) and a
   small header in ``quality-heads``. When a window is full it scores and decides it; a timer sends
@@ -50,7 +50,7 @@ def internal_topic(app_id: str) -> str:
 
 def _pack_closed(closed: Closed) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, features=closed.features, labels=closed.labels)
+    np.savez(buf, features=closed.features, labels=closed.labels, sample_ids=np.array(sorted(closed.sample_ids)))
     return buf.getvalue()
 
 
@@ -58,7 +58,8 @@ def _unpack_closed(data: bytes, dim: int) -> Closed:
     from models.quality import RunningMoments
 
     arrays = np.load(io.BytesIO(data))
-    return Closed(RunningMoments(dim).update(arrays["features"]), arrays["features"], arrays["labels"])
+    return Closed(RunningMoments(dim).update(arrays["features"]), arrays["features"], arrays["labels"],
+                  frozenset(str(i) for i in arrays["sample_ids"]))
 
 
 def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-quality") -> Any:
@@ -108,13 +109,15 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
             if record.sample.objects:
                 await publish(judge.decide_scene(record))
             else:
-                await by_generator.send(key=record.sample.generator.encode(), value=event.value)
+                key = f"{record.sample.generator}@{record.sample.generator_version}"
+                await by_generator.send(key=key.encode(), value=event.value)
 
     def windows_of(generator: str) -> GeneratorWindows:
         """The generator's windows from the cache, or rebuilt from the tables (after a start or rebalance)."""
         if generator in cache:
             return cache[generator]
-        windows = GeneratorWindows(generator, dim, slide)
+        name, version = generator.split("@", 1)
+        windows = GeneratorWindows(name, dim, slide, version=version)
         head = heads.get(generator)
         if head is not None:
             state = json.loads(head)
@@ -124,13 +127,13 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
                 if closed is not None:
                     windows.remember(_unpack_closed(closed, dim))
             records = [codec.decode(rows[f"{generator}|{windows.seq}|{i}"]) for i in range(count)]
-            for item in judge.assess(records, windows.window_id) if records else []:  # type: ignore[arg-type]
+            for item in judge.assess(records, windows.window_id()) if records else []:  # type: ignore[arg-type]
                 windows.add(item, opened)
         cache[generator] = windows
         return windows
 
-    def save_head(windows: GeneratorWindows) -> None:
-        heads[windows.generator] = json.dumps({"seq": windows.seq, "opened_ms": windows.opened_ms,
+    def save_head(generator: str, windows: GeneratorWindows) -> None:
+        heads[generator] = json.dumps({"seq": windows.seq, "opened_ms": windows.opened_ms,
                                                "count": len(windows.pending)})
 
     @app.agent(by_generator)
@@ -139,7 +142,7 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
             generator = event.key.decode()
             windows = windows_of(generator)
             if event.value != TICK:
-                item = judge.assess([codec.decode(event.value)], windows.window_id)[0]  # type: ignore[list-item]
+                item = judge.assess([codec.decode(event.value)], windows.window_id())[0]  # type: ignore[list-item]
                 rows[f"{generator}|{windows.seq}|{len(windows.pending)}"] = event.value
                 windows.add(item, now_ms())
             if windows.pending and judge.due(windows, now_ms()):
@@ -151,7 +154,7 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
                     rows[f"{generator}|h|{seq}"] = _pack_closed(windows.history[-1])
                     if f"{generator}|h|{seq - slide + 1}" in rows:
                         del rows[f"{generator}|h|{seq - slide + 1}"]
-            save_head(windows)
+            save_head(generator, windows)
 
     @app.timer(interval=1.0)
     async def tick() -> None:

@@ -114,7 +114,7 @@ def test_the_gate_rejects_or_reviews_known_bad_samples_and_accepts_good_ones(qua
     stream = mixed_stream(SPLITS, good=360, noise=20, wrong_class=20, memorized=10, run_id="t")
     labeled = label([s for s, _ in stream], labeler=labeler)
     windows = GeneratorWindows("probe", 64, 5)
-    for item in judge.assess(labeled, windows.window_id):  # type: ignore[arg-type]
+    for item in judge.assess(labeled, windows.window_id()):  # type: ignore[arg-type]
         windows.add(item, 0)
     out = judge.close(windows)
     decisions = {r.sample.sample_id: r.gate for r in out if isinstance(r, SampleDecision)}
@@ -129,3 +129,26 @@ def test_the_gate_rejects_or_reviews_known_bad_samples_and_accepts_good_ones(qua
     windows_out = [r for r in out if r.schema_name == "QualityWindow"]
     assert {w.kind for w in windows_out} == {"tumbling", "sliding"}
     assert all(w.gate_state == "admissible" for w in windows_out if w.class_label is None), windows_out
+
+
+def test_a_redelivered_sample_is_decided_but_not_counted_twice(quality_state: Path) -> None:
+    settings = Settings(state_dir=quality_state, quality=QualityConfig(window_size=60, slide=3))
+    judge, labeler = load_judge(settings), load_labeler(settings)
+    stream = [s for s, _ in mixed_stream(SPLITS, good=60, noise=0, wrong_class=0, run_id="t", seed=3)]
+    labeled = label(stream, labeler=labeler)
+    windows = GeneratorWindows("probe", 64, 3, version="v1")
+    for item in judge.assess(labeled, windows.window_id()):  # type: ignore[arg-type]
+        windows.add(item, 0)
+    first = judge.close(windows)
+    again = judge.assess(labeled[:30], windows.window_id())  # type: ignore[arg-type]
+    for item in again:
+        windows.add(item, 0)
+    assert all(item.duplicate for item in again)
+    second = judge.close(windows)
+    decided = [r for r in second if isinstance(r, SampleDecision)]
+    assert len(decided) == 30
+    tumbling = next(r for r in second if r.schema_name == "QualityWindow" and r.kind == "tumbling")
+    sliding = next(r for r in second if r.schema_name == "QualityWindow" and r.kind == "sliding")
+    first_sliding = next(r for r in first if r.schema_name == "QualityWindow" and r.kind == "sliding")
+    assert tumbling.metrics.n == 0 and sliding.metrics.n == first_sliding.metrics.n
+    assert sliding.window_id == "probe@v1:sliding:1"
