@@ -113,12 +113,13 @@ def main() -> None:
         precision = float((flags & bad).sum() / max(flags.sum(), 1))
         recall = float((flags & bad).sum() / bad.sum())
         results[f"{name}_catch_precision"], results[f"{name}_catch_recall"] = round(precision, 3), round(recall, 3)
-        console.print(f"{name}: rejected+review catches bad samples with precision {precision:.3f}, recall {recall:.3f}")
+        console.print(f"{name}: rejected+review catch bad samples: precision {precision:.3f}, recall {recall:.3f}")
 
     # the trained generators, if the registry has them
     catalog = GeneratorCatalog(Settings().models_dir)
     windows_out: list[QualityWindow] = []
-    gens = Table("generator", "accepted", "review", "rejected", "labeler agrees", title="trained generators, 500 samples")
+    gens = Table("generator", "accepted", "review", "rejected", "labeler agrees",
+                 title="trained generators, 500 samples")
     for name in ("gan", "diffusion", "procedural"):
         try:
             jobs = plan_jobs(name, classes=list(range(10)), per_class=50, seed=5, run_id="bench", job_size=500)

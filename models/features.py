@@ -19,7 +19,7 @@ FEATURE_DIM = 64
 
 
 class SmallCnn(nn.Module):
-    """Three 3×3 convolutions and two linear layers over (N, 1, 8, 8) images: the labeler's and the extractor's trunk."""
+    """Three 3×3 convolutions and two linear layers over (N, 1, 8, 8) images: the labeler's and extractor's trunk."""
 
     def __init__(self, out_dim: int, *, width: int = 32, image_size: int = 8) -> None:
         super().__init__()

@@ -169,7 +169,7 @@ class Reference:
         return Metrics(n=moments.n, fid=fid(moments, real.moments), **scores)
 
     def baseline(self, n: int, class_label: int | None = None) -> Metrics:
-        """Real vs real at the same n (held-out test features against the train manifold), computed once per (class, n)."""
+        """Real vs real at the same n (held-out test features against the train manifold), once per (class, n)."""
         key = (class_label, n)
         if key not in self._baselines:
             held_out = self.sets[class_label].held_out
