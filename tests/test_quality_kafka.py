@@ -41,6 +41,7 @@ def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: 
                         run_id=run_id, runner=RunnerConfig(batch_size=64))
     group = f"label-{uuid.uuid4().hex[:6]}"
     admin.start_group_at_end(kafka, group, ["sdg.samples.raw"])
+    admin.start_group_at_end(kafka, f"quality-{run_id}", ["sdg.samples.labeled"])  # not what other tests wrote there
     env = {**os.environ, "SDG_STATE_DIR": str(quality_state), "SDG_RUN_ID": run_id,
            "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
            "SDG_QUALITY__WINDOW_SIZE": "100", "SDG_QUALITY__MAX_WINDOW_S": "3"}
