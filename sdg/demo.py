@@ -267,8 +267,9 @@ def _generation(
                     decisions.setdefault(_kind(record.sample), Counter())[record.gate.decision] += 1
                     reasons.setdefault(_kind(record.sample), Counter())[record.gate.reason.split(":")[0]] += 1
                     progress.advance(task)
-                    if sum(sum(c.values()) for c in decisions.values()) >= expected:
-                        break
+                done = sum(sum(c.values()) for c in decisions.values()) >= expected
+                if done and {k for k in decisions if "/" not in k} <= set(windows):  # windows may come after
+                    break
 
     table = Table("generator", "version", "samples", "classes", "scheduler", "per-sample ms", title="samples arrived")
     grids = {}
