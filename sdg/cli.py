@@ -138,15 +138,15 @@ def run_processor(
 ) -> None:
     """Run a stream processor until SIGTERM/SIGINT (finishes its batch, commits, exits 0).
 
-    Processors: passthrough, generate, label (record at a time or batched, committed by hand) and
-    quality (a faust app with its windows in tables)."""
-    from sdg.workers import FAUST_PROCESSORS
+    Processors: passthrough, generate, label (runner steps, committed by hand), quality (a faust app
+    with its windows in tables) and lineage (the Delta sink, exactly once per table)."""
+    from sdg.workers import SERVICES
     from sdg.workers import processor as make_processor
 
-    if processor in FAUST_PROCESSORS:
+    if processor in SERVICES:
         if source or sink:
-            raise typer.BadParameter(f"{processor} is a faust app with fixed topics; it takes --group (its app id) only")
-        FAUST_PROCESSORS[processor](_settings(), group or f"sdg-{processor}")
+            raise typer.BadParameter(f"{processor} has fixed topics; it takes --group only")
+        SERVICES[processor](_settings(), group or f"sdg-{processor}")
         return
     with make_processor(processor, _settings(), source=source, sink=sink, group=group) as runner:
         stats = runner.run(handle_signals=True)
@@ -207,6 +207,30 @@ def quality(
         console.print("no quality windows yet" + (f" for run {run}" if run else ""))
         return
     console.print(quality_table([latest[k] for k in sorted(latest, key=lambda k: (k[0], k[1] is not None, k[1] or 0, k[2]))]))
+
+
+@app.command()
+def verify(
+    table: Annotated[str, typer.Option(help="The hash-chained table.")] = "lineage",
+    as_of: Annotated[Optional[int], typer.Option("--as-of", help="A Delta version of the table.")] = None,
+) -> None:
+    """Recompute the lineage hash chains; report the first edited, removed, inserted or reordered row."""
+    from deltalake import DeltaTable
+
+    from schemas.tables import verify_chain
+
+    if table != "lineage":
+        raise typer.BadParameter("only the lineage table is hash-chained")
+    path = _settings().delta_tables().path(table)
+    dt = DeltaTable(path, version=as_of) if as_of is not None else DeltaTable(path)
+    rows = dt.to_pyarrow_table().to_pylist()
+    broken = verify_chain(rows)
+    if broken is not None:
+        console.print(f"[red]{table} (version {dt.version()}): chain {broken.chain} breaks at seq {broken.seq} "
+                      f"(sample {broken.sample_id}): {broken.reason}[/]")
+        raise typer.Exit(1)
+    chains = len({(r["run_id"], r["date"], r["kafka_topic"], r["kafka_partition"]) for r in rows})
+    console.print(f"{table} (version {dt.version()}): {len(rows)} rows in {chains} chains verify")
 
 
 @app.command()

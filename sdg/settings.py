@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.broker import BrokerConfig, EmbeddedBroker
 from processors.quality import QualityConfig
+from streams.delta_sink import DeltaTables, SinkConfig
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
 from streams.errors import ConfigError
 
@@ -52,6 +53,8 @@ class Settings(BaseSettings):
     runner: RunnerConfig = RunnerConfig()
     worker: WorkerConfig = WorkerConfig()
     quality: QualityConfig = QualityConfig()
+    sink: SinkConfig = SinkConfig()
+    tables_dir: Path | None = Field(default=None, description="The Delta tables (default: <state_dir>/tables).")
 
     @property
     def embedded(self) -> bool:
@@ -69,6 +72,9 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         """The model registry: trained generators and labelers, by kind and version."""
         return self.state_dir / "models"
+
+    def delta_tables(self) -> DeltaTables:
+        return DeltaTables(self.tables_dir or self.state_dir / "tables")
 
     def embedded_broker(self) -> EmbeddedBroker:
         return EmbeddedBroker(self.broker, self.state_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager, contextmanager
 from typing import Callable, Iterator
 
@@ -9,6 +10,8 @@ from sdg.settings import Settings
 from streams.errors import ConfigError
 from streams.runner import Runner, Step
 from streams.throttle import ControlListener, RateCap
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -65,15 +68,30 @@ PROCESSORS: dict[str, Callable[[Settings, str | None, str | None, str], Abstract
 }
 
 
-def _quality(settings: Settings, app_id: str) -> None:
+def _quality(settings: Settings, group: str) -> None:
     from sdg.quality_app import run_quality
 
-    run_quality(settings, app_id=app_id)
+    run_quality(settings, app_id=group)
 
 
-# stateful processors: faust apps that run in the foreground until SIGTERM (their app id is their group)
-FAUST_PROCESSORS: dict[str, Callable[[Settings, str], None]] = {
+def _lineage(settings: Settings, group: str) -> None:
+    """Every stage, window, reading, alert and throttle topic → the Delta tables, exactly once per table."""
+    from streams.delta_sink import DeltaSink
+
+    stats = DeltaSink(LINEAGE_TOPICS, kafka=settings.kafka_client, tables=settings.delta_tables(), group=group,
+                      run_id=settings.run_id, config=settings.sink).run(handle_signals=True)
+    log.info("lineage: %d records, rows %s, %d commits", stats.consumed, stats.rows, stats.commits)
+
+
+LINEAGE_TOPICS = ["sdg.samples.raw", "sdg.samples.labeled", "sdg.samples.scored", "sdg.samples.accepted",
+                  "sdg.samples.review", "sdg.samples.rejected", "sdg.quality", "sdg.telemetry", "sdg.alerts",
+                  "sdg.control"]
+
+# processors with a loop of their own (a faust app, a sink with Delta commits): they run in the
+# foreground until SIGTERM; the group is their consumer group (for faust: the app id)
+SERVICES: dict[str, Callable[[Settings, str], None]] = {
     "quality": _quality,
+    "lineage": _lineage,
 }
 
 
@@ -86,5 +104,5 @@ def processor(
         ConfigError: an unknown processor (the message lists the valid ones) or missing topics.
     """
     if name not in PROCESSORS:
-        raise ConfigError(f"unknown processor {name!r}; valid: {', '.join([*PROCESSORS, *FAUST_PROCESSORS])}")
+        raise ConfigError(f"unknown processor {name!r}; valid: {', '.join([*PROCESSORS, *SERVICES])}")
     return PROCESSORS[name](settings, source, sink, group or f"sdg-{name}")

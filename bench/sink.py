@@ -1,0 +1,113 @@
+"""Benchmark: rows/s into Delta through the lineage sink versus a bare ``write_deltalake`` loop.
+
+For batches of 100, 1,000 and 10,000 rows:
+- bare: the same rows (a ``samples`` and a ``lineage`` row per generated sample), already built,
+  appended with ``write_deltalake`` in a loop, one commit per table per batch;
+- sink: the samples through the embedded broker into ``DeltaSink`` (consume, decode, rows, hash
+  chain, one commit per table per batch carrying the Kafka offsets as app-transaction versions,
+  offset commit), timed from its start until every row is in the tables.
+
+Writes ``bench/results/sink.json``. Usage: ``python bench/sink.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.broker import free_port  # noqa: E402
+from infra.broker import BrokerConfig, EmbeddedBroker  # noqa: E402
+from processors.lineage import rows_of  # noqa: E402
+from schemas.examples import example_sample  # noqa: E402
+from schemas.tables import PARTITION_BY, TABLES, row_hash  # noqa: E402
+from streams import admin  # noqa: E402
+from streams.config import TopicConfig  # noqa: E402
+from streams.delta_sink import DeltaSink, DeltaTables, SinkConfig  # noqa: E402
+from streams.producer import RecordProducer  # noqa: E402
+
+console = Console()
+
+
+def bare(samples: list, batch: int) -> float:  # type: ignore[type-arg]
+    from deltalake import write_deltalake
+
+    root = Path(tempfile.mkdtemp())
+    rows = {"samples": [], "lineage": []}  # type: ignore[var-annotated]
+    for i, sample in enumerate(samples):
+        for table, table_rows in rows_of(sample, "sdg.samples.raw", 0, i).items():
+            for row in table_rows:
+                if table == "lineage":
+                    row |= {"seq": i, "prev_hash": "0" * 64}
+                    row["row_hash"] = row_hash(row, "0" * 64)
+                rows[table].append(row)
+    tables = {t: [pa.Table.from_pylist(r[k:k + batch], schema=TABLES[t]) for k in range(0, len(r), batch)]
+              for t, r in rows.items()}
+    start = time.perf_counter()
+    for t, parts in tables.items():
+        for part in parts:
+            write_deltalake(str(root / t), part, mode="append", partition_by=PARTITION_BY)
+    return 2 * len(samples) / (time.perf_counter() - start)
+
+
+def through_sink(kafka, samples: list, batch: int) -> float:  # type: ignore[no-untyped-def, type-arg]
+    topic = "sdg.samples.raw"
+    with RecordProducer(kafka) as producer:
+        for sample in samples:
+            producer.send(topic, sample)
+    tables = DeltaTables(Path(tempfile.mkdtemp()))
+    sink = DeltaSink([topic], kafka=kafka, tables=tables, group=f"bench-{uuid.uuid4().hex[:6]}", run_id="bench",
+                     config=SinkConfig(batch_rows=batch, max_batch_s=5.0, compact_every=10_000))
+    start = time.perf_counter()
+    stats = sink.run(max_idle_s=1.0)
+    elapsed = time.perf_counter() - start - 1.0  # minus the idle second that ends the run
+    assert stats.rows == {"samples": len(samples), "lineage": len(samples)}, stats.rows
+    return 2 * len(samples) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n = 10_000 if args.quick else 20_000
+    broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(),
+                                         jars_dir=ROOT / ".sdg" / "kafka" / "jars"), Path(tempfile.mkdtemp()))
+    with console.status("starting the embedded broker"):
+        broker.start()
+    results: dict[str, object] = {"samples_per_size": n, "rows_per_sample": 2}
+    table = Table("batch rows", "bare write_deltalake rows/s", "through the sink rows/s", "sink / bare",
+                  title="rows into Delta (samples + lineage)")
+    try:
+        admin.create_topics(broker.kafka, TopicConfig())
+        for batch in (100, 1_000, 10_000):
+            run = f"bench-{batch}"
+            samples = [example_sample(i, run, payload_bytes=300) for i in range(n)]
+            # a batch of B rows holds B/2 samples: both tables get B/2 rows a commit
+            with console.status(f"batches of {batch} rows"):
+                bare_rate = bare(samples, batch // 2)
+                sink_rate = through_sink(broker.kafka, samples, batch)
+            ratio = sink_rate / bare_rate
+            results |= {f"bare_{batch}_rows_per_s": round(bare_rate), f"sink_{batch}_rows_per_s": round(sink_rate),
+                        f"sink_vs_bare_{batch}_ratio": round(ratio, 3)}
+            table.add_row(f"{batch:,}", f"{bare_rate:,.0f}", f"{sink_rate:,.0f}", f"{ratio:.2f}")
+    finally:
+        broker.stop()
+    console.print(table)
+    out = ROOT / "bench" / "results" / "sink.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    console.print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The lineage processor's function: one stage record in, the table rows it becomes out.
+
+Each stage's record carries every earlier stage, so lineage comes from the stage topics themselves:
+a raw sample becomes a ``samples`` row (payload and provenance) and a ``lineage`` row of stage
+``generated``; a labeled, scored or decided sample becomes one ``lineage`` row of its stage; windows,
+readings, alerts and throttles become rows of their tables. The hash chain is added by the sink,
+which knows each partition's previous row.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from schemas.records import (
+    GeneratedSample,
+    LabeledSample,
+    QualityWindow,
+    Reading,
+    Record,
+    SampleDecision,
+    ScoredSample,
+    ThermalAlert,
+    Throttle,
+)
+
+Rows = dict[str, list[dict[str, Any]]]
+
+
+def _date(ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
+
+
+def _where(record: Record, topic: str, partition: int, offset: int, *, run_id: str | None = None,
+           created_ms: int | None = None) -> dict[str, Any]:
+    created = created_ms if created_ms is not None else record.created_ms
+    return {"run_id": run_id or record.run_id, "date": _date(created), "created_ms": created, "kafka_topic": topic,
+            "kafka_partition": partition, "kafka_offset": offset}
+
+
+def _lineage(sample: GeneratedSample, stage: str, where: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    row = {**where, "sample_id": sample.sample_id, "stage": stage, "generator": sample.generator,
+           "generator_version": sample.generator_version, "seed": sample.seed,
+           "class_label": sample.conditioning.class_label, "image_sha256": sample.image_sha256,
+           "label": None, "confidence": None, "margin": None, "agrees": None, "labeler_version": None,
+           "window_id": None, "realism": None, "extractor_hash": None, "decision": None, "reason": None}
+    row.update(fields)
+    return row
+
+
+def rows_of(record: Record, topic: str, partition: int, offset: int) -> Rows:
+    """The rows ``record`` (read at ``topic[partition]@offset``) adds to each table.
+
+    Sample rows are partitioned by the run that generated the sample, so a sample's whole story
+    lands in one partition of each table.
+    """
+    if isinstance(record, GeneratedSample):
+        where = _where(record, topic, partition, offset)
+        sample = {**where, "sample_id": record.sample_id, "job_id": record.job_id, "generator": record.generator,
+                  "generator_version": record.generator_version, "seed": record.seed,
+                  "class_label": record.conditioning.class_label,
+                  "params_json": json.dumps(record.conditioning.params, sort_keys=True),
+                  "image_png": record.image_png, "image_sha256": record.image_sha256, "width": record.width,
+                  "height": record.height, "node_id": record.node_id,
+                  "objects_json": json.dumps([{"class_label": o.class_label, "bbox": o.bbox} for o in record.objects])}
+        return {"samples": [sample], "lineage": [_lineage(record, "generated", where)]}
+    if isinstance(record, (LabeledSample, ScoredSample, SampleDecision)):
+        where = _where(record, topic, partition, offset, run_id=record.sample.run_id, created_ms=record.created_ms)
+        label = record.label
+        fields: dict[str, Any] = {"label": label.label, "confidence": label.confidence, "margin": label.margin,
+                                  "agrees": label.agrees, "labeler_version": label.labeler_version}
+        stage = "labeled"
+        if isinstance(record, (ScoredSample, SampleDecision)):
+            fields |= {"window_id": record.score.window_id, "realism": record.score.realism,
+                       "extractor_hash": record.score.extractor_hash}
+            stage = "scored"
+        if isinstance(record, SampleDecision):
+            fields |= {"decision": record.gate.decision, "reason": record.gate.reason}
+            stage = record.gate.decision
+        return {"lineage": [_lineage(record.sample, stage, where, **fields)]}
+    where = _where(record, topic, partition, offset)
+    if isinstance(record, QualityWindow):
+        return {"quality_windows": [{**where, "window_id": record.window_id, "generator": record.generator,
+                                     "generator_version": record.generator_version, "class_label": record.class_label,
+                                     "kind": record.kind, "start_ms": record.start_ms, "end_ms": record.end_ms,
+                                     "metrics_json": record.metrics.model_dump_json(),
+                                     "baseline_json": record.baseline.model_dump_json() if record.baseline else None,
+                                     "memorized_fraction": record.memorized_fraction, "extractor": record.extractor,
+                                     "extractor_hash": record.extractor_hash, "reference_split": record.reference_split,
+                                     "gate_state": record.gate_state}]}
+    if isinstance(record, Reading):
+        values = record.model_dump(include={"node_id", "source", "ts_ms", "coolant_c", "die_c", "power_w", "bus_v",
+                                            "current_a", "flow_lpm", "pue", "rate_sps", "batch_ms"})
+        return {"telemetry": [{**where, **values}]}
+    if isinstance(record, ThermalAlert):
+        values = record.model_dump(include={"node_id", "rule", "severity", "value", "threshold", "message", "cleared"})
+        return {"alerts": [{**where, **values}]}
+    if isinstance(record, Throttle):
+        values = record.model_dump(include={"node_id", "max_rate_sps", "paused", "reason", "ttl_s"})
+        return {"control_actions": [{**where, **values}]}
+    raise ValueError(f"the lineage sink does not record {record.schema_name} records")

@@ -1,0 +1,170 @@
+"""The Delta tables (DESIGN §4) as pyarrow schemas, their partitioning, and the lineage hash chain.
+
+Tables are written by ``deltalake`` on one machine and by Spark (delta-spark) on a cluster; these
+schemas are the contract both sides keep. Every table is partitioned by ``run_id`` and ``date``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+PARTITION_BY = ["run_id", "date"]
+GENESIS = "0" * 64  # the previous hash of a chain's first row
+# lineage rows chain per (run, date, source topic, source partition): one writer per chain
+CHAIN_KEY = ("run_id", "date", "kafka_topic", "kafka_partition")
+
+_COMMON = [
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("date", pa.string(), nullable=False),  # UTC day of created_ms, YYYY-MM-DD
+    pa.field("created_ms", pa.int64(), nullable=False),
+    pa.field("kafka_topic", pa.string(), nullable=False),
+    pa.field("kafka_partition", pa.int32(), nullable=False),
+    pa.field("kafka_offset", pa.int64(), nullable=False),
+]
+
+SAMPLES = pa.schema([
+    *_COMMON,
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("job_id", pa.string()),
+    pa.field("generator", pa.string(), nullable=False),
+    pa.field("generator_version", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("class_label", pa.int32(), nullable=False),
+    pa.field("params_json", pa.string()),
+    pa.field("image_png", pa.binary(), nullable=False),
+    pa.field("image_sha256", pa.string(), nullable=False),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("node_id", pa.string()),
+    pa.field("objects_json", pa.string()),  # boxes of multi-object scenes (masks stay in the image topic records)
+])
+
+LINEAGE = pa.schema([
+    *_COMMON,
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("stage", pa.string(), nullable=False),  # generated | labeled | scored | accepted | review | rejected
+    pa.field("generator", pa.string(), nullable=False),
+    pa.field("generator_version", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("class_label", pa.int32(), nullable=False),
+    pa.field("image_sha256", pa.string(), nullable=False),
+    pa.field("label", pa.int32()),
+    pa.field("confidence", pa.float64()),
+    pa.field("margin", pa.float64()),
+    pa.field("agrees", pa.bool_()),
+    pa.field("labeler_version", pa.string()),
+    pa.field("window_id", pa.string()),
+    pa.field("realism", pa.float64()),
+    pa.field("extractor_hash", pa.string()),
+    pa.field("decision", pa.string()),
+    pa.field("reason", pa.string()),
+    pa.field("seq", pa.int64(), nullable=False),  # position in its partition's hash chain
+    pa.field("prev_hash", pa.string(), nullable=False),
+    pa.field("row_hash", pa.string(), nullable=False),
+])
+
+QUALITY_WINDOWS = pa.schema([
+    *_COMMON,
+    pa.field("window_id", pa.string(), nullable=False),
+    pa.field("generator", pa.string(), nullable=False),
+    pa.field("generator_version", pa.string(), nullable=False),
+    pa.field("class_label", pa.int32()),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("start_ms", pa.int64()),
+    pa.field("end_ms", pa.int64()),
+    pa.field("metrics_json", pa.string(), nullable=False),
+    pa.field("baseline_json", pa.string()),
+    pa.field("memorized_fraction", pa.float64()),
+    pa.field("extractor", pa.string()),
+    pa.field("extractor_hash", pa.string()),
+    pa.field("reference_split", pa.string()),
+    pa.field("gate_state", pa.string(), nullable=False),
+])
+
+TELEMETRY = pa.schema([
+    *_COMMON,
+    pa.field("node_id", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("ts_ms", pa.int64(), nullable=False),
+    *[pa.field(name, pa.float64()) for name in
+      ("coolant_c", "die_c", "power_w", "bus_v", "current_a", "flow_lpm", "pue", "rate_sps", "batch_ms")],
+])
+
+ALERTS = pa.schema([
+    *_COMMON,
+    pa.field("node_id", pa.string(), nullable=False),
+    pa.field("rule", pa.string(), nullable=False),
+    pa.field("severity", pa.string(), nullable=False),
+    pa.field("value", pa.float64()),
+    pa.field("threshold", pa.float64()),
+    pa.field("message", pa.string()),
+    pa.field("cleared", pa.bool_()),
+])
+
+CONTROL_ACTIONS = pa.schema([
+    *_COMMON,
+    pa.field("node_id", pa.string(), nullable=False),
+    pa.field("max_rate_sps", pa.float64()),
+    pa.field("paused", pa.bool_()),
+    pa.field("reason", pa.string()),
+    pa.field("ttl_s", pa.float64()),
+])
+
+TABLES: dict[str, pa.Schema] = {
+    "samples": SAMPLES,
+    "lineage": LINEAGE,
+    "quality_windows": QUALITY_WINDOWS,
+    "telemetry": TELEMETRY,
+    "alerts": ALERTS,
+    "control_actions": CONTROL_ACTIONS,
+}
+
+_CHAIN_EXCLUDED = {"seq", "prev_hash", "row_hash"}
+
+
+def row_hash(row: dict[str, Any], prev_hash: str) -> str:
+    """SHA-256 of the previous row's hash and this row's content (every column but the chain's own)."""
+    content = {k: v for k, v in row.items() if k not in _CHAIN_EXCLUDED}
+    digest = hashlib.sha256(prev_hash.encode())
+    digest.update(json.dumps(content, sort_keys=True, default=str, separators=(",", ":")).encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    """The first row of a chain that does not verify, and why."""
+
+    chain: tuple[Any, ...]
+    seq: int
+    sample_id: str | None
+    reason: str
+
+
+def verify_chain(rows: list[dict[str, Any]]) -> ChainBreak | None:
+    """Recompute every chain (rows grouped by ``CHAIN_KEY``); the first broken row, or None.
+
+    Catches an edited field (its hash no longer matches), a removed or inserted row (a gap or a
+    repeat in ``seq``, or a ``prev_hash`` that is not the previous row's hash) and reordered rows.
+    """
+    chains: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        chains.setdefault(tuple(row[k] for k in CHAIN_KEY), []).append(row)
+    for chain, members in sorted(chains.items()):
+        members.sort(key=lambda r: r["seq"])
+        previous = GENESIS
+        for expected_seq, row in enumerate(members):
+            if row["seq"] != expected_seq:
+                return ChainBreak(chain, row["seq"], row.get("sample_id"),
+                                  f"seq {row['seq']} where {expected_seq} was expected (a row removed or inserted)")
+            if row["prev_hash"] != previous:
+                return ChainBreak(chain, row["seq"], row.get("sample_id"),
+                                  "prev_hash is not the previous row's hash (rows removed, inserted or reordered)")
+            if row_hash(row, previous) != row["row_hash"]:
+                return ChainBreak(chain, row["seq"], row.get("sample_id"), "content does not match its hash (edited)")
+            previous = row["row_hash"]
+    return None

@@ -1,0 +1,268 @@
+"""A Kafka → Delta sink with an exactly-once effect, written with ``deltalake`` (delta-rs).
+
+Each batch is appended to each table in one Delta commit that also records, as app-transaction
+versions, the next Kafka offset of every (group, topic, partition) it covers. On (re)start the
+sink reads those versions back and skips every record a table already holds, so a sink killed
+at any point and restarted writes every record once per table. Kafka offsets are committed only
+after every table's commit, and only as a shortcut: the Delta versions are the truth.
+
+Lineage rows get a hash chain per (run, date, source topic, source partition): each source
+partition has one owner in the consumer group, so every chain has a single writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.codec import RecordCodec
+from schemas.errors import UndecodableRecord
+from schemas.records import DeadLetter, Record
+from schemas.tables import CHAIN_KEY, GENESIS, PARTITION_BY, TABLES, row_hash
+from streams.catalog import topic as topic_spec
+from streams.config import KafkaConfig
+from streams.errors import BrokerError
+from streams.producer import RecordProducer
+
+log = logging.getLogger(__name__)
+DLQ_TOPIC = "sdg.dlq"
+
+
+class SinkConfig(BaseModel):
+    """How the Delta sink batches and maintains its tables (``SDG_SINK__*``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_rows: int = Field(default=1000, ge=1, description="Write when this many rows are buffered…")
+    max_batch_s: float = Field(default=2.0, gt=0, description="…or when the oldest buffered row is this old.")
+    compact_every: int = Field(default=50, ge=1, description="Compact a table after this many commits to it.")
+    max_commit_retries: int = Field(default=10, ge=0)
+
+
+@dataclass
+class SinkStats:
+    consumed: int = 0
+    skipped: int = 0  # already in a table (written before a restart)
+    rows: dict[str, int] = field(default_factory=dict)
+    commits: int = 0
+    dead_letters: int = 0
+
+
+def app_id(group: str, topic: str, partition: int) -> str:
+    return f"{group}/{topic}/{partition}"
+
+
+class DeltaTables:
+    """The table folders under ``root`` and what the sink needs of them: versions, chain heads, writes."""
+
+    def __init__(self, root: Path, *, storage_options: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.storage_options = storage_options
+
+    def path(self, table: str) -> str:
+        return str(self.root / table)
+
+    def open(self, table: str) -> Any:
+        from deltalake import DeltaTable
+
+        try:
+            return DeltaTable(self.path(table), storage_options=self.storage_options)
+        except Exception as e:  # deltalake raises TableNotFoundError, a subclass of its own untyped errors
+            if type(e).__name__ == "TableNotFoundError":
+                return None
+            raise
+
+    def next_offset(self, table: str, app: str) -> int:
+        """The next Kafka offset the table still needs for ``app`` (0 when it holds nothing of it)."""
+        dt = self.open(table)
+        version = dt.transaction_version(app) if dt is not None else None
+        return int(version) if version is not None else 0
+
+    def chain_head(self, key: tuple[Any, ...]) -> tuple[int, str]:
+        """(next seq, previous hash) of the lineage chain ``key`` as the table holds it."""
+        import pyarrow.compute as pc
+
+        dt = self.open("lineage")
+        if dt is None:
+            return 0, GENESIS
+        run_id, date, topic, partition = key
+        dataset = dt.to_pyarrow_dataset()
+        expr = ((pc.field("run_id") == run_id) & (pc.field("date") == date) & (pc.field("kafka_topic") == topic)
+                & (pc.field("kafka_partition") == partition))
+        rows = dataset.to_table(filter=expr, columns=["seq", "row_hash"])
+        if rows.num_rows == 0:
+            return 0, GENESIS
+        last = pc.index(rows["seq"], pc.max(rows["seq"])).as_py()
+        return int(rows["seq"][last].as_py()) + 1, rows["row_hash"][last].as_py()
+
+    def append(self, table: str, rows: list[dict[str, Any]], versions: dict[str, int], *, retries: int) -> None:
+        """Append ``rows`` and record ``versions`` (app id → next offset) in the same commit."""
+        import pyarrow as pa
+        from deltalake import CommitProperties, Transaction, write_deltalake
+
+        data = pa.Table.from_pylist(rows, schema=TABLES[table])
+        now = int(time.time() * 1000)
+        properties = CommitProperties(max_commit_retries=retries,
+                                      app_transactions=[Transaction(a, v, now) for a, v in versions.items()])
+        write_deltalake(self.path(table), data, mode="append", partition_by=PARTITION_BY,
+                        commit_properties=properties, storage_options=self.storage_options)
+
+    def compact(self, table: str) -> None:
+        dt = self.open(table)
+        if dt is not None:
+            dt.optimize.compact()
+
+
+class DeltaSink:
+    """Consumes ``topics`` as ``group`` and appends the rows ``fn`` makes of each record to the tables."""
+
+    def __init__(self, topics: list[str], *, kafka: KafkaConfig, tables: DeltaTables, group: str, run_id: str,
+                 config: SinkConfig = SinkConfig(),
+                 fn: Callable[[Record, str, int, int], dict[str, list[dict[str, Any]]]] | None = None) -> None:
+        from processors.lineage import rows_of
+
+        for name in topics:
+            topic_spec(name)
+        self.topics = topics
+        self.tables = tables
+        self.group = group
+        self.run_id = run_id
+        self.config = config
+        self.fn = fn or rows_of
+        self.codec = RecordCodec()
+        self.stats = SinkStats()
+        self.stopping = threading.Event()
+        self._next: dict[tuple[str, str], int] = {}  # (table, app id) → next offset the table needs
+        self._chains: dict[tuple[Any, ...], tuple[int, str]] = {}
+        self._commits: dict[str, int] = {}
+        self._buffer: dict[str, list[dict[str, Any]]] = {}
+        self._covered: dict[tuple[str, int], int] = {}  # source partition → next offset once the buffer is written
+        self._oldest: float | None = None
+        self._consumer_conf = kafka.librdkafka(**{
+            "group.id": group, "client.id": f"{kafka.client_id}-sink-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
+        })
+        self.dlq = RecordProducer(kafka, codec=self.codec)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self, *, max_idle_s: float | None = None, handle_signals: bool = False) -> SinkStats:
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        consumer = Consumer(self._consumer_conf)
+        consumer.subscribe(self.topics, on_assign=lambda c, partitions: self._forget(),
+                           on_revoke=lambda c, partitions: self._flush(c))
+        idle_since = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                messages = consumer.consume(500, 0.2)
+                now = time.monotonic()
+                for message in messages:
+                    self._take(message)
+                if messages:
+                    idle_since = now
+                buffered = sum(map(len, self._buffer.values()))
+                if buffered >= self.config.batch_rows or (
+                        self._oldest is not None and now - self._oldest >= self.config.max_batch_s):
+                    self._flush(consumer)
+                if not messages and max_idle_s is not None and now - idle_since > max_idle_s:
+                    break
+            self._flush(consumer)
+        finally:
+            consumer.close()
+            self.dlq.close()
+        return self.stats
+
+    def _forget(self) -> None:
+        """After a rebalance another member may have written partitions this one had: re-read the tables."""
+        self._next.clear()
+        self._chains.clear()
+
+    def _needs(self, table: str, topic: str, partition: int) -> int:
+        key = (table, app_id(self.group, topic, partition))
+        if key not in self._next:
+            self._next[key] = self.tables.next_offset(table, key[1])
+        return self._next[key]
+
+    def _take(self, message: Any) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                return
+            raise BrokerError(f"delta sink: consuming {message.topic()}: {error.str()}")
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        self.stats.consumed += 1
+        try:
+            record = self.codec.decode(message.value())
+            rows = self.fn(record, topic, partition, offset)
+        except (UndecodableRecord, ValueError) as e:
+            self._dead_letter(message, e)
+            rows = {}
+        wrote = False
+        for table, table_rows in rows.items():
+            if offset < self._needs(table, topic, partition):
+                continue  # this table already holds the record: written before a restart
+            self._buffer.setdefault(table, []).extend(table_rows)
+            wrote = True
+        if rows and not wrote:
+            self.stats.skipped += 1
+        self._covered[(topic, partition)] = offset + 1
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+
+    def _chain(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            key = tuple(row[k] for k in CHAIN_KEY)
+            if key not in self._chains:
+                self._chains[key] = self.tables.chain_head(key)
+            seq, previous = self._chains[key]
+            row["seq"], row["prev_hash"] = seq, previous
+            row["row_hash"] = row_hash(row, previous)
+            self._chains[key] = (seq + 1, row["row_hash"])
+
+    def _flush(self, consumer: Consumer) -> None:
+        """Write every table's buffered rows (each with its offsets in the same commit), then commit Kafka offsets."""
+        if not self._covered:
+            return
+        for table, rows in self._buffer.items():
+            if not rows:
+                continue
+            versions = {app_id(self.group, t, p): n for (t, p), n in self._covered.items()
+                        if n > self._needs(table, t, p)}
+            if table == "lineage":
+                self._chain(rows)
+            self.tables.append(table, rows, versions, retries=self.config.max_commit_retries)
+            for app, n in versions.items():
+                self._next[(table, app)] = n
+            self.stats.rows[table] = self.stats.rows.get(table, 0) + len(rows)
+            self.stats.commits += 1
+            self._commits[table] = self._commits.get(table, 0) + 1
+            if self._commits[table] % self.config.compact_every == 0:
+                self.tables.compact(table)
+        self.dlq.flush()
+        offsets = [TopicPartition(t, p, n) for (t, p), n in self._covered.items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as e:
+            if not e.args[0].retriable():
+                raise BrokerError(f"delta sink: offset commit failed: {e}") from e
+            log.warning("delta sink: offset commit failed (the Delta versions still hold): %s", e)
+        self._buffer, self._covered, self._oldest = {}, {}, None
+
+    def _dead_letter(self, message: Any, error: Exception) -> None:
+        self.stats.dead_letters += 1
+        self.dlq.send(DLQ_TOPIC, DeadLetter(
+            run_id=self.run_id, topic=message.topic(), partition=message.partition(), offset=message.offset(),
+            step_id="lineage", error_type=type(error).__name__, error=str(error)[:4000],
+            original_key=message.key(), original_value=message.value()))
