@@ -209,6 +209,26 @@ def quality(
     console.print(quality_table([latest[k] for k in sorted(latest, key=lambda k: (k[0], k[1] is not None, k[1] or 0, k[2]))]))
 
 
+@app.command("query")
+def query_tables(
+    sql: Annotated[str, typer.Argument(help="SQL over the tables samples, lineage, quality_windows, telemetry, "
+                                            "alerts, control_actions")],
+    as_of: Annotated[Optional[list[str]], typer.Option("--as-of", help="TABLE=VERSION (time travel).")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to print.")] = 50,
+) -> None:
+    """Run SQL (DuckDB) over the Delta tables and print the result."""
+    from rich.table import Table
+
+    from sdg.history import query
+
+    versions = {name: int(v) for name, v in (item.split("=", 1) for item in as_of or [])}
+    result = query(_settings().delta_tables(), sql, versions=versions)
+    table = Table(*result.column_names, title=f"{result.num_rows} rows")
+    for row in result.slice(0, limit).to_pylist():
+        table.add_row(*[f"<{len(v)} bytes>" if isinstance(v, bytes) else str(v) for v in row.values()])
+    console.print(table)
+
+
 @app.command()
 def verify(
     table: Annotated[str, typer.Option(help="The hash-chained table.")] = "lineage",

@@ -161,8 +161,13 @@ class DeltaSink:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
         consumer = Consumer(self._consumer_conf)
-        consumer.subscribe(self.topics, on_assign=lambda c, partitions: self._forget(),
-                           on_revoke=lambda c, partitions: self._flush(c))
+        assigned: list[float] = []  # the idle clock starts at the first assignment, not at a slow group join
+
+        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+            assigned.append(time.monotonic())
+            self._forget()
+
+        consumer.subscribe(self.topics, on_assign=on_assign, on_revoke=lambda c, partitions: self._flush(c))
         idle_since = time.monotonic()
         try:
             while not self.stopping.is_set():
@@ -176,7 +181,7 @@ class DeltaSink:
                 if buffered >= self.config.batch_rows or (
                         self._oldest is not None and now - self._oldest >= self.config.max_batch_s):
                     self._flush(consumer)
-                if not messages and max_idle_s is not None and now - idle_since > max_idle_s:
+                if not messages and max_idle_s is not None and assigned and now - max(idle_since, assigned[0]) > max_idle_s:
                     break
             self._flush(consumer)
         finally:

@@ -118,19 +118,20 @@ def test_verify_finds_the_first_broken_row(tamper: str) -> None:
     assert broken.seq == {"edit": 3, "delete": 3, "swap": 1, "insert": 2}[tamper], broken
 
 
-def test_sdg_verify_on_a_table_the_sink_wrote_and_then_tampered(kafka: KafkaConfig, run_id: str,
-                                                                tmp_path: Path) -> None:
+def test_sdg_verify_on_a_table_the_sink_wrote_and_then_tampered(kafka: KafkaConfig, run_id: str, tmp_path: Path,
+                                                                fresh_topic) -> None:  # type: ignore[no-untyped-def]
     import pyarrow as pa
     from deltalake import write_deltalake
 
     from schemas.tables import LINEAGE
     from streams.delta_sink import DeltaSink, DeltaTables, SinkConfig
 
+    topic = fresh_topic()
     with RecordProducer(kafka) as producer:
         for i in range(30):
-            producer.send("sdg.samples.raw", example_sample(i, run_id))
+            producer.send(topic, example_sample(i, run_id))
     tables = DeltaTables(tmp_path / "tables")
-    sink = DeltaSink(["sdg.samples.raw"], kafka=kafka, tables=tables, group=f"v-{run_id}", run_id=run_id,
+    sink = DeltaSink([topic], kafka=kafka, tables=tables, group=f"v-{run_id}", run_id=run_id,
                      config=SinkConfig(batch_rows=10))
     sink.run(max_idle_s=3)
     env = {**os.environ, "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "SDG_STATE_DIR": str(tmp_path)}
@@ -145,3 +146,28 @@ def test_sdg_verify_on_a_table_the_sink_wrote_and_then_tampered(kafka: KafkaConf
     previous = subprocess.run(sdg_command("verify", "--as-of", "0"), cwd=REPO, env=env, capture_output=True,
                               text=True, timeout=120)
     assert previous.returncode == 0, previous.stdout  # time travel: the version before the edit still verifies
+
+
+def test_query_reads_the_tables_the_sink_wrote_now_and_as_of_a_version(kafka: KafkaConfig, run_id: str, tmp_path: Path,
+                                                                         fresh_topic) -> None:  # type: ignore[no-untyped-def]
+    import polars as pl
+
+    from sdg.history import query
+    from streams.delta_sink import DeltaSink, DeltaTables, SinkConfig
+
+    topic = fresh_topic()
+    tables = DeltaTables(tmp_path / "tables")
+    for start in (0, 15):  # two runs of the sink, the second after more samples arrived
+        with RecordProducer(kafka) as producer:
+            for i in range(start, start + (15 if start == 0 else 25)):
+                producer.send(topic, example_sample(i, run_id))
+        DeltaSink([topic], kafka=kafka, tables=tables, group=f"q-{run_id}", run_id=run_id,
+                  config=SinkConfig(batch_rows=1000, max_batch_s=60)).run(max_idle_s=2)  # one commit a run
+    counted = query(tables, "SELECT stage, count(*) AS n FROM lineage GROUP BY stage").to_pylist()
+    assert counted == [{"stage": "generated", "n": 40}]
+    joined = query(tables, "SELECT s.generator, count(*) AS n FROM samples s JOIN lineage l USING (sample_id) "
+                           "GROUP BY s.generator").to_pylist()
+    assert joined == [{"generator": "example", "n": 40}]
+    first = query(tables, "SELECT count(*) AS n FROM samples", versions={"samples": 0}).to_pylist()[0]["n"]
+    assert first == 15  # version 0 is the first run's commit
+    assert pl.read_delta(tables.path("samples")).height == 40  # polars reads the same table
