@@ -230,6 +230,44 @@ def query_tables(
 
 
 @app.command()
+def replay(
+    to: Annotated[str, typer.Option("--to", help="Topic to publish to (sdg.samples.raw or sdg.replay.<name>).")],
+    as_of: Annotated[Optional[int], typer.Option("--as-of", help="Delta version of the samples table.")] = None,
+    run: Annotated[Optional[str], typer.Option(help="Only samples of this run.")] = None,
+    generator: Annotated[Optional[str], typer.Option(help="Only this generator.")] = None,
+    class_label: Annotated[Optional[int], typer.Option("--class", help="Only this class.")] = None,
+    decision: Annotated[Optional[str], typer.Option(help="Only samples with this decision.")] = None,
+    rate: Annotated[Optional[float], typer.Option(help="Samples per second (default: as fast as possible).")] = None,
+    regenerate: Annotated[bool, typer.Option("--regenerate", help="Re-create the samples from provenance and "
+                                                                  "check their hashes.")] = False,
+) -> None:
+    """Re-publish samples from the Delta history, in the order they were generated."""
+    import time
+
+    from models.catalog import GeneratorCatalog
+    from sdg.history import regenerate as recreate
+    from sdg.history import select_samples, to_sample
+    from streams.producer import RecordProducer
+
+    settings = _settings()
+    rows = select_samples(settings.delta_tables(), as_of=as_of, run=run, generator=generator,
+                          class_label=class_label, decision=decision)
+    if regenerate:
+        rows, mismatched = recreate(rows, GeneratorCatalog(settings.models_dir))
+        console.print(f"regenerated {len(rows)} samples: {len(rows) - len(mismatched)} match their stored hash"
+                      + (f", [red]{len(mismatched)} do not[/]: {mismatched[:10]}" if mismatched else ""))
+    started = time.monotonic()
+    with RecordProducer(settings.kafka_client) as producer:
+        for i, row in enumerate(rows):
+            if rate:
+                time.sleep(max(0.0, started + i / rate - time.monotonic()))
+            producer.send(to, to_sample(row))
+    console.print(f"replayed {len(rows)} samples to {to}")
+    if regenerate and mismatched:
+        raise typer.Exit(1)
+
+
+@app.command()
 def verify(
     table: Annotated[str, typer.Option(help="The hash-chained table.")] = "lineage",
     as_of: Annotated[Optional[int], typer.Option("--as-of", help="A Delta version of the table.")] = None,

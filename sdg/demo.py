@@ -202,6 +202,42 @@ def _gate_processors(settings: Settings, plan: DemoPlan, out: Path) -> Iterator[
             quality.wait(60)
 
 
+@contextmanager
+def _lineage_sink(settings: Settings) -> Iterator[None]:
+    """The lineage sink (a thread here) recording every stage of this run into the Delta tables."""
+    from sdg.workers import LINEAGE_TOPICS
+    from streams.delta_sink import DeltaSink
+
+    group = "sdg-lineage"
+    admin.start_group_at_end(settings.kafka_client, group, LINEAGE_TOPICS)
+    sink = DeltaSink(LINEAGE_TOPICS, kafka=settings.kafka_client, tables=settings.delta_tables(), group=group,
+                     run_id=settings.run_id, config=settings.sink)
+    thread = threading.Thread(target=sink.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sink.drain()  # everything this run published reaches the tables
+        thread.join()
+
+
+def _lineage_report(settings: Settings, console: Console) -> None:
+    """Rows per stage of this run in the Delta tables, and the hash chains verified."""
+    from deltalake import DeltaTable
+
+    from schemas.tables import verify_chain
+    from sdg.history import query
+
+    tables = settings.delta_tables()
+    counts = query(tables, f"SELECT stage, count(*) AS n FROM lineage WHERE run_id = '{settings.run_id}' "
+                           "GROUP BY stage ORDER BY stage").to_pylist()
+    console.print(f"lineage in {tables.root}: " + ", ".join(f"{c['stage']} {c['n']}" for c in counts))
+    lineage = DeltaTable(tables.path("lineage"))
+    broken = verify_chain(lineage.to_pyarrow_table().to_pylist())
+    console.print(f"sdg verify: lineage version {lineage.version()} "
+                  + ("verifies" if broken is None else f"[red]breaks at seq {broken.seq}: {broken.reason}[/]"))
+
+
 def _generation(
     settings: Settings, plan: DemoPlan, console: Console
 ) -> tuple[dict[str, int], dict[str, Path], dict[str, Counter[str]], list[QualityWindow]]:
@@ -231,7 +267,7 @@ def _generation(
     decisions: dict[str, Counter[str]] = {}
     reasons: dict[str, Counter[str]] = {}
     windows: dict[str, QualityWindow] = {}
-    with _gate_processors(settings, plan, out), \
+    with _lineage_sink(settings), _gate_processors(settings, plan, out), \
             processor("generate", settings, source=None, sink=None, group=group) as runner:
         thread = threading.Thread(target=runner.run, daemon=True)
         thread.start()
@@ -289,6 +325,7 @@ def _generation(
     latest = [windows[g] for g in sorted(windows)]
     if latest:
         console.print(quality_table(latest, title="latest sliding window per generator (value / real-vs-real baseline)"))
+    _lineage_report(settings, console)
     return {key: len(samples) for key, samples in arrived.items()}, grids, decisions, latest
 
 

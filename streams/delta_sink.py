@@ -141,6 +141,7 @@ class DeltaSink:
         self.codec = RecordCodec()
         self.stats = SinkStats()
         self.stopping = threading.Event()
+        self.draining = threading.Event()
         self._next: dict[tuple[str, str], int] = {}  # (table, app id) → next offset the table needs
         self._chains: dict[tuple[Any, ...], tuple[int, str]] = {}
         self._commits: dict[str, int] = {}
@@ -154,7 +155,12 @@ class DeltaSink:
         self.dlq = RecordProducer(kafka, codec=self.codec)
 
     def stop(self) -> None:
+        """Flush what is buffered and return, even if more records are waiting."""
         self.stopping.set()
+
+    def drain(self) -> None:
+        """Write everything there is, then return once a second has passed without new records."""
+        self.draining.set()
 
     def run(self, *, max_idle_s: float | None = None, handle_signals: bool = False) -> SinkStats:
         if handle_signals:
@@ -181,7 +187,9 @@ class DeltaSink:
                 if buffered >= self.config.batch_rows or (
                         self._oldest is not None and now - self._oldest >= self.config.max_batch_s):
                     self._flush(consumer)
-                if not messages and max_idle_s is not None and assigned and now - max(idle_since, assigned[0]) > max_idle_s:
+                idle = now - max(idle_since, assigned[0]) if assigned else 0.0
+                if not messages and ((max_idle_s is not None and idle > max_idle_s) or
+                                     (self.draining.is_set() and idle > 1.0)):
                     break
             self._flush(consumer)
         finally:
