@@ -34,7 +34,7 @@ def query(tables: DeltaTables, sql: str, *, versions: dict[str, int] | None = No
                 dt = DeltaTable(tables.path(name), version=versions[name])
             datasets[name] = dt.to_pyarrow_dataset()
             con.register(name, datasets[name])
-        return con.execute(sql, params or []).to_arrow_table()
+        return con.sql(sql, params=params or None).to_arrow_table()
     finally:
         con.close()
 
