@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -265,6 +266,26 @@ def replay(
     console.print(f"replayed {len(rows)} samples to {to}")
     if regenerate and mismatched:
         raise typer.Exit(1)
+
+
+@app.command("export")
+def export_dataset(
+    out: Annotated[Path, typer.Argument(help="Output folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="coco, yolo, imagefolder or parquet.")] = "imagefolder",
+    decision: Annotated[Optional[str], typer.Option(help="Only samples with this decision.")] = "accepted",
+    as_of: Annotated[Optional[int], typer.Option("--as-of", help="Delta version of the samples table.")] = None,
+    run: Annotated[Optional[str], typer.Option(help="Only samples of this run.")] = None,
+    generator: Annotated[Optional[str], typer.Option(help="Only this generator.")] = None,
+) -> None:
+    """Export a dataset version from the Delta history, with a manifest of the versions and hashes it came from."""
+    from sdg.history import export, select_samples
+
+    tables = _settings().delta_tables()
+    filters = {"decision": decision, "run": run, "generator": generator}
+    rows = select_samples(tables, as_of=as_of, run=run, generator=generator, decision=decision)
+    manifest = export(tables, out, fmt=fmt, rows=rows, filters=filters, as_of=as_of)
+    console.print(f"exported {manifest['count']} samples as {fmt} to {out} (samples version "
+                  f"{manifest['samples_version']}, lineage version {manifest['lineage_version']})")
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from models.generator import png_bytes
@@ -85,3 +86,63 @@ def regenerate(rows: list[dict[str, Any]], catalog: Any) -> tuple[list[dict[str,
             mismatched.append(row["sample_id"])
         out.append({**row, "image_png": image, "image_sha256": digest})
     return out, mismatched
+
+
+def export(tables: DeltaTables, out: Path, *, fmt: str, rows: list[dict[str, Any]], filters: dict[str, Any],
+           as_of: int | None) -> dict[str, Any]:
+    """Write ``rows`` (from ``select_samples``) as a dataset training tools read directly, plus ``manifest.json``.
+
+    Formats: ``imagefolder`` (``<class>/<id>.png``), ``yolo`` (``images/``, ``labels/`` with normalized
+    boxes, ``data.yaml``), ``coco`` (``images/``, ``annotations.json``), ``parquet`` (``samples.parquet``).
+    A single-digit sample is one object covering the image; a scene has its rendered boxes.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from schemas.tables import SAMPLES
+
+    if fmt not in ("imagefolder", "yolo", "coco", "parquet"):
+        raise ValueError(f"export formats: imagefolder, yolo, coco, parquet, not {fmt!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    classes = sorted({o["class_label"] for r in rows for o in _objects(r)})
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLES), out / "samples.parquet")
+    for index, row in enumerate(rows if fmt != "parquet" else []):
+        name = f"{row['sample_id']}.png"
+        if fmt == "imagefolder":
+            (out / str(row["class_label"])).mkdir(exist_ok=True)
+            (out / str(row["class_label"]) / name).write_bytes(row["image_png"])
+            continue
+        (out / "images").mkdir(exist_ok=True)
+        (out / "images" / name).write_bytes(row["image_png"])
+        w, h = row["width"], row["height"]
+        if fmt == "yolo":
+            (out / "labels").mkdir(exist_ok=True)
+            lines = [f"{classes.index(o['class_label'])} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}"
+                     for o in _objects(row) for x, y, bw, bh in [o["bbox"]]]
+            (out / "labels" / f"{row['sample_id']}.txt").write_text("\n".join(lines) + "\n")
+        else:
+            images.append({"id": index, "file_name": f"images/{name}", "width": w, "height": h})
+            for o in _objects(row):
+                annotations.append({"id": len(annotations), "image_id": index, "category_id": o["class_label"],
+                                    "bbox": list(o["bbox"]), "area": o["bbox"][2] * o["bbox"][3], "iscrowd": 0})
+    if fmt == "yolo":
+        (out / "data.yaml").write_text(f"path: .\ntrain: images\nval: images\nnames: {json.dumps([str(c) for c in classes])}\n")
+    if fmt == "coco":
+        categories = [{"id": c, "name": str(c), "supercategory": "digit"} for c in classes]
+        (out / "annotations.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                          "categories": categories}))
+    dt = tables.open("samples")
+    manifest = {"format": fmt, "count": len(rows), "filters": filters,
+                "samples_version": as_of if as_of is not None else (dt.version() if dt is not None else None),
+                "lineage_version": (lineage.version() if (lineage := tables.open("lineage")) is not None else None),
+                "image_sha256": {r["sample_id"]: r["image_sha256"] for r in rows}}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _objects(row: dict[str, Any]) -> list[dict[str, Any]]:
+    objects = json.loads(row["objects_json"] or "[]")
+    return objects or [{"class_label": row["class_label"], "bbox": [0.0, 0.0, float(row["width"]), float(row["height"])]}]

@@ -207,3 +207,77 @@ def test_replay_a_past_version_and_regenerate_from_provenance(kafka: KafkaConfig
     replayed = [r.record for r in subscribe(target, kafka=kafka, from_beginning=True, idle_timeout_s=3)]
     assert [s.sample_id for s in replayed] == [r["sample_id"] for r in first]  # exactly that version, in order
     assert [s.image_sha256 for s in replayed] == [r["image_sha256"] for r in first]
+
+
+@pytest.mark.parametrize("fmt", ["coco", "yolo", "imagefolder", "parquet"])
+def test_exports_load(fmt: str, kafka: KafkaConfig, run_id: str, tmp_path: Path,
+                      fresh_topic) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    import json
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from models.catalog import GeneratorCatalog
+    from models.render import ProceduralRenderer
+    from processors.generate import GenerateConfig, generate, plan_jobs
+    from schemas.records import GeneratedSample
+    from streams.delta_sink import DeltaSink, DeltaTables, SinkConfig
+
+    catalog = GeneratorCatalog(tmp_path / "models")
+    catalog.put(ProceduralRenderer())
+    jobs = [*plan_jobs("procedural", classes=list(range(10)), per_class=2, seed=5, run_id=run_id),
+            *plan_jobs("procedural", classes=list(range(10)), per_class=1, seed=6, run_id=run_id,
+                       params={"mode": "scene"})]
+    source = fresh_topic()
+    accepted = 0
+    with RecordProducer(kafka) as producer:
+        for job in jobs:
+            for i, sample in enumerate(r for r in generate(job, generators=catalog, config=GenerateConfig())
+                                       if isinstance(r, GeneratedSample)):
+                producer.send(source, sample)
+                decision = example(SampleDecision, i, run_id).model_copy(update={
+                    "sample": sample, "gate": Gate(decision="accepted" if i % 2 == 0 else "rejected", reason="r",
+                                                   gate="t")})
+                producer.send(source, decision)
+                accepted += i % 2 == 0
+    tables = DeltaTables(tmp_path / "tables")
+    DeltaSink([source], kafka=kafka, tables=tables, group=f"e-{run_id}", run_id=run_id).run(max_idle_s=2)
+    out = tmp_path / fmt
+    env = {**os.environ, "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "SDG_STATE_DIR": str(tmp_path)}
+    done = subprocess.run(sdg_command("export", str(out), "--format", fmt, "--decision", "accepted", "--run", run_id),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == accepted == 15 and manifest["samples_version"] == 0
+    files = {p.stem: p for p in out.rglob("*.png")}
+    if fmt == "parquet":
+        table = pq.read_table(out / "samples.parquet")
+        assert table.num_rows == accepted
+        assert {r["sample_id"]: hashlib.sha256(r["image_png"]).hexdigest() for r in table.to_pylist()} \
+            == manifest["image_sha256"]
+        return
+    assert {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in files.items()} == manifest["image_sha256"]
+    for path in files.values():
+        Image.open(path).verify()
+    if fmt == "imagefolder":
+        assert all(p.parent.name.isdigit() for p in files.values())
+    elif fmt == "yolo":
+        labels = sorted((out / "labels").glob("*.txt"))
+        assert len(labels) == len(list((out / "images").glob("*.png"))) == accepted
+        for path in labels:
+            for line in path.read_text().split("\n")[:-1]:
+                cls, *box = line.split()
+                assert int(cls) >= 0 and len(box) == 4 and all(0 <= float(v) <= 1 for v in box)
+        assert "names:" in (out / "data.yaml").read_text()
+    else:
+        coco = json.loads((out / "annotations.json").read_text())
+        ids = {i["id"]: i for i in coco["images"]}
+        assert len(ids) == accepted and {a["image_id"] for a in coco["annotations"]} == set(ids)
+        categories = {c["id"] for c in coco["categories"]}
+        for a in coco["annotations"]:
+            image = ids[a["image_id"]]
+            x, y, w, h = a["bbox"]
+            assert a["category_id"] in categories and w > 0 and h > 0
+            assert x >= 0 and y >= 0 and x + w <= image["width"] + 1e-6 and y + h <= image["height"] + 1e-6
+        assert len(coco["annotations"]) > accepted  # scenes carry several boxes each
