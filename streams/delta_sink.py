@@ -177,7 +177,8 @@ class DeltaSink:
         idle_since = time.monotonic()
         try:
             while not self.stopping.is_set():
-                messages = consumer.consume(500, 0.2)
+                room = self.config.batch_rows - sum(map(len, self._buffer.values()))
+                messages = consumer.consume(max(1, min(500, room)), 0.2)  # a record makes one row or more
                 now = time.monotonic()
                 for message in messages:
                     self._take(message)
