@@ -141,16 +141,22 @@ def run_processor(
 
     Processors: passthrough, generate, label (runner steps, committed by hand), quality (a faust app
     with its windows in tables) and lineage (the Delta sink, exactly once per table)."""
-    from sdg.workers import SERVICES
+    from sdg.run_events import run_events
+    from sdg.workers import SERVICES, datasets
     from sdg.workers import processor as make_processor
 
+    settings = _settings()
     if processor in SERVICES:
         if source or sink:
             raise typer.BadParameter(f"{processor} has fixed topics; it takes --group only")
-        SERVICES[processor](_settings(), group or f"sdg-{processor}")
+        inputs, outputs = datasets(processor, settings, source=None, sink=None)
+        with run_events(settings.openlineage, settings.state_dir, job=processor, inputs=inputs, outputs=outputs):
+            SERVICES[processor](settings, group or f"sdg-{processor}")
         return
-    with make_processor(processor, _settings(), source=source, sink=sink, group=group) as runner:
-        stats = runner.run(handle_signals=True)
+    with make_processor(processor, settings, source=source, sink=sink, group=group) as runner:
+        inputs, outputs = datasets(processor, settings, source=source, sink=sink)
+        with run_events(settings.openlineage, settings.state_dir, job=processor, inputs=inputs, outputs=outputs):
+            stats = runner.run(handle_signals=True)
     console.print(f"{processor}: {stats.consumed} consumed, {dict(stats.produced)} produced, "
                   f"{sum(stats.dead_letters.values())} dead letters")
 

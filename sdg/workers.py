@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 from sdg.settings import Settings
@@ -106,3 +107,26 @@ def processor(
     if name not in PROCESSORS:
         raise ConfigError(f"unknown processor {name!r}; valid: {', '.join([*PROCESSORS, *SERVICES])}")
     return PROCESSORS[name](settings, source, sink, group or f"sdg-{name}")
+
+
+def datasets(name: str, settings: Settings, *, source: str | None,
+             sink: str | None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The (namespace, name) datasets processor ``name`` reads and writes, for its OpenLineage run events."""
+    from schemas.tables import TABLES
+
+    topics: dict[str, tuple[list[str], list[str]]] = {
+        "passthrough": ([source or ""], [sink or ""]),
+        "generate": (["sdg.requests", "sdg.control"], ["sdg.samples.raw", "sdg.telemetry"]),
+        "label": (["sdg.samples.raw"], ["sdg.samples.labeled"]),
+        "quality": (["sdg.samples.labeled"], ["sdg.samples.scored", "sdg.samples.accepted", "sdg.samples.review",
+                                              "sdg.samples.rejected", "sdg.quality"]),
+        "lineage": (LINEAGE_TOPICS, []),
+    }
+    kafka = f"kafka://{settings.kafka_client.bootstrap_servers.split(',')[0]}"
+    inputs, outputs = topics[name]
+    inputs = [source] if source and name != "passthrough" else inputs
+    outputs = [sink] if sink and name != "passthrough" else outputs
+    written = [(kafka, t) for t in outputs]
+    if name == "lineage":
+        written = [(f"file://{Path(settings.delta_tables().root).resolve()}", t) for t in TABLES]
+    return [(kafka, t) for t in inputs], written
