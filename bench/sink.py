@@ -69,7 +69,8 @@ def through_sink(kafka, samples: list, batch: int) -> float:  # type: ignore[no-
         for sample in samples:
             producer.send(topic, sample)
     tables = DeltaTables(Path(tempfile.mkdtemp()))
-    sink = DeltaSink([topic], kafka=kafka, tables=tables, group=f"bench-{uuid.uuid4().hex[:6]}", run_id="bench",
+    sink = DeltaSink([topic], fn=rows_of, kafka=kafka, tables=tables, group=f"bench-{uuid.uuid4().hex[:6]}",
+                     run_id="bench",
                      config=SinkConfig(batch_rows=batch, max_batch_s=5.0, compact_every=10_000))
     start = time.perf_counter()
     stats = sink.run(max_idle_s=1.0)

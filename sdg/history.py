@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from models.generator import png_bytes
-
 from schemas.tables import TABLES
 from streams.delta_sink import DeltaTables
 
@@ -55,7 +54,8 @@ def select_samples(tables: DeltaTables, *, as_of: int | None = None, run: str | 
     if decision is not None:
         where.append("s.sample_id IN (SELECT sample_id FROM lineage WHERE stage = ?)")
         params.append(decision)
-    sql = f"SELECT s.* FROM samples s WHERE {' AND '.join(where)} ORDER BY s.created_ms, s.kafka_partition, s.kafka_offset"
+    sql = (f"SELECT s.* FROM samples s WHERE {' AND '.join(where)} "
+           "ORDER BY s.created_ms, s.kafka_partition, s.kafka_offset")
     return query(tables, sql, versions={"samples": as_of} if as_of is not None else None, params=params).to_pylist()
 
 
@@ -120,8 +120,8 @@ def export(tables: DeltaTables, out: Path, *, fmt: str, rows: list[dict[str, Any
         w, h = row["width"], row["height"]
         if fmt == "yolo":
             (out / "labels").mkdir(exist_ok=True)
-            lines = [f"{classes.index(o['class_label'])} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}"
-                     for o in _objects(row) for x, y, bw, bh in [o["bbox"]]]
+            lines = [f"{classes.index(o['class_label'])} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} "
+                     f"{bw / w:.6f} {bh / h:.6f}" for o in _objects(row) for x, y, bw, bh in [o["bbox"]]]
             (out / "labels" / f"{row['sample_id']}.txt").write_text("\n".join(lines) + "\n")
         else:
             images.append({"id": index, "file_name": f"images/{name}", "width": w, "height": h})
@@ -129,7 +129,8 @@ def export(tables: DeltaTables, out: Path, *, fmt: str, rows: list[dict[str, Any
                 annotations.append({"id": len(annotations), "image_id": index, "category_id": o["class_label"],
                                     "bbox": list(o["bbox"]), "area": o["bbox"][2] * o["bbox"][3], "iscrowd": 0})
     if fmt == "yolo":
-        (out / "data.yaml").write_text(f"path: .\ntrain: images\nval: images\nnames: {json.dumps([str(c) for c in classes])}\n")
+        names = json.dumps([str(c) for c in classes])
+        (out / "data.yaml").write_text(f"path: .\ntrain: images\nval: images\nnames: {names}\n")
     if fmt == "coco":
         categories = [{"id": c, "name": str(c), "supercategory": "digit"} for c in classes]
         (out / "annotations.json").write_text(json.dumps({"images": images, "annotations": annotations,
@@ -145,4 +146,5 @@ def export(tables: DeltaTables, out: Path, *, fmt: str, rows: list[dict[str, Any
 
 def _objects(row: dict[str, Any]) -> list[dict[str, Any]]:
     objects = json.loads(row["objects_json"] or "[]")
-    return objects or [{"class_label": row["class_label"], "bbox": [0.0, 0.0, float(row["width"]), float(row["height"])]}]
+    whole = [0.0, 0.0, float(row["width"]), float(row["height"])]  # a single digit: one box, the whole image
+    return objects or [{"class_label": row["class_label"], "bbox": whole}]

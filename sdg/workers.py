@@ -77,10 +77,11 @@ def _quality(settings: Settings, group: str) -> None:
 
 def _lineage(settings: Settings, group: str) -> None:
     """Every stage, window, reading, alert and throttle topic → the Delta tables, exactly once per table."""
+    from processors.lineage import rows_of
     from streams.delta_sink import DeltaSink
 
-    stats = DeltaSink(LINEAGE_TOPICS, kafka=settings.kafka_client, tables=settings.delta_tables(), group=group,
-                      run_id=settings.run_id, config=settings.sink).run(handle_signals=True)
+    stats = DeltaSink(LINEAGE_TOPICS, fn=rows_of, kafka=settings.kafka_client, tables=settings.delta_tables(),
+                      group=group, run_id=settings.run_id, config=settings.sink).run(handle_signals=True)
     log.info("lineage: %d records, rows %s, %d commits", stats.consumed, stats.rows, stats.commits)
 
 

@@ -125,11 +125,10 @@ class DeltaTables:
 class DeltaSink:
     """Consumes ``topics`` as ``group`` and appends the rows ``fn`` makes of each record to the tables."""
 
-    def __init__(self, topics: list[str], *, kafka: KafkaConfig, tables: DeltaTables, group: str, run_id: str,
-                 config: SinkConfig = SinkConfig(),
-                 fn: Callable[[Record, str, int, int], dict[str, list[dict[str, Any]]]] | None = None) -> None:
-        from processors.lineage import rows_of
-
+    def __init__(self, topics: list[str], *, fn: Callable[[Record, str, int, int], dict[str, list[dict[str, Any]]]],
+                 kafka: KafkaConfig, tables: DeltaTables, group: str, run_id: str,
+                 config: SinkConfig = SinkConfig()) -> None:
+        """``fn`` makes the rows of one record read at (topic, partition, offset): ``processors.lineage.rows_of``."""
         for name in topics:
             topic_spec(name)
         self.topics = topics
@@ -137,7 +136,7 @@ class DeltaSink:
         self.group = group
         self.run_id = run_id
         self.config = config
-        self.fn = fn or rows_of
+        self.fn = fn
         self.codec = RecordCodec()
         self.stats = SinkStats()
         self.stopping = threading.Event()

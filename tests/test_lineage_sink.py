@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+from processors.lineage import rows_of
 from schemas.examples import example, example_sample
 from schemas.records import Gate, LabeledSample, QualityWindow, SampleDecision
 from schemas.tables import verify_chain
@@ -109,7 +110,6 @@ def test_sink_killed_at_random_points_writes_every_record_exactly_once(kafka: Ka
 
 @pytest.mark.parametrize("tamper", ["edit", "delete", "swap", "insert"])
 def test_verify_finds_the_first_broken_row(tamper: str) -> None:
-    from processors.lineage import rows_of
     from schemas.tables import GENESIS, row_hash
 
     rows, previous = [], GENESIS
@@ -147,7 +147,7 @@ def test_sdg_verify_on_a_table_the_sink_wrote_and_then_tampered(kafka: KafkaConf
         for i in range(30):
             producer.send(topic, example_sample(i, run_id))
     tables = DeltaTables(tmp_path / "tables")
-    sink = DeltaSink([topic], kafka=kafka, tables=tables, group=f"v-{run_id}", run_id=run_id,
+    sink = DeltaSink([topic], fn=rows_of, kafka=kafka, tables=tables, group=f"v-{run_id}", run_id=run_id,
                      config=SinkConfig(batch_rows=10))
     sink.run(max_idle_s=3)
     env = {**os.environ, "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "SDG_STATE_DIR": str(tmp_path)}
@@ -177,7 +177,7 @@ def test_query_reads_the_tables_the_sink_wrote_now_and_as_of_a_version(kafka: Ka
         with RecordProducer(kafka) as producer:
             for i in range(start, start + (15 if start == 0 else 25)):
                 producer.send(topic, example_sample(i, run_id))
-        DeltaSink([topic], kafka=kafka, tables=tables, group=f"q-{run_id}", run_id=run_id,
+        DeltaSink([topic], fn=rows_of, kafka=kafka, tables=tables, group=f"q-{run_id}", run_id=run_id,
                   config=SinkConfig(batch_rows=1000, max_batch_s=60)).run(max_idle_s=2)  # one commit a run
     counted = query(tables, "SELECT stage, count(*) AS n FROM lineage GROUP BY stage").to_pylist()
     assert counted == [{"stage": "generated", "n": 40}]
@@ -209,7 +209,7 @@ def test_replay_a_past_version_and_regenerate_from_provenance(kafka: KafkaConfig
             for record in generate(job, generators=catalog, config=GenerateConfig()):
                 if isinstance(record, GeneratedSample):
                     producer.send(source, record)
-        DeltaSink([source], kafka=kafka, tables=tables, group=f"r-{run_id}", run_id=run_id,
+        DeltaSink([source], fn=rows_of, kafka=kafka, tables=tables, group=f"r-{run_id}", run_id=run_id,
                   config=SinkConfig(batch_rows=1000, max_batch_s=60)).run(max_idle_s=2)
     first = select_samples(tables, as_of=0, run=run_id)
     assert len(first) == 15 and len(select_samples(tables, run=run_id)) == 30
@@ -238,7 +238,7 @@ def test_exports_load(fmt: str, kafka: KafkaConfig, run_id: str, tmp_path: Path,
     from models.render import ProceduralRenderer
     from processors.generate import GenerateConfig, generate, plan_jobs
     from schemas.records import GeneratedSample
-    from streams.delta_sink import DeltaSink, DeltaTables, SinkConfig
+    from streams.delta_sink import DeltaSink, DeltaTables
 
     catalog = GeneratorCatalog(tmp_path / "models")
     catalog.put(ProceduralRenderer())
@@ -258,7 +258,8 @@ def test_exports_load(fmt: str, kafka: KafkaConfig, run_id: str, tmp_path: Path,
                 producer.send(source, decision)
                 accepted += i % 2 == 0
     tables = DeltaTables(tmp_path / "tables")
-    DeltaSink([source], kafka=kafka, tables=tables, group=f"e-{run_id}", run_id=run_id).run(max_idle_s=2)
+    DeltaSink([source], fn=rows_of, kafka=kafka, tables=tables, group=f"e-{run_id}",
+              run_id=run_id).run(max_idle_s=2)
     out = tmp_path / fmt
     env = {**os.environ, "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "SDG_STATE_DIR": str(tmp_path)}
     done = subprocess.run(sdg_command("export", str(out), "--format", fmt, "--decision", "accepted", "--run", run_id),
