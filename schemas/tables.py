@@ -145,15 +145,27 @@ class ChainBreak:
     reason: str
 
 
-def verify_chain(rows: list[dict[str, Any]]) -> ChainBreak | None:
+def chain_id(row: dict[str, Any]) -> str:
+    return "|".join(str(row[k]) for k in CHAIN_KEY)
+
+
+def verify_chain(rows: list[dict[str, Any]], heads: dict[str, tuple[int, str]] | None = None) -> ChainBreak | None:
     """Recompute every chain (rows grouped by ``CHAIN_KEY``); the first broken row, or None.
 
     Catches an edited field (its hash no longer matches), a removed or inserted row (a gap or a
     repeat in ``seq``, or a ``prev_hash`` that is not the previous row's hash) and reordered rows.
+    ``heads`` (chain id → the last (seq, hash) the writer recorded in its commits) also catches
+    rows cut off a chain's end.
     """
     chains: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
         chains.setdefault(tuple(row[k] for k in CHAIN_KEY), []).append(row)
+    last = {"|".join(map(str, chain)): max(members, key=lambda r: r["seq"]) for chain, members in chains.items()}
+    for cid, (seq, digest) in sorted((heads or {}).items()):
+        end = last.get(cid)
+        if end is None or end["seq"] < seq:
+            return ChainBreak(tuple(cid.split("|")), seq, None, f"truncated: the writer recorded seq {seq}, the "
+                              f"table ends at {'nothing' if end is None else end['seq']}")
     for chain, members in sorted(chains.items()):
         members.sort(key=lambda r: r["seq"])
         previous = GENESIS

@@ -306,10 +306,11 @@ def verify(
 
     if table != "lineage":
         raise typer.BadParameter("only the lineage table is hash-chained")
-    path = _settings().delta_tables().path(table)
+    tables = _settings().delta_tables()
+    path = tables.path(table)
     dt = DeltaTable(path, version=as_of) if as_of is not None else DeltaTable(path)
     rows = dt.to_pyarrow_table().to_pylist()
-    broken = verify_chain(rows)
+    broken = verify_chain(rows, tables.recorded_heads(dt.version()))
     if broken is not None:
         console.print(f"[red]{table} (version {dt.version()}): chain {broken.chain} breaks at seq {broken.seq} "
                       f"(sample {broken.sample_id}): {broken.reason}[/]")

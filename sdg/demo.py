@@ -234,7 +234,7 @@ def _lineage_report(settings: Settings, console: Console) -> None:
                            "GROUP BY stage ORDER BY stage").to_pylist()
     console.print(f"lineage in {tables.root}: " + ", ".join(f"{c['stage']} {c['n']}" for c in counts))
     lineage = DeltaTable(tables.path("lineage"))
-    broken = verify_chain(lineage.to_pyarrow_table().to_pylist())
+    broken = verify_chain(lineage.to_pyarrow_table().to_pylist(), tables.recorded_heads(lineage.version()))
     console.print(f"sdg verify: lineage version {lineage.version()} "
                   + ("verifies" if broken is None else f"[red]breaks at seq {broken.seq}: {broken.reason}[/]"))
 

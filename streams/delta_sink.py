@@ -12,6 +12,7 @@ partition has one owner in the consumer group, so every chain has a single write
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
 from schemas.records import DeadLetter, Record
-from schemas.tables import CHAIN_KEY, GENESIS, PARTITION_BY, TABLES, row_hash
+from schemas.tables import CHAIN_KEY, GENESIS, PARTITION_BY, TABLES, chain_id, row_hash
 from streams.catalog import topic as topic_spec
 from streams.config import KafkaConfig
 from streams.errors import BrokerError
@@ -35,6 +36,7 @@ from streams.producer import RecordProducer
 
 log = logging.getLogger(__name__)
 DLQ_TOPIC = "sdg.dlq"
+HEADS_KEY = "sdg.chain_heads"  # commit metadata: the head of every chain the commit extended
 
 
 class SinkConfig(BaseModel):
@@ -104,14 +106,24 @@ class DeltaTables:
         last = pc.index(rows["seq"], pc.max(rows["seq"])).as_py()
         return int(rows["seq"][last].as_py()) + 1, rows["row_hash"][last].as_py()
 
-    def append(self, table: str, rows: list[dict[str, Any]], versions: dict[str, int], *, retries: int) -> None:
+    def recorded_heads(self, version: int | None = None) -> dict[str, tuple[int, str]]:
+        """The lineage chain heads the sink recorded in its commits (up to ``version``): chain id → (seq, hash)."""
+        dt = self.open("lineage")
+        heads: dict[str, tuple[int, str]] = {}
+        for commit in sorted(dt.history() if dt is not None else [], key=lambda c: c["version"]):
+            if HEADS_KEY in commit and (version is None or commit["version"] <= version):
+                heads.update({k: (int(v[0]), v[1]) for k, v in json.loads(commit[HEADS_KEY]).items()})
+        return heads
+
+    def append(self, table: str, rows: list[dict[str, Any]], versions: dict[str, int], *, retries: int,
+               metadata: dict[str, str] | None = None) -> None:
         """Append ``rows`` and record ``versions`` (app id → next offset) in the same commit."""
         import pyarrow as pa
         from deltalake import CommitProperties, Transaction, write_deltalake
 
         data = pa.Table.from_pylist(rows, schema=TABLES[table])
         now = int(time.time() * 1000)
-        properties = CommitProperties(max_commit_retries=retries,
+        properties = CommitProperties(max_commit_retries=retries, custom_metadata=metadata,
                                       app_transactions=[Transaction(a, v, now) for a, v in versions.items()])
         write_deltalake(self.path(table), data, mode="append", partition_by=PARTITION_BY,
                         commit_properties=properties, storage_options=self.storage_options)
@@ -234,7 +246,9 @@ class DeltaSink:
         if self._oldest is None:
             self._oldest = time.monotonic()
 
-    def _chain(self, rows: list[dict[str, Any]]) -> None:
+    def _chain(self, rows: list[dict[str, Any]]) -> dict[str, str]:
+        """Chain the rows; the commit metadata that records each touched chain's new head."""
+        heads = {}
         for row in rows:
             key = tuple(row[k] for k in CHAIN_KEY)
             if key not in self._chains:
@@ -243,6 +257,8 @@ class DeltaSink:
             row["seq"], row["prev_hash"] = seq, previous
             row["row_hash"] = row_hash(row, previous)
             self._chains[key] = (seq + 1, row["row_hash"])
+            heads[chain_id(row)] = [seq, row["row_hash"]]
+        return {HEADS_KEY: json.dumps(heads)}
 
     def _flush(self, consumer: Consumer) -> None:
         """Write every table's buffered rows (each with its offsets in the same commit), then commit Kafka offsets."""
@@ -253,9 +269,8 @@ class DeltaSink:
                 continue
             versions = {app_id(self.group, t, p): n for (t, p), n in self._covered.items()
                         if n > self._needs(table, t, p)}
-            if table == "lineage":
-                self._chain(rows)
-            self.tables.append(table, rows, versions, retries=self.config.max_commit_retries)
+            metadata = self._chain(rows) if table == "lineage" else None
+            self.tables.append(table, rows, versions, retries=self.config.max_commit_retries, metadata=metadata)
             for app, n in versions.items():
                 self._next[(table, app)] = n
             self.stats.rows[table] = self.stats.rows.get(table, 0) + len(rows)

@@ -93,7 +93,11 @@ def test_sink_killed_at_random_points_writes_every_record_exactly_once(kafka: Ka
     assert stages == {"generated": N, "labeled": N, "accepted": N // 3, "review": N // 3, "rejected": N // 3}
     assert len({(r["sample_id"], r["stage"]) for r in lineage}) == len(lineage)  # no duplicate rows
     assert len(_rows(tables, "quality_windows", run_id)) == 20
-    assert verify_chain(lineage) is None
+    from streams.delta_sink import DeltaTables
+
+    heads = DeltaTables(tables).recorded_heads()
+    assert verify_chain(lineage, heads) is None and len(heads) == len({(r["kafka_topic"], r["kafka_partition"])
+                                                                        for r in lineage})
     versions = DeltaTable(str(tables / "lineage")).transaction_version(f"{group}/sdg.samples.labeled/0")
     assert versions is not None and versions > 0
 
@@ -162,6 +166,13 @@ def test_sdg_verify_on_a_table_the_sink_wrote_and_then_tampered(kafka: KafkaConf
     previous = subprocess.run(sdg_command("verify", "--as-of", "0"), cwd=REPO, env=env, capture_output=True,
                               text=True, timeout=120)
     assert previous.returncode == 0, previous.stdout  # time travel: the version before the edit still verifies
+
+    target["seed"] -= 1  # undo the edit, but cut the last row off one chain
+    end = max((r for r in rows if r["run_id"] == run_id), key=lambda r: r["seq"])
+    kept = [r for r in rows if r is not end]
+    write_deltalake(tables.path("lineage"), pa.Table.from_pylist(kept, schema=LINEAGE), mode="overwrite")
+    cut = subprocess.run(sdg_command("verify"), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert cut.returncode == 1 and "truncated" in cut.stdout, cut.stdout
 
 
 def test_query_reads_the_tables_the_sink_wrote_now_and_as_of_a_version(kafka: KafkaConfig, run_id: str, tmp_path: Path,
