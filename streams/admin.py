@@ -159,10 +159,15 @@ def log_end_offsets(kafka: KafkaConfig, names: list[str], *, timeout_s: float = 
         consumer.close()
 
 
-def start_group_at_end(kafka: KafkaConfig, group: str, names: list[str], *, timeout_s: float = 10) -> None:
-    """Commit the current log ends for a new ``group``: its members read only what is written from now on."""
+def start_group_at_end(kafka: KafkaConfig, group: str, names: list[str], *, timeout_s: float = 10,
+                       coordinator_timeout_s: float = 90) -> None:
+    """Commit the current log ends for a new ``group``: its members read only what is written from now on.
+
+    A new broker's group coordinator loads its offsets topic first (tens of seconds on a busy machine):
+    commits are retried until ``coordinator_timeout_s``.
+    """
     consumer = Consumer(kafka.librdkafka(**{"group.id": group, "enable.auto.commit": False}))
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + coordinator_timeout_s
     try:
         ends = _partition_ends(consumer, names, timeout_s)
         while True:
