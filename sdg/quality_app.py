@@ -134,7 +134,7 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
 
     def save_head(generator: str, windows: GeneratorWindows) -> None:
         heads[generator] = json.dumps({"seq": windows.seq, "opened_ms": windows.opened_ms,
-                                               "count": len(windows.pending)})
+                                       "count": len(windows.pending)})
 
     @app.agent(by_generator)
     async def judge_windows(stream: Any) -> None:
