@@ -81,9 +81,17 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
+    """A grey uint8 image from PNG bytes.
+
+    Raises:
+        ValueError: the bytes are not an image (PIL raises several unrelated types for bad bytes).
+    """
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+    try:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+    except Exception as e:
+        raise ValueError(f"image is not a PNG: {e}") from e
 
 
 def content_version(weights: bytes, config: dict[str, Any]) -> str:

@@ -60,8 +60,8 @@ def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSa
     for sample in samples:
         try:
             image = decode_png(sample.image_png)
-        except Exception as e:  # PIL raises several unrelated types for bad bytes
-            results.append(ValueError(f"sample {sample.sample_id}: image_png is not a PNG: {e}"))
+        except ValueError as e:
+            results.append(ValueError(f"sample {sample.sample_id}: {e}"))
             owners.append([])
             continue
         parts = [_crop(image, o.bbox, labeler.image_size) for o in sample.objects] or [image]

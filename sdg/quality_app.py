@@ -37,13 +37,6 @@ SOURCE = "sdg.samples.labeled"
 TICK = b""
 
 
-def _image(record: LabeledSample) -> np.ndarray:
-    try:
-        return decode_png(record.sample.image_png)
-    except Exception as e:  # PIL raises several unrelated types for bad bytes
-        raise ValueError(f"sample {record.sample.sample_id}: image_png is not a PNG: {e}") from e
-
-
 def internal_topic(app_id: str) -> str:
     return f"{app_id}-by-generator"
 
@@ -97,7 +90,7 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
                 record = codec.decode(event.value)
                 if not isinstance(record, LabeledSample):
                     raise UndecodableRecord(f"{SOURCE} carries LabeledSample, not {record.schema_name}")
-                image = _image(record)
+                image = decode_png(record.sample.image_png)
                 if image.shape[0] != image.shape[1] or (not record.sample.objects and image.shape[0] != size):
                     raise ValueError(f"a {image.shape[1]}×{image.shape[0]} image; the reference set is {size}×{size}")
             except (UndecodableRecord, ValueError) as e:
