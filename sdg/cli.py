@@ -300,23 +300,17 @@ def verify(
     as_of: Annotated[Optional[int], typer.Option("--as-of", help="A Delta version of the table.")] = None,
 ) -> None:
     """Recompute the lineage hash chains; report the first edited, removed, inserted or reordered row."""
-    from deltalake import DeltaTable
-
-    from schemas.tables import verify_chain
+    from sdg.history import verify_lineage
 
     if table != "lineage":
         raise typer.BadParameter("only the lineage table is hash-chained")
-    tables = _settings().delta_tables()
-    path = tables.path(table)
-    dt = DeltaTable(path, version=as_of) if as_of is not None else DeltaTable(path)
-    rows = dt.to_pyarrow_table().to_pylist()
-    broken = verify_chain(rows, tables.recorded_heads(dt.version()))
+    result = verify_lineage(_settings().delta_tables(), as_of=as_of)
+    broken = result.broken
     if broken is not None:
-        console.print(f"[red]{table} (version {dt.version()}): chain {broken.chain} breaks at seq {broken.seq} "
+        console.print(f"[red]{table} (version {result.version}): chain {broken.chain} breaks at seq {broken.seq} "
                       f"(sample {broken.sample_id}): {broken.reason}[/]")
         raise typer.Exit(1)
-    chains = len({(r["run_id"], r["date"], r["kafka_topic"], r["kafka_partition"]) for r in rows})
-    console.print(f"{table} (version {dt.version()}): {len(rows)} rows in {chains} chains verify")
+    console.print(f"{table} (version {result.version}): {result.rows} rows in {result.chains} chains verify")
 
 
 @app.command()

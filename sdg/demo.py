@@ -224,18 +224,15 @@ def _lineage_sink(settings: Settings) -> Iterator[None]:
 
 def _lineage_report(settings: Settings, console: Console) -> None:
     """Rows per stage of this run in the Delta tables, and the hash chains verified."""
-    from deltalake import DeltaTable
-
-    from schemas.tables import verify_chain
-    from sdg.history import query
+    from sdg.history import query, verify_lineage
 
     tables = settings.delta_tables()
-    counts = query(tables, f"SELECT stage, count(*) AS n FROM lineage WHERE run_id = '{settings.run_id}' "
-                           "GROUP BY stage ORDER BY stage").to_pylist()
+    counts = query(tables, "SELECT stage, count(*) AS n FROM lineage WHERE run_id = ? GROUP BY stage ORDER BY stage",
+                   params=[settings.run_id]).to_pylist()
     console.print(f"lineage in {tables.root}: " + ", ".join(f"{c['stage']} {c['n']}" for c in counts))
-    lineage = DeltaTable(tables.path("lineage"))
-    broken = verify_chain(lineage.to_pyarrow_table().to_pylist(), tables.recorded_heads(lineage.version()))
-    console.print(f"sdg verify: lineage version {lineage.version()} "
+    result = verify_lineage(tables)
+    broken = result.broken
+    console.print(f"sdg verify: lineage version {result.version} "
                   + ("verifies" if broken is None else f"[red]breaks at seq {broken.seq}: {broken.reason}[/]"))
 
 
