@@ -124,6 +124,23 @@ TABLES: dict[str, pa.Schema] = {
     "control_actions": CONTROL_ACTIONS,
 }
 
+# written by jobs over the tables above (the Spark job in sdg/spark.py), not by the sink
+GENERATOR_STATS = pa.schema([
+    pa.field("run_id", pa.string()),
+    pa.field("date", pa.string()),
+    pa.field("computed_ms", pa.int64()),
+    pa.field("generator", pa.string()),
+    pa.field("generator_version", pa.string()),
+    *[pa.field(stage, pa.int64()) for stage in ("generated", "labeled", "accepted", "review", "rejected")],
+    pa.field("acceptance_rate", pa.float64()),  # accepted / decided
+    pa.field("mean_confidence", pa.float64()),
+    pa.field("agreement", pa.float64()),  # fraction of labels that agree with the conditioning
+    pa.field("labels_saved", pa.int64()),  # accepted: labeled without a human
+    pa.field("labels_to_review", pa.int64()),  # review: a human labels these
+])
+
+DERIVED_TABLES: dict[str, pa.Schema] = {"generator_stats": GENERATOR_STATS}
+
 _CHAIN_EXCLUDED = {"seq", "prev_hash", "row_hash"}
 
 

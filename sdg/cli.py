@@ -23,6 +23,9 @@ broker_app = typer.Typer(help="The embedded Apache Kafka broker (KRaft, single n
 topics_app = typer.Typer(help="The topic catalog on the broker.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
+spark_app = typer.Typer(help="Spark jobs over the Delta tables (delta-spark; local[2] unless SDG_SPARK__MASTER is set).",
+                        no_args_is_help=True)
+app.add_typer(spark_app, name="spark")
 console = Console()
 
 
@@ -219,21 +222,57 @@ def quality(
 @app.command("query")
 def query_tables(
     sql: Annotated[str, typer.Argument(help="SQL over the tables samples, lineage, quality_windows, telemetry, "
-                                            "alerts, control_actions")],
+                                            "alerts, control_actions, generator_stats")],
     as_of: Annotated[Optional[list[str]], typer.Option("--as-of", help="TABLE=VERSION (time travel).")] = None,
     limit: Annotated[int, typer.Option(help="Rows to print.")] = 50,
 ) -> None:
     """Run SQL (DuckDB) over the Delta tables and print the result."""
-    from rich.table import Table
-
     from sdg.history import query
 
     versions = {name: int(v) for name, v in (item.split("=", 1) for item in as_of or [])}
-    result = query(_settings().delta_tables(), sql, versions=versions)
+    _print_arrow(query(_settings().delta_tables(), sql, versions=versions), limit=limit)
+
+
+def _print_arrow(result: Any, *, limit: int) -> None:
     table = Table(*result.column_names, title=f"{result.num_rows} rows")
     for row in result.slice(0, limit).to_pylist():
-        table.add_row(*[f"<{len(v)} bytes>" if isinstance(v, bytes) else str(v) for v in row.values()])
+        table.add_row(*[f"<{len(v)} bytes>" if isinstance(v, bytes) else
+                        f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()])
     console.print(table)
+
+
+@spark_app.command("stats")
+def spark_stats(run: Annotated[Optional[str], typer.Option(help="Only this run (default: every run).")] = None) -> None:
+    """Per generator version: stage counts, acceptance rate and label budget, into the generator_stats table."""
+    from sdg.history import query
+    from sdg.spark import session, write_generator_stats
+
+    settings = _settings()
+    tables = settings.delta_tables()
+    spark = session(settings.spark, ivy_dir=settings.state_dir / "ivy", app_name="sdg-generator-stats")
+    try:
+        written = write_generator_stats(spark, tables.root, run=run)
+    finally:
+        spark.stop()
+    console.print(f"generator_stats: {written} rows written")
+    where = "WHERE run_id = ?" if run else ""
+    _print_arrow(query(tables, f"SELECT run_id, generator, generator_version, generated, accepted, review, rejected, "
+                               f"acceptance_rate, labels_saved, labels_to_review FROM generator_stats {where} "
+                               "ORDER BY run_id, generator", params=[run] if run else None), limit=100)
+
+
+@spark_app.command("compact")
+def spark_compact(table: Annotated[str, typer.Argument(help="The table to OPTIMIZE (e.g. lineage).")]) -> None:
+    """Delta OPTIMIZE (bin-packing compaction) of a table, run by Spark."""
+    from sdg.spark import compact, session
+
+    settings = _settings()
+    spark = session(settings.spark, ivy_dir=settings.state_dir / "ivy", app_name=f"sdg-compact-{table}")
+    try:
+        metrics = compact(spark, settings.delta_tables().root, table)
+    finally:
+        spark.stop()
+    console.print(f"{table}: {metrics['numFilesRemoved']} files compacted into {metrics['numFilesAdded']}")
 
 
 @app.command()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from models.generator import png_bytes
-from schemas.tables import TABLES, ChainBreak, chain_id, verify_chain
+from schemas.tables import DERIVED_TABLES, TABLES, ChainBreak, chain_id, verify_chain
 from streams.delta_sink import DeltaTables
 
 
@@ -27,7 +27,7 @@ def query(tables: DeltaTables, sql: str, *, versions: dict[str, int] | None = No
     con = duckdb.connect()
     datasets = {}  # DuckDB does not keep the registered datasets alive: this does, until the query is done
     try:
-        for name in TABLES:
+        for name in [*TABLES, *DERIVED_TABLES]:
             dt = tables.open(name)
             if dt is None:
                 continue

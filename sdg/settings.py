@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from infra.broker import BrokerConfig, EmbeddedBroker
 from processors.quality import QualityConfig
 from sdg.run_events import OpenLineageConfig
+from sdg.spark import SparkConfig
 from streams.delta_sink import DeltaTables, SinkConfig
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
 from streams.errors import ConfigError
@@ -56,6 +57,7 @@ class Settings(BaseSettings):
     quality: QualityConfig = QualityConfig()
     sink: SinkConfig = SinkConfig()
     openlineage: OpenLineageConfig = OpenLineageConfig()
+    spark: SparkConfig = SparkConfig()
     tables_dir: Path | None = Field(default=None, description="The Delta tables (default: <state_dir>/tables).")
 
     @property
