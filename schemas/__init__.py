@@ -6,9 +6,11 @@ Imports neither Kafka nor any ML library.
 from schemas.codec import RecordCodec, SchemaRegistry, registry
 from schemas.errors import SchemaError, UndecodableRecord
 from schemas.records import (
+    RECORD_TYPES,
     Annotation,
     Conditioning,
     DeadLetter,
+    Gate,
     GeneratedSample,
     GenerationJob,
     Label,
@@ -22,8 +24,6 @@ from schemas.records import (
     ScoredSample,
     ThermalAlert,
     Throttle,
-    Gate,
-    RECORD_TYPES,
 )
 
 __all__ = [

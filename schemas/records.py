@@ -213,6 +213,20 @@ class Throttle(Record):
         return self.node_id
 
 
+FaultKind = Literal["pump_failure", "coolant_ramp", "over_voltage", "sensor_dropout", "stuck_sensor", "repair"]
+
+
+class PlantFault(Record):
+    schema_name: ClassVar[str] = "PlantFault"
+    node_id: str
+    kind: FaultKind
+    magnitude: float | None = None
+    duration_s: float | None = Field(default=None, gt=0)
+
+    def key(self) -> str:
+        return self.node_id
+
+
 class DeadLetter(Record):
     schema_name: ClassVar[str] = "DeadLetter"
     topic: str
@@ -241,6 +255,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
         Reading,
         ThermalAlert,
         Throttle,
+        PlantFault,
         DeadLetter,
     )
 }

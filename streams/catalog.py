@@ -12,6 +12,7 @@ from schemas.records import (
     GeneratedSample,
     GenerationJob,
     LabeledSample,
+    PlantFault,
     QualityWindow,
     Reading,
     Record,
@@ -65,6 +66,7 @@ _SPECS = (
         "rate caps and pauses per node (latest per node)",
         {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(3600 * 1000)},
     ),
+    TopicSpec("sdg.plant.faults", "node_id", PlantFault, 3, "faults injected into the modeled plant", _retention(1)),
     TopicSpec("sdg.dlq", "original key", DeadLetter, 3, "records that could not be processed", _retention(30)),
 )
 

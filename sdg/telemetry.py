@@ -1,0 +1,210 @@
+"""Telemetry for people: the plant service loop, a closed-loop simulation of a fault scenario, its plot,
+and the live terminal view (``sdg telemetry watch``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.plant import NodePlant, PlantConfig, ScheduledFault, Utilization
+from processors.thermal import NodeState, ThermalConfig, ThermalRules
+from schemas.records import PlantFault, Reading, ThermalAlert, Throttle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trace:
+    """One node's closed loop over time (plant seconds)."""
+
+    t_s: list[float] = field(default_factory=list)
+    die_c: list[float] = field(default_factory=list)
+    coolant_c: list[float] = field(default_factory=list)
+    power_w: list[float] = field(default_factory=list)
+    rate_sps: list[float] = field(default_factory=list)
+    cap_sps: list[float | None] = field(default_factory=list)  # None: no cap; 0: paused
+    alerts: list[tuple[float, ThermalAlert]] = field(default_factory=list)
+    faults: list[tuple[float, str]] = field(default_factory=list)
+    limit_c: float = 0.0
+    full_rate_sps: float = 0.0
+
+    def add(self, t: float, reading: Reading, rate: float, cap: float | None) -> None:
+        self.t_s.append(t)
+        self.die_c.append(float(reading.die_c or 0))
+        self.coolant_c.append(float(reading.coolant_c or 0))
+        self.power_w.append(float(reading.power_w or 0))
+        self.rate_sps.append(rate)
+        self.cap_sps.append(cap)
+
+
+def simulate(faults: list[ScheduledFault], *, duration_s: float, config: ThermalConfig | None = None,
+             full_rate_sps: float = 1000.0, duty: float = 0.85, reading_s: float = 0.5, lag_s: float = 1.0,
+             node: str = "node-0", seed: int = 0) -> Trace:
+    """The plant, the thermal rules and a generator that obeys its caps ``lag_s`` late, in plant time.
+
+    Args:
+        faults: What happens when (``node_id`` is ignored: there is one node).
+        full_rate_sps: The generator's rate when uncapped; ``duty`` is how busy that keeps the node.
+        reading_s: Plant seconds between readings.
+        lag_s: Plant seconds from a reading to its cap taking effect (the loop's latency).
+    """
+    config = config or ThermalConfig()
+    plant = NodePlant(node, config.cooling, seed=seed)
+    rules = ThermalRules(config, run_id="simulation")
+    state = NodeState()
+    trace = Trace(limit_c=config.cooling.die_limit_c, full_rate_sps=full_rate_sps)
+    pending = sorted(faults, key=lambda f: f.at_s)
+    caps: list[tuple[float, Throttle]] = []  # decided, waiting for the lag
+    cap: Throttle | None = None
+    t = 0.0
+    while t < duration_s:
+        while pending and pending[0].at_s <= t:
+            fault = pending.pop(0)
+            plant.inject(PlantFault(run_id="simulation", node_id=node, kind=fault.kind, magnitude=fault.magnitude,
+                                    duration_s=fault.duration_s))
+            trace.faults.append((t, fault.kind))
+        while caps and caps[0][0] <= t:
+            cap = caps.pop(0)[1]
+        paused = cap is not None and cap.paused
+        limit = cap.max_rate_sps if cap is not None and cap.max_rate_sps is not None else full_rate_sps
+        rate = 0.0 if paused else min(full_rate_sps, limit)
+        plant.step(reading_s, duty * rate / full_rate_sps)
+        now_ms = int(t * 1000)
+        rules.on_reading(state, Reading(run_id="simulation", node_id=node, source="generator", ts_ms=now_ms,
+                                        rate_sps=full_rate_sps), now_ms=now_ms)
+        reading = plant.reading("simulation", now_ms)
+        if reading is not None:
+            alerts, throttle = rules.on_reading(state, reading, now_ms=now_ms)
+            trace.add(t, reading, rate, None if cap is None else 0.0 if cap.paused else cap.max_rate_sps)
+        else:
+            alerts, throttle = rules.on_tick(state, node, now_ms=now_ms)
+        trace.alerts += [(t, a) for a in alerts]
+        if throttle is not None:
+            caps.append((t + lag_s, throttle))
+        t += reading_s
+    return trace
+
+
+PUMP_FAILURE_SCENARIO = [ScheduledFault(at_s=120, node_id="node-0", kind="pump_failure"),
+                         ScheduledFault(at_s=420, node_id="node-0", kind="repair"),
+                         ScheduledFault(at_s=600, node_id="node-0", kind="over_voltage", duration_s=15)]
+
+
+def plot(trace: Trace, out: Path, *, title: str) -> Path:
+    """Die and coolant temperature, power, rate and cap, alerts and faults over time, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (temps, power, rate, alerts) = plt.subplots(4, 1, figsize=(10, 9), sharex=True,
+                                                     gridspec_kw={"height_ratios": [3, 2, 2, 2]})
+    temps.plot(trace.t_s, trace.die_c, label="die", color="tab:red")
+    temps.plot(trace.t_s, trace.coolant_c, label="coolant", color="tab:blue")
+    temps.axhline(trace.limit_c, color="tab:red", linestyle="--", linewidth=1, label="die limit")
+    temps.set_ylabel("°C")
+    temps.legend(loc="center left")
+    power.plot(trace.t_s, trace.power_w, color="tab:orange")
+    power.set_ylabel("IT power (W)")
+    rate.plot(trace.t_s, trace.rate_sps, label="generation rate", color="tab:green")
+    caps = [c if c is not None else float("nan") for c in trace.cap_sps]
+    rate.step(trace.t_s, caps, where="post", label="rate cap (0: paused)", color="black", linestyle="--")
+    rate.set_ylabel("samples/s")
+    rate.set_ylim(bottom=-0.05 * trace.full_rate_sps, top=1.15 * trace.full_rate_sps)
+    rate.legend(loc="lower left")
+    for t, kind in trace.faults:
+        for ax in (temps, power, rate, alerts):
+            ax.axvline(t, color="grey", linewidth=1)
+        temps.annotate(kind.replace("_", " "), (t, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                       va="top", ha="right", fontsize=8, color="grey")
+    colors = {"emergency": "purple", "critical": "red", "warning": "orange", "info": "grey"}
+    rules = sorted({a.rule for _, a in trace.alerts})
+    end = trace.t_s[-1] if trace.t_s else 0.0
+    spans, raised = [], {}
+    for t, alert in trace.alerts:  # (rule, severity, raised at, cleared at)
+        if alert.cleared:
+            spans.append((alert.rule, alert.severity, raised.pop(alert.rule, t), t))
+        else:
+            raised[alert.rule] = t
+    spans += [(rule, next(a.severity for _, a in trace.alerts if a.rule == rule), t, end) for rule, t in raised.items()]
+    for rule, severity, start, stop in spans:
+        alerts.barh(rules.index(rule), max(stop - start, end / 300), left=start, color=colors[severity])
+    alerts.set_yticks(range(len(rules)), [r.replace("_", " ") for r in rules], fontsize=8)
+    alerts.set_ylabel("alerts")
+    alerts.set_xlabel("plant time (s)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+class PlantService:
+    """Runs the plant for its nodes: generator load from ``sdg.telemetry`` and faults from
+    ``sdg.plant.faults`` in, plant readings out on ``sdg.telemetry``, ``reading_hz`` per node."""
+
+    def __init__(self, config: PlantConfig, *, kafka: Any, run_id: str) -> None:
+        self.config = config
+        self.kafka = kafka
+        self.run_id = run_id
+        self.nodes = {n: NodePlant(n, config.cooling, seed=i, noise=config.noise) for i, n in enumerate(config.nodes)}
+        self.busy = {n: Utilization(config.busy_window_s) for n in config.nodes}
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, *, duration_s: float | None = None, handle_signals: bool = False) -> None:
+        from streams.admin import start_group_at_end
+        from streams.producer import RecordProducer
+        from streams.subscribe import Subscription
+
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        c = self.config
+        group = f"sdg-plant-{self.run_id}"
+        start_group_at_end(self.kafka, group, ["sdg.telemetry", "sdg.plant.faults"])
+        schedule = sorted(c.faults, key=lambda f: f.at_s)
+        period = 1.0 / c.reading_hz
+        started = time.monotonic()
+        with RecordProducer(self.kafka) as producer, \
+                Subscription(["sdg.telemetry", "sdg.plant.faults"], kafka=self.kafka, group=group) as inputs:
+            t_wall = time.monotonic()
+            while not self._stop.is_set() and (duration_s is None or t_wall - started < duration_s):
+                for received in inputs.poll(timeout_s=max(0.0, t_wall + period - time.monotonic())):
+                    self._take(received.record)
+                now = time.monotonic()
+                dt_plant = (now - t_wall) * c.time_scale
+                t_wall = now
+                ts_ms = int(time.time() * 1000)
+                for node_id, node in self.nodes.items():
+                    while schedule and schedule[0].at_s <= node.t_s and schedule[0].node_id == node_id:
+                        f = schedule.pop(0)
+                        node.inject(PlantFault(run_id=self.run_id, node_id=node_id, kind=f.kind,
+                                               magnitude=f.magnitude, duration_s=f.duration_s))
+                    node.step(dt_plant, self.busy[node_id].value(now))
+                    reading = node.reading(self.run_id, plant_ms(started, node.t_s))
+                    if reading is not None:
+                        producer.send("sdg.telemetry", reading)
+                del ts_ms
+                producer.poll(0)
+
+    def _take(self, record: Any) -> None:
+        if isinstance(record, Reading) and record.source == "generator" and record.node_id in self.nodes:
+            if record.batch_ms:
+                self.busy[record.node_id].add(time.monotonic(), record.batch_ms / 1000)
+        elif isinstance(record, PlantFault) and record.node_id in self.nodes:
+            log.info("plant: %s on %s", record.kind, record.node_id)
+            self.nodes[record.node_id].inject(record)
+
+
+def plant_ms(started_monotonic: float, plant_s: float) -> int:
+    """A plant time as epoch ms: the wall time the plant started plus the plant seconds since."""
+    return int((time.time() - (time.monotonic() - started_monotonic) + plant_s) * 1000)
