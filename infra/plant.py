@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import FaultKind, PlantFault, Reading
 
+Preset = Literal["air", "liquid", "cryogenic"]
+
 
 class CoolingPreset(BaseModel):
     """One cooling technology's parameters (SI units, temperatures in °C)."""
@@ -78,7 +80,7 @@ PRESETS: dict[str, CoolingPreset] = {
 }
 
 # what a fault does when its record gives no magnitude
-DEFAULT_MAGNITUDE: dict[str, float] = {"pump_failure": 0.05, "coolant_ramp": 5.0, "over_voltage": 540.0}
+DEFAULT_MAGNITUDE: dict[str, float] = {"pump_failure": 0.02, "coolant_ramp": 5.0, "over_voltage": 540.0}
 
 
 def die_step(die_c: float, coolant_c: float, power_w: float, dt_s: float, preset: CoolingPreset) -> float:
@@ -206,7 +208,7 @@ class PlantConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     nodes: list[str] = Field(default_factory=lambda: ["node-0"])
-    preset: Literal["air", "liquid", "cryogenic"] = "cryogenic"
+    preset: Preset = "cryogenic"
     reading_hz: float = Field(default=10.0, gt=0, description="Readings per node per wall second.")
     time_scale: float = Field(default=1.0, gt=0, description="Plant seconds per wall second.")
     busy_window_s: float = Field(default=1.0, gt=0, description="Wall seconds over which utilization is measured.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from schemas.records import (
@@ -100,3 +101,23 @@ def rows_of(record: Record, topic: str, partition: int, offset: int) -> Rows:
         values = record.model_dump(include={"node_id", "max_rate_sps", "paused", "reason", "ttl_s"})
         return {"control_actions": [{**where, **values}]}
     raise ValueError(f"the lineage sink does not record {record.schema_name} records")
+
+
+RowsFn = Callable[[Record, str, int, int], Rows]
+
+
+def downsampled(fn: RowsFn, *, every_s: float) -> RowsFn:
+    """``fn`` keeping, of the telemetry readings, the first per node and source in each ``every_s`` bucket of
+    their own timestamps (``every_s`` 0: all of them)."""
+    every_ms = int(every_s * 1000)
+    last: dict[tuple[str, str], int] = {}
+
+    def rows(record: Record, topic: str, partition: int, offset: int) -> Rows:
+        if every_ms and isinstance(record, Reading):
+            key, bucket = (record.node_id, record.source), record.ts_ms // every_ms
+            if last.get(key) == bucket:
+                return {}
+            last[key] = bucket
+        return fn(record, topic, partition, offset)
+
+    return rows

@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infra.plant import PRESETS, CoolingPreset
+from infra.plant import PRESETS, CoolingPreset, Preset
 from schemas.records import Reading, ThermalAlert, Throttle
 
 SEVERITY = {"bus_overvoltage": "emergency", "die_over_limit": "critical", "flow_loss": "critical",
@@ -46,7 +46,7 @@ class ThermalConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    preset: str = Field(default="cryogenic", description="The cooling preset of the nodes (limits, R_th, power).")
+    preset: Preset = Field(default="cryogenic", description="The cooling preset of the nodes (limits, R_th, power).")
     margin_c: float = Field(default=5.0, ge=0, description="Die headroom the cap keeps below the limit.")
     hysteresis_c: float = Field(default=2.0, ge=0)
     horizon_s: float = Field(default=60.0, gt=0, description="Plant seconds the die trend is projected ahead.")

@@ -23,9 +23,12 @@ broker_app = typer.Typer(help="The embedded Apache Kafka broker (KRaft, single n
 topics_app = typer.Typer(help="The topic catalog on the broker.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
-spark_app = typer.Typer(help="Spark jobs over the Delta tables (delta-spark; local[2] unless SDG_SPARK__MASTER is set).",
-                        no_args_is_help=True)
+spark_app = typer.Typer(help="Spark jobs over the Delta tables (delta-spark; local[2] unless SDG_SPARK__MASTER "
+                             "is set).", no_args_is_help=True)
 app.add_typer(spark_app, name="spark")
+telemetry_app = typer.Typer(help="The modeled plant: live readings, alerts and caps; faults; a scenario plot.",
+                            no_args_is_help=True)
+app.add_typer(telemetry_app, name="telemetry")
 console = Console()
 
 
@@ -384,6 +387,58 @@ def demo(
     from sdg.demo import run_demo
 
     run_demo(_settings(), records_per_topic=records, console=console)
+
+
+@telemetry_app.command("watch")
+def telemetry_watch(
+    node: Annotated[Optional[str], typer.Option(help="Only this node.")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after S seconds (default: at Ctrl-C).")] = None,
+) -> None:
+    """Live readings, alerts and rate caps per node, from sdg.telemetry, sdg.alerts and sdg.control."""
+    from sdg.telemetry import watch
+
+    watch(_settings().kafka_client, node=node, duration_s=duration, console=console)
+
+
+@telemetry_app.command("fault")
+def telemetry_fault(
+    kind: Annotated[str, typer.Argument(help="pump-failure, coolant-ramp, over-voltage, sensor-dropout, "
+                                             "stuck-sensor or repair")],
+    node: Annotated[str, typer.Option(help="The node.")] = "node-0",
+    magnitude: Annotated[Optional[float], typer.Option(help="Flow fraction (pump-failure, 0.05), °C/min "
+                                                            "(coolant-ramp, 5), volts (over-voltage, 540).")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="Plant seconds until it clears (default: a repair).")] = None,
+) -> None:
+    """Inject a fault into the modeled plant (sdg.plant.faults), or repair a node."""
+    from pydantic import ValidationError
+
+    from schemas.records import PlantFault
+    from streams.producer import RecordProducer
+
+    settings = _settings()
+    try:
+        fault = PlantFault(run_id=settings.run_id, node_id=node, kind=kind.replace("-", "_"), magnitude=magnitude,
+                           duration_s=duration)
+    except ValidationError as e:
+        raise typer.BadParameter(str(e.errors()[0]["msg"])) from e
+    with RecordProducer(settings.kafka_client) as producer:
+        producer.send("sdg.plant.faults", fault)
+    console.print(f"{fault.kind} → {node}")
+
+
+@telemetry_app.command("simulate")
+def telemetry_simulate(
+    out: Annotated[Path, typer.Option(help="The PNG to write.")] = Path("docs/thermal-scenario.png"),
+) -> None:
+    """Simulate the closed loop through a pump failure, a repair and a bus over-voltage; plot it."""
+    from sdg.telemetry import PUMP_FAILURE_SCENARIO, plot, simulate
+
+    settings = _settings()
+    trace = simulate(PUMP_FAILURE_SCENARIO, duration_s=720, config=settings.thermal)
+    plot(trace, out, title=f"{settings.thermal.preset} node: pump failure, repair, bus over-voltage (simulated)")
+    console.print(f"die peak {max(trace.die_c):.1f} °C (limit {trace.limit_c:.1f} °C), "
+                  f"lowest rate while the pump was down "
+                  f"{min(r for t, r in zip(trace.t_s, trace.rate_sps) if 120 <= t < 420):.0f} samples/s → {out}")
 
 
 @app.command("settings")

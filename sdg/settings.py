@@ -15,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.broker import BrokerConfig, EmbeddedBroker
+from infra.plant import PlantConfig
 from processors.quality import QualityConfig
+from processors.thermal import ThermalConfig
 from sdg.run_events import OpenLineageConfig
 from sdg.spark import SparkConfig
-from streams.delta_sink import DeltaTables, SinkConfig
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
+from streams.delta_sink import DeltaTables, SinkConfig
 from streams.errors import ConfigError
 
 PREFIX = "SDG_"
@@ -58,6 +60,8 @@ class Settings(BaseSettings):
     sink: SinkConfig = SinkConfig()
     openlineage: OpenLineageConfig = OpenLineageConfig()
     spark: SparkConfig = SparkConfig()
+    plant: PlantConfig = PlantConfig()
+    thermal: ThermalConfig = ThermalConfig()
     tables_dir: Path | None = Field(default=None, description="The Delta tables (default: <state_dir>/tables).")
 
     @property

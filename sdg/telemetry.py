@@ -44,7 +44,7 @@ class Trace:
 
 def simulate(faults: list[ScheduledFault], *, duration_s: float, config: ThermalConfig | None = None,
              full_rate_sps: float = 1000.0, duty: float = 0.85, reading_s: float = 0.5, lag_s: float = 1.0,
-             node: str = "node-0", seed: int = 0) -> Trace:
+             node: str = "node-0", seed: int = 0, obey: bool = True) -> Trace:
     """The plant, the thermal rules and a generator that obeys its caps ``lag_s`` late, in plant time.
 
     Args:
@@ -52,6 +52,7 @@ def simulate(faults: list[ScheduledFault], *, duration_s: float, config: Thermal
         full_rate_sps: The generator's rate when uncapped; ``duty`` is how busy that keeps the node.
         reading_s: Plant seconds between readings.
         lag_s: Plant seconds from a reading to its cap taking effect (the loop's latency).
+        obey: False: the generator ignores the caps (what the failure would do unchecked).
     """
     config = config or ThermalConfig()
     plant = NodePlant(node, config.cooling, seed=seed)
@@ -84,7 +85,7 @@ def simulate(faults: list[ScheduledFault], *, duration_s: float, config: Thermal
         else:
             alerts, throttle = rules.on_tick(state, node, now_ms=now_ms)
         trace.alerts += [(t, a) for a in alerts]
-        if throttle is not None:
+        if throttle is not None and obey:
             caps.append((t + lag_s, throttle))
         t += reading_s
     return trace
@@ -147,14 +148,19 @@ def plot(trace: Trace, out: Path, *, title: str) -> Path:
 
 class PlantService:
     """Runs the plant for its nodes: generator load from ``sdg.telemetry`` and faults from
-    ``sdg.plant.faults`` in, plant readings out on ``sdg.telemetry``, ``reading_hz`` per node."""
+    ``sdg.plant.faults`` in, sensor readings out on ``sdg.telemetry``, ``reading_hz`` per node.
 
-    def __init__(self, config: PlantConfig, *, kafka: Any, run_id: str) -> None:
+    Readings are stamped in plant time: the wall time the plant started plus the plant seconds since.
+    """
+
+    def __init__(self, config: PlantConfig, *, kafka: Any, run_id: str, group: str = "sdg-plant") -> None:
         self.config = config
         self.kafka = kafka
         self.run_id = run_id
+        self.group = group
         self.nodes = {n: NodePlant(n, config.cooling, seed=i, noise=config.noise) for i, n in enumerate(config.nodes)}
         self.busy = {n: Utilization(config.busy_window_s) for n in config.nodes}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -163,48 +169,102 @@ class PlantService:
     def run(self, *, duration_s: float | None = None, handle_signals: bool = False) -> None:
         from streams.admin import start_group_at_end
         from streams.producer import RecordProducer
-        from streams.subscribe import Subscription
 
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
+        inputs = ["sdg.telemetry", "sdg.plant.faults"]
+        start_group_at_end(self.kafka, self.group, inputs)  # what happens from now on, not before
+        threading.Thread(target=self._follow, args=(inputs,), name="plant-inputs", daemon=True).start()
         c = self.config
-        group = f"sdg-plant-{self.run_id}"
-        start_group_at_end(self.kafka, group, ["sdg.telemetry", "sdg.plant.faults"])
         schedule = sorted(c.faults, key=lambda f: f.at_s)
-        period = 1.0 / c.reading_hz
-        started = time.monotonic()
-        with RecordProducer(self.kafka) as producer, \
-                Subscription(["sdg.telemetry", "sdg.plant.faults"], kafka=self.kafka, group=group) as inputs:
-            t_wall = time.monotonic()
-            while not self._stop.is_set() and (duration_s is None or t_wall - started < duration_s):
-                for received in inputs.poll(timeout_s=max(0.0, t_wall + period - time.monotonic())):
-                    self._take(received.record)
+        started_ms, started = time.time() * 1000, time.monotonic()
+        plant_s, last = 0.0, started
+        with RecordProducer(self.kafka, linger_ms=1) as producer:
+            while not self._stop.wait(max(0.0, last + 1 / c.reading_hz - time.monotonic())):
                 now = time.monotonic()
-                dt_plant = (now - t_wall) * c.time_scale
-                t_wall = now
-                ts_ms = int(time.time() * 1000)
-                for node_id, node in self.nodes.items():
-                    while schedule and schedule[0].at_s <= node.t_s and schedule[0].node_id == node_id:
+                if duration_s is not None and now - started >= duration_s:
+                    break
+                plant_s += (now - last) * c.time_scale
+                last = now
+                with self._lock:
+                    while schedule and schedule[0].at_s <= plant_s:
                         f = schedule.pop(0)
-                        node.inject(PlantFault(run_id=self.run_id, node_id=node_id, kind=f.kind,
-                                               magnitude=f.magnitude, duration_s=f.duration_s))
-                    node.step(dt_plant, self.busy[node_id].value(now))
-                    reading = node.reading(self.run_id, plant_ms(started, node.t_s))
-                    if reading is not None:
-                        producer.send("sdg.telemetry", reading)
-                del ts_ms
-                producer.poll(0)
+                        self._inject(PlantFault(run_id=self.run_id, node_id=f.node_id, kind=f.kind,
+                                                magnitude=f.magnitude, duration_s=f.duration_s))
+                    for node_id, node in self.nodes.items():
+                        node.step(plant_s - node.t_s, self.busy[node_id].value(now))
+                        reading = node.reading(self.run_id, int(started_ms + plant_s * 1000))
+                        if reading is not None:
+                            producer.send("sdg.telemetry", reading)
 
-    def _take(self, record: Any) -> None:
-        if isinstance(record, Reading) and record.source == "generator" and record.node_id in self.nodes:
-            if record.batch_ms:
-                self.busy[record.node_id].add(time.monotonic(), record.batch_ms / 1000)
-        elif isinstance(record, PlantFault) and record.node_id in self.nodes:
-            log.info("plant: %s on %s", record.kind, record.node_id)
-            self.nodes[record.node_id].inject(record)
+    def _follow(self, topics: list[str]) -> None:
+        from streams.subscribe import subscribe
+
+        for received in subscribe(topics, kafka=self.kafka, group=self.group):
+            record = received.record
+            with self._lock:
+                if isinstance(record, Reading) and record.source == "generator" and record.node_id in self.busy:
+                    self.busy[record.node_id].add(time.monotonic(), (record.batch_ms or 0) / 1000)
+                elif isinstance(record, PlantFault):
+                    self._inject(record)
+
+    def _inject(self, fault: PlantFault) -> None:
+        if fault.node_id in self.nodes:
+            log.info("plant: %s on %s", fault.kind, fault.node_id)
+            self.nodes[fault.node_id].inject(fault)
 
 
-def plant_ms(started_monotonic: float, plant_s: float) -> int:
-    """A plant time as epoch ms: the wall time the plant started plus the plant seconds since."""
-    return int((time.time() - (time.monotonic() - started_monotonic) + plant_s) * 1000)
+def watch(kafka: Any, *, node: str | None, duration_s: float | None, console: Any) -> None:
+    """A live table per node: its latest plant and load readings, active alerts and the cap in force."""
+    from rich.live import Live
+    from rich.table import Table
+
+    from streams.subscribe import subscribe
+
+    latest: dict[str, dict[str, Any]] = {}
+    lock = threading.Lock()
+
+    def follow() -> None:
+        for received in subscribe(["sdg.telemetry", "sdg.alerts", "sdg.control"], kafka=kafka):
+            record = received.record
+            if node is not None and getattr(record, "node_id", None) != node:
+                continue
+            with lock:
+                view = latest.setdefault(record.node_id, {"alerts": {}})  # type: ignore[attr-defined]
+                if isinstance(record, Reading):
+                    view[record.source] = record
+                elif isinstance(record, ThermalAlert):
+                    if record.cleared:
+                        view["alerts"].pop(record.rule, None)
+                    else:
+                        view["alerts"][record.rule] = record
+                elif isinstance(record, Throttle):
+                    view["cap"] = record
+
+    def render() -> Table:
+        table = Table("node", "die °C", "coolant °C", "power W", "bus V", "flow L/min", "PUE", "rate/s", "cap",
+                      "alerts", title="sdg telemetry (Ctrl-C to stop)")
+        with lock:
+            for name, view in sorted(latest.items()):
+                plant, load, cap = view.get("plant"), view.get("generator"), view.get("cap")
+                cells = [f"{getattr(plant, f):.{d}f}" if plant is not None and getattr(plant, f) is not None else "-"
+                         for f, d in (("die_c", 1), ("coolant_c", 1), ("power_w", 0), ("bus_v", 0), ("flow_lpm", 1),
+                                      ("pue", 3))]
+                rate = f"{load.rate_sps:.0f}" if load is not None and load.rate_sps else "-"
+                capped = ("-" if cap is None or (cap.max_rate_sps is None and not cap.paused) else
+                          "[red]paused[/]" if cap.paused else f"[yellow]{cap.max_rate_sps:.0f}/s[/]")
+                colors = {"emergency": "magenta", "critical": "red", "warning": "yellow", "info": "dim"}
+                alerts = " ".join(f"[{colors[a.severity]}]{rule}[/]" for rule, a in sorted(view["alerts"].items()))
+                table.add_row(name, *cells, rate, capped, alerts or "-")
+        return table
+
+    threading.Thread(target=follow, name="telemetry-watch", daemon=True).start()
+    started = time.monotonic()
+    with Live(render(), console=console, refresh_per_second=4) as live:
+        try:
+            while duration_s is None or time.monotonic() - started < duration_s:
+                time.sleep(0.25)
+                live.update(render())
+        except KeyboardInterrupt:
+            pass

@@ -77,12 +77,27 @@ def _quality(settings: Settings, group: str) -> None:
 
 def _lineage(settings: Settings, group: str) -> None:
     """Every stage, window, reading, alert and throttle topic → the Delta tables, exactly once per table."""
-    from processors.lineage import rows_of
+    from processors.lineage import downsampled, rows_of
     from streams.delta_sink import DeltaSink
 
-    stats = DeltaSink(LINEAGE_TOPICS, fn=rows_of, kafka=settings.kafka_client, tables=settings.delta_tables(),
+    fn = downsampled(rows_of, every_s=settings.sink.telemetry_every_s)
+    stats = DeltaSink(LINEAGE_TOPICS, fn=fn, kafka=settings.kafka_client, tables=settings.delta_tables(),
                       group=group, run_id=settings.run_id, config=settings.sink).run(handle_signals=True)
     log.info("lineage: %d records, rows %s, %d commits", stats.consumed, stats.rows, stats.commits)
+
+
+def _thermal(settings: Settings, group: str) -> None:
+    from sdg.thermal_app import run_thermal
+
+    run_thermal(settings, app_id=group)
+
+
+def _plant(settings: Settings, group: str) -> None:
+    """The modeled plant of ``SDG_PLANT__NODES``: generator load and faults in, sensor readings out."""
+    from sdg.telemetry import PlantService
+
+    PlantService(settings.plant, kafka=settings.kafka_client, run_id=settings.run_id, group=group).run(
+        handle_signals=True)
 
 
 LINEAGE_TOPICS = ["sdg.samples.raw", "sdg.samples.labeled", "sdg.samples.scored", "sdg.samples.accepted",
@@ -94,6 +109,8 @@ LINEAGE_TOPICS = ["sdg.samples.raw", "sdg.samples.labeled", "sdg.samples.scored"
 SERVICES: dict[str, Callable[[Settings, str], None]] = {
     "quality": _quality,
     "lineage": _lineage,
+    "thermal": _thermal,
+    "plant": _plant,
 }
 
 
@@ -122,6 +139,8 @@ def datasets(name: str, settings: Settings, *, source: str | None,
         "quality": (["sdg.samples.labeled"], ["sdg.samples.scored", "sdg.samples.accepted", "sdg.samples.review",
                                               "sdg.samples.rejected", "sdg.quality"]),
         "lineage": (LINEAGE_TOPICS, []),
+        "thermal": (["sdg.telemetry"], ["sdg.alerts", "sdg.control"]),
+        "plant": (["sdg.telemetry", "sdg.plant.faults"], ["sdg.telemetry"]),
     }
     kafka = f"kafka://{settings.kafka_client.bootstrap_servers.split(',')[0]}"
     inputs, outputs = topics[name]

@@ -174,8 +174,10 @@ def start_group_at_end(kafka: KafkaConfig, group: str, names: list[str], *, time
             try:
                 consumer.commit(offsets=ends, asynchronous=False)
                 return
-            except KafkaException as e:  # a new broker's group coordinator may still be loading: retriable
-                if not e.args[0].retriable() or time.monotonic() > deadline:
+            except KafkaException as e:  # a new broker's group coordinator may still be loading
+                loading = e.args[0].code() in (KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.NOT_COORDINATOR,
+                                               KafkaError.COORDINATOR_NOT_AVAILABLE)
+                if not (loading or e.args[0].retriable()) or time.monotonic() > deadline:
                     raise BrokerError(f"cannot set the offsets of group {group}: {e}") from e
                 time.sleep(0.2)
     finally:

@@ -48,6 +48,8 @@ class SinkConfig(BaseModel):
     max_batch_s: float = Field(default=2.0, gt=0, description="…or when the oldest buffered row is this old.")
     compact_every: int = Field(default=50, ge=1, description="Compact a table after this many commits to it.")
     max_commit_retries: int = Field(default=10, ge=0)
+    telemetry_every_s: float = Field(default=1.0, ge=0, description="Keep one reading per node and source per "
+                                                                    "this many seconds (0: every reading).")
 
 
 @dataclass
