@@ -14,7 +14,7 @@ die_predicted      warning     the die's response to its power, the coolant on i
 coolant_ramp       warning     coolant changing faster than 1 °C/min (cold-shock risk)
 sensor_stale       warning     no plant reading for ``stale_s`` wall seconds
 sensor_stuck       warning     the die sensor repeats one value ``stuck_readings`` times
-pue_high           info        mean PUE over ``pue_window_s`` above the target (1.10) while working
+pue_high           info        PUE (averaged over ``pue_window_s``) above the target (1.10) while working
 =================  ==========  ===================================================================
 
 Control: the allowed power ``P_max = (T_limit − margin − T_coolant') / R_th``, where ``T_coolant'``
@@ -79,7 +79,8 @@ class NodeState(BaseModel):
     """What the processor remembers of one node."""
 
     coolant: list[tuple[int, float]] = Field(default_factory=list)
-    pue: list[tuple[int, float]] = Field(default_factory=list)
+    pue: float | None = None  # moving average
+    pue_ms: int = 0
     last_die: float | None = None
     repeats: int = 0
     seen_ms: int = 0  # wall time of the last plant reading
@@ -111,8 +112,17 @@ def predict_die(die_c: float, coolant_c: float, coolant_slope: float, power_w: f
     return steady + (die_c - steady) * math.exp(-horizon_s / preset.tau_s)
 
 
+TREND_POINTS = 20
+
+
 def _keep(points: list[tuple[int, float]], ts_ms: int, value: float, window_s: float) -> list[tuple[int, float]]:
-    return [p for p in points if p[0] > ts_ms - window_s * 1000] + [(ts_ms, value)]
+    """The trend's points over the last ``window_s``, at most ``TREND_POINTS`` of them spaced evenly, the newest
+    replacing the last when it comes sooner (the state stays small: it is written per reading)."""
+    spacing = window_s * 1000 / TREND_POINTS
+    kept = [p for p in points if p[0] > ts_ms - window_s * 1000]
+    if len(kept) >= 2 and ts_ms - kept[-2][0] < spacing:
+        kept.pop()
+    return kept + [(ts_ms, value)]
 
 
 class ThermalRules:
@@ -182,8 +192,9 @@ class ThermalRules:
                               abs(coolant_ramp) < 0.8 * c.coolant_ramp_c_per_min, coolant_ramp,
                               c.coolant_ramp_c_per_min, f"coolant changing {coolant_ramp:+.1f} °C/min")
         if reading.pue is not None and reading.power_w is not None and reading.power_w > 1.2 * p.p_idle_w:
-            state.pue = _keep(state.pue, reading.ts_ms, reading.pue, c.pue_window_s)
-            pue = sum(v for _, v in state.pue) / len(state.pue)
+            weight = 1 - math.exp(-max(0, reading.ts_ms - state.pue_ms) / 1000 / c.pue_window_s)
+            pue = reading.pue if state.pue is None else state.pue + weight * (reading.pue - state.pue)
+            state.pue, state.pue_ms = pue, reading.ts_ms
             alerts += self._alert(state, node, "pue_high", pue > c.pue_target, pue < c.pue_target - 0.01, pue,
                                   c.pue_target, f"PUE {pue:.3f} over the {c.pue_target:.2f} target")
         return alerts, self._control(state, node, coolant, coolant_slope, reading.ts_ms, now_ms)

@@ -180,7 +180,7 @@ class PlantService:
         schedule = sorted(c.faults, key=lambda f: f.at_s)
         started_ms, started = time.time() * 1000, time.monotonic()
         plant_s, last = 0.0, started
-        with RecordProducer(self.kafka, linger_ms=1) as producer:
+        with RecordProducer(self.kafka) as producer:
             while not self._stop.wait(max(0.0, last + 1 / c.reading_hz - time.monotonic())):
                 now = time.monotonic()
                 if duration_s is not None and now - started >= duration_s:

@@ -2,6 +2,8 @@
 
 One agent reads ``sdg.telemetry`` (keyed by node, so one worker owns each node): plant readings
 go through the rules and the control law, generator load readings teach it the node's full rate.
+A node's state is written to the table when an alert or a cap changed it, and otherwise at most
+once a second (a restart loses at most a second of trend, never an alert or a cap).
 Alerts go to ``sdg.alerts`` and caps to ``sdg.control``; an undecodable record goes to ``sdg.dlq``
 with its bytes. A timer notices nodes whose sensors went silent and re-sends caps before their
 time-to-live runs out (from the in-memory state: faust lets only agents change a table).
@@ -35,6 +37,7 @@ def thermal_app(settings: Settings, *, app_id: str = "sdg-thermal") -> Any:
     outputs = {name: catalog_topic(app, name) for name in ("sdg.alerts", "sdg.control", "sdg.dlq")}
     rules = ThermalRules(settings.thermal, run_id=settings.run_id)
     cache: dict[str, NodeState] = {}
+    saved: dict[str, int] = {}  # node → wall ms its state was last written to the table
 
     def state_of(node: str) -> NodeState:
         if node not in cache:
@@ -61,10 +64,13 @@ def thermal_app(settings: Settings, *, app_id: str = "sdg-thermal") -> Any:
                     step_id="thermal.watch", error_type=type(e).__name__, error=str(e),
                     original_key=message.key, original_value=event.value))
                 continue
-            state = state_of(reading.node_id)
-            alerts, throttle = rules.on_reading(state, reading, now_ms=now_ms())
-            await publish(reading.node_id, alerts, throttle)
-            nodes[reading.node_id] = dump(state)
+            node, now = reading.node_id, now_ms()
+            state = state_of(node)
+            alerts, throttle = rules.on_reading(state, reading, now_ms=now)
+            await publish(node, alerts, throttle)
+            # the table gets what changed alerts or caps at once, the trends at most once a second per node
+            if alerts or throttle is not None or now - saved.get(node, 0) >= 1000:
+                nodes[node], saved[node] = dump(state), now
 
     @app.timer(interval=0.5)
     async def tick() -> None:
@@ -77,6 +83,7 @@ def thermal_app(settings: Settings, *, app_id: str = "sdg-thermal") -> Any:
     @app.on_rebalance_complete.connect
     async def forget(*_: Any, **__: Any) -> None:
         cache.clear()  # nodes may have moved: read their state from the table again
+        saved.clear()
 
     return app
 
