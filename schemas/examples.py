@@ -53,7 +53,7 @@ def example(record_type: type[Record], i: int, run_id: str) -> Record:
     score = Score(window_id="w0", realism=0.9, nn_distance=1.0, memorization_ratio=2.0,
                   extractor="example", extractor_hash="0" * 16)
     metrics = Metrics(n=100, fid=3.0, precision=0.8, recall=0.8, density=1.0, coverage=0.9)
-    node = f"node-{i % 4}"
+    node = f"example-node-{i % 4}"  # no real node: example caps and faults must not reach a worker
     builders = {
         GenerationJob: lambda: GenerationJob(run_id=run_id, job_id=f"{run_id}-j{i:06d}", generator="example",
                                              classes=list(range(10)), seed_start=i * 100, count=100),

@@ -21,7 +21,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from schemas.examples import example, example_sample
-from schemas.records import GeneratedSample, QualityWindow, SampleDecision
+from schemas.records import GeneratedSample, QualityWindow, SampleDecision, ThermalAlert, Throttle
 from sdg.report import decisions_table, quality_table
 from sdg.settings import Settings
 from sdg.workers import processor
@@ -51,6 +51,8 @@ class DemoPlan:
     labeler_steps: int = 600
     window_size: int = 100
     max_window_s: float = 3.0
+    plant_time_scale: float = 10.0  # plant seconds per wall second: the fault plays out while the demo generates
+    pump_failure_at_s: float = 60.0  # plant seconds after the plant starts; repaired 240 plant seconds later
 
 
 @dataclass(frozen=True)
@@ -205,13 +207,14 @@ def _gate_processors(settings: Settings, plan: DemoPlan, out: Path) -> Iterator[
 @contextmanager
 def _lineage_sink(settings: Settings) -> Iterator[None]:
     """The lineage sink (a thread here) recording every stage of this run into the Delta tables."""
-    from processors.lineage import rows_of
+    from processors.lineage import downsampled, rows_of
     from sdg.workers import LINEAGE_TOPICS
     from streams.delta_sink import DeltaSink
 
     group = "sdg-lineage"
     admin.start_group_at_end(settings.kafka_client, group, LINEAGE_TOPICS)
-    sink = DeltaSink(LINEAGE_TOPICS, fn=rows_of, kafka=settings.kafka_client, tables=settings.delta_tables(),
+    fn = downsampled(rows_of, every_s=settings.sink.telemetry_every_s)
+    sink = DeltaSink(LINEAGE_TOPICS, fn=fn, kafka=settings.kafka_client, tables=settings.delta_tables(),
                      group=group, run_id=settings.run_id, config=settings.sink)
     thread = threading.Thread(target=sink.run, daemon=True)
     thread.start()
@@ -234,6 +237,70 @@ def _lineage_report(settings: Settings, console: Console) -> None:
     broken = result.broken
     console.print(f"sdg verify: lineage version {result.version} "
                   + ("verifies" if broken is None else f"[red]breaks at seq {broken.seq}: {broken.reason}[/]"))
+
+
+@contextmanager
+def _thermal_loop(settings: Settings, plan: DemoPlan, out: Path, seen: list) -> Iterator[None]:  # type: ignore[type-arg]
+    """The plant (a thread here) modeling the demo's node with a scripted pump failure and repair, the thermal
+    processor (a faust worker process) acting on it, and what they publish about the node collected in ``seen``."""
+    from infra.plant import ScheduledFault
+    from sdg.telemetry import PlantService
+
+    kafka, node = settings.kafka_client, settings.worker.node_id
+    faults = [ScheduledFault(at_s=plan.pump_failure_at_s, node_id=node, kind="pump_failure"),
+              ScheduledFault(at_s=plan.pump_failure_at_s + 240, node_id=node, kind="repair")]
+    config = settings.plant.model_copy(update={"nodes": [node], "time_scale": plan.plant_time_scale,
+                                               "busy_window_s": 0.5, "faults": faults})
+    watch = f"sdg-demo-thermal-{settings.run_id}"
+    admin.start_group_at_end(kafka, watch, ["sdg.telemetry", "sdg.alerts", "sdg.control"])
+    admin.start_group_at_end(kafka, "sdg-thermal", ["sdg.telemetry"])
+    env = {**os.environ, "SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": settings.run_id,
+           "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers}
+    plant = PlantService(config, kafka=kafka, run_id=settings.run_id, group=f"sdg-demo-plant-{settings.run_id}")
+
+    def collect() -> None:  # until the demo ends (a daemon thread)
+        for received in subscribe(["sdg.telemetry", "sdg.alerts", "sdg.control"], kafka=kafka, group=watch):
+            if getattr(received.record, "node_id", None) == node and received.record.run_id == settings.run_id:
+                seen.append(received.record)
+
+    with open(out / "thermal-processor.log", "wb") as log:
+        thermal = subprocess.Popen([sys.executable, "-m", "sdg", "run", "thermal", "--group", "sdg-thermal"],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+        running = threading.Thread(target=plant.run, daemon=True)
+        running.start()
+        threading.Thread(target=collect, daemon=True).start()
+        try:
+            yield
+        finally:
+            plant.stop()
+            running.join(30)
+            time.sleep(2)  # the last caps and alerts reach the collector
+            thermal.send_signal(signal.SIGTERM)
+            thermal.wait(60)
+
+
+def _thermal_report(settings: Settings, seen: list, out: Path, console: Console) -> Path:  # type: ignore[type-arg]
+    """The alerts and caps the scripted fault caused, and the plot of the node through it."""
+    from sdg.telemetry import observed_trace, plot
+
+    node = settings.worker.node_id
+    table = Table("s", "what", "detail", title=f"thermal: {node} through a pump failure and its repair")
+    seen = list(seen)
+    t0 = min((r.created_ms for r in seen), default=0)
+    for record in seen:
+        if isinstance(record, ThermalAlert):
+            table.add_row(f"{(record.created_ms - t0) / 1000:.1f}", f"{record.severity} {record.rule}"
+                          + (" cleared" if record.cleared else ""), record.message)
+        elif isinstance(record, Throttle):
+            what = "pause" if record.paused else "lift" if record.max_rate_sps is None else "cap"
+            rate = f"{record.max_rate_sps:.0f} samples/s: " if record.max_rate_sps is not None else ""
+            table.add_row(f"{(record.created_ms - t0) / 1000:.1f}", what, rate + record.reason)
+    console.print(table)
+    trace = observed_trace(seen, node=node, limit_c=settings.plant.cooling.die_limit_c)
+    path = plot(trace, out / "thermal.png", title=f"{node}: pump failure and repair during the demo")
+    peak = max(trace.die_c, default=float("nan"))
+    console.print(f"die peak {peak:.1f} °C (limit {trace.limit_c:.1f} °C); plot: {path}")
+    return path
 
 
 def _generation(
@@ -265,7 +332,8 @@ def _generation(
     decisions: dict[str, Counter[str]] = {}
     reasons: dict[str, Counter[str]] = {}
     windows: dict[str, QualityWindow] = {}
-    with _lineage_sink(settings), _gate_processors(settings, plan, out), \
+    thermal: list = []  # type: ignore[type-arg]
+    with _lineage_sink(settings), _gate_processors(settings, plan, out), _thermal_loop(settings, plan, out, thermal), \
             processor("generate", settings, source=None, sink=None, group=group) as runner:
         thread = threading.Thread(target=runner.run, daemon=True)
         thread.start()
@@ -323,6 +391,7 @@ def _generation(
     latest = [windows[g] for g in sorted(windows)]
     if latest:
         console.print(quality_table(latest, title="latest sliding window per generator (value / real-vs-real baseline)"))
+    _thermal_report(settings, thermal, out, console)
     _lineage_report(settings, console)
     return {key: len(samples) for key, samples in arrived.items()}, grids, decisions, latest
 

@@ -32,6 +32,7 @@ class Trace:
     faults: list[tuple[float, str]] = field(default_factory=list)
     limit_c: float = 0.0
     full_rate_sps: float = 0.0
+    time_label: str = "plant time (s)"
 
     def add(self, t: float, reading: Reading, rate: float, cap: float | None) -> None:
         self.t_s.append(t)
@@ -96,6 +97,28 @@ PUMP_FAILURE_SCENARIO = [ScheduledFault(at_s=120, node_id="node-0", kind="pump_f
                          ScheduledFault(at_s=600, node_id="node-0", kind="over_voltage", duration_s=15)]
 
 
+def observed_trace(records: list[Any], *, node: str, limit_c: float, window_s: float = 2.0) -> Trace:
+    """A node's trace from what went over the broker (plant and load readings, alerts, caps), in wall seconds:
+    the rate is the samples the node's generators made over the last ``window_s``."""
+    mine = sorted((r for r in records if getattr(r, "node_id", None) == node), key=lambda r: r.created_ms)
+    loads = [r for r in mine if isinstance(r, Reading) and r.source == "generator"]
+    t0 = mine[0].created_ms if mine else 0
+    trace = Trace(limit_c=limit_c, time_label="time (s)")
+    cap: float | None = None
+    for record in mine:
+        t = (record.created_ms - t0) / 1000
+        if isinstance(record, Throttle):
+            cap = 0.0 if record.paused else record.max_rate_sps
+        elif isinstance(record, ThermalAlert):
+            trace.alerts.append((t, record))
+        elif isinstance(record, Reading) and record.source == "plant" and record.die_c is not None:
+            recent = [r for r in loads if record.created_ms - window_s * 1000 < r.created_ms <= record.created_ms]
+            rate = sum((r.rate_sps or 0) * (r.batch_ms or 0) / 1000 for r in recent) / window_s
+            trace.add(t, record, rate, cap)
+    trace.full_rate_sps = max([*trace.rate_sps, *[c for c in trace.cap_sps if c]], default=1.0)
+    return trace
+
+
 def plot(trace: Trace, out: Path, *, title: str) -> Path:
     """Die and coolant temperature, power, rate and cap, alerts and faults over time, as a PNG."""
     import matplotlib
@@ -137,7 +160,7 @@ def plot(trace: Trace, out: Path, *, title: str) -> Path:
         alerts.barh(rules.index(rule), max(stop - start, end / 300), left=start, color=colors[severity])
     alerts.set_yticks(range(len(rules)), [r.replace("_", " ") for r in rules], fontsize=8)
     alerts.set_ylabel("alerts")
-    alerts.set_xlabel("plant time (s)")
+    alerts.set_xlabel(trace.time_label)
     fig.suptitle(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

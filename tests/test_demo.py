@@ -23,7 +23,7 @@ def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path:
     assert not settings.embedded
     out = io.StringIO()
     tiny = DemoPlan(per_class=2, gan_steps=20, diffusion_steps=5, diffusion_channels=(8, 16), extractor_steps=30,
-                    labeler_steps=30)
+                    labeler_steps=30, pump_failure_at_s=5)
     result = run_demo(settings, records_per_topic=20, console=Console(file=out, width=200), plan=tiny)
     growth = result.growth
     bad = len(POISON) + 1  # plus one record of the wrong type
@@ -45,4 +45,7 @@ def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path:
     # and recorded in the Delta tables, with chains that verify
     assert f"generated {sum(result.generated.values())}" in text and "sdg verify: lineage version" in text
     assert "verifies" in text
+    # the plant and the thermal processor ran beside the generators: the scripted pump failure was seen
+    assert f"thermal: {settings.worker.node_id} through a pump failure" in text
+    assert "critical flow_loss" in text and (tmp_path / "runs" / run_id / "thermal.png").exists()
 

@@ -49,4 +49,4 @@ def test_agent_with_table_counts_catalog_records(kafka: KafkaConfig, run_id: str
     except SystemExit:
         pass
     assert len(seen) == 40 and all(isinstance(r, Reading) for r in seen)
-    assert {node: readings[node] for node in sorted(readings.keys())} == {f"node-{n}": 10 for n in range(4)}
+    assert {node: readings[node] for node in sorted(readings.keys())} == {f"example-node-{n}": 10 for n in range(4)}
