@@ -258,23 +258,28 @@ def _thermal_loop(settings: Settings, plan: DemoPlan, out: Path, seen: list) -> 
            "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers}
     plant = PlantService(config, kafka=kafka, run_id=settings.run_id, group=f"sdg-demo-plant-{settings.run_id}")
 
-    def collect() -> None:  # until the demo ends (a daemon thread)
-        for received in subscribe(["sdg.telemetry", "sdg.alerts", "sdg.control"], kafka=kafka, group=watch):
+    stop = threading.Event()
+
+    def collect() -> None:
+        for received in subscribe(["sdg.telemetry", "sdg.alerts", "sdg.control"], kafka=kafka, group=watch,
+                                  stop=stop):
             if getattr(received.record, "node_id", None) == node and received.record.run_id == settings.run_id:
                 seen.append(received.record)
 
     with open(out / "thermal-processor.log", "wb") as log:
         thermal = subprocess.Popen([sys.executable, "-m", "sdg", "run", "thermal", "--group", "sdg-thermal"],
                                    env=env, stdout=log, stderr=subprocess.STDOUT)
-        running = threading.Thread(target=plant.run, daemon=True)
-        running.start()
-        threading.Thread(target=collect, daemon=True).start()
+        threads = [threading.Thread(target=plant.run, daemon=True), threading.Thread(target=collect, daemon=True)]
+        for thread in threads:
+            thread.start()
         try:
             yield
         finally:
             plant.stop()
-            running.join(30)
             time.sleep(2)  # the last caps and alerts reach the collector
+            stop.set()
+            for thread in threads:
+                thread.join(30)
             thermal.send_signal(signal.SIGTERM)
             thermal.wait(60)
 

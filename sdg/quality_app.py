@@ -31,7 +31,7 @@ from sdg.settings import Settings
 from streams import admin
 from streams.catalog import TopicSpec
 from streams.catalog import topic as topic_spec
-from streams.faust_app import catalog_topic, faust_app
+from streams.faust_app import catalog_topic, create_changelogs, faust_app
 
 SOURCE = "sdg.samples.labeled"
 TICK = b""
@@ -172,6 +172,7 @@ def run_quality(settings: Settings, *, app_id: str = "sdg-quality") -> None:
                      "the quality processor's samples, keyed by generator", {"retention.ms": str(24 * 3600 * 1000)})
     admin.create_topics(settings.kafka_client, settings.topics, [spec])
     app = quality_app(settings, load_judge(settings), app_id=app_id)
+    create_changelogs(app, kafka=settings.kafka_client, topics=settings.topics)
     faust.Worker(app, loglevel="WARN", quiet=True).execute_from_commandline()
 
 

@@ -198,7 +198,8 @@ class PlantService:
                 signal.signal(sig, lambda *_: self.stop())
         inputs = ["sdg.telemetry", "sdg.plant.faults"]
         start_group_at_end(self.kafka, self.group, inputs)  # what happens from now on, not before
-        threading.Thread(target=self._follow, args=(inputs,), name="plant-inputs", daemon=True).start()
+        follower = threading.Thread(target=self._follow, args=(inputs,), name="plant-inputs", daemon=True)
+        follower.start()
         c = self.config
         schedule = sorted(c.faults, key=lambda f: f.at_s)
         started_ms, started = time.time() * 1000, time.monotonic()
@@ -220,11 +221,12 @@ class PlantService:
                         reading = node.reading(self.run_id, int(started_ms + plant_s * 1000))
                         if reading is not None:
                             producer.send("sdg.telemetry", reading)
+        follower.join(10)
 
     def _follow(self, topics: list[str]) -> None:
         from streams.subscribe import subscribe
 
-        for received in subscribe(topics, kafka=self.kafka, group=self.group):
+        for received in subscribe(topics, kafka=self.kafka, group=self.group, stop=self._stop):
             record = received.record
             with self._lock:
                 if isinstance(record, Reading) and record.source == "generator" and record.node_id in self.busy:
@@ -248,8 +250,10 @@ def watch(kafka: Any, *, node: str | None, duration_s: float | None, console: An
     latest: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
 
+    stop = threading.Event()
+
     def follow() -> None:
-        for received in subscribe(["sdg.telemetry", "sdg.alerts", "sdg.control"], kafka=kafka):
+        for received in subscribe(["sdg.telemetry", "sdg.alerts", "sdg.control"], kafka=kafka, stop=stop):
             record = received.record
             if node is not None and getattr(record, "node_id", None) != node:
                 continue
@@ -282,7 +286,8 @@ def watch(kafka: Any, *, node: str | None, duration_s: float | None, console: An
                 table.add_row(name, *cells, rate, capped, alerts or "-")
         return table
 
-    threading.Thread(target=follow, name="telemetry-watch", daemon=True).start()
+    following = threading.Thread(target=follow, name="telemetry-watch", daemon=True)
+    following.start()
     started = time.monotonic()
     with Live(render(), console=console, refresh_per_second=4) as live:
         try:
@@ -291,3 +296,5 @@ def watch(kafka: Any, *, node: str | None, duration_s: float | None, console: An
                 live.update(render())
         except KeyboardInterrupt:
             pass
+    stop.set()
+    following.join(10)

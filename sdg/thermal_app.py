@@ -19,7 +19,7 @@ from schemas.errors import UndecodableRecord
 from schemas.records import DeadLetter, Reading, now_ms
 from sdg.settings import Settings
 from streams.catalog import topic as topic_spec
-from streams.faust_app import catalog_topic, faust_app
+from streams.faust_app import catalog_topic, create_changelogs, faust_app
 
 SOURCE = "sdg.telemetry"
 
@@ -92,7 +92,9 @@ def run_thermal(settings: Settings, *, app_id: str = "sdg-thermal") -> None:
     """Run the thermal processor in this process until SIGTERM/SIGINT; ``app_id`` is also its consumer group."""
     import faust
 
-    faust.Worker(thermal_app(settings, app_id=app_id), loglevel="WARN", quiet=True).execute_from_commandline()
+    app = thermal_app(settings, app_id=app_id)
+    create_changelogs(app, kafka=settings.kafka_client, topics=settings.topics)
+    faust.Worker(app, loglevel="WARN", quiet=True).execute_from_commandline()
 
 
 __all__ = ["run_thermal", "thermal_app"]

@@ -84,10 +84,25 @@ def faust_app(
     return faust.App(app_id, **{**defaults, **options})
 
 
+def create_changelogs(app: "faust.App", *, kafka: KafkaConfig, topics: TopicConfig) -> None:
+    """Create the changelog topics of the app's tables before its worker starts.
+
+    Left to faust, a table written right after start can find its new changelog topic missing from
+    the cluster metadata and crash its agent (``PartitionsMismatch``, 0 partitions).
+    """
+    from streams import admin
+    from streams.catalog import TopicSpec
+
+    specs = [TopicSpec(table.changelog_topic.get_topic_name(), "table key", None, table.changelog_topic.partitions,
+                       f"changelog of the faust table {table.name}", {"cleanup.policy": "compact"})
+             for table in app.tables.values()]
+    admin.create_topics(kafka, topics, specs)
+
+
 def catalog_topic(app: "faust.App", name: str) -> Any:
     """The faust topic for catalog topic ``name``, with string keys and Avro record values."""
     topic_spec(name)
     return app.topic(name, key_type=str, key_serializer="raw", value_serializer=CODEC_NAME)
 
 
-__all__ = ["CODEC_NAME", "catalog_topic", "faust_app"]
+__all__ = ["CODEC_NAME", "catalog_topic", "create_changelogs", "faust_app"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ def subscribe(
     limit: int | None = None,
     idle_timeout_s: float | None = None,
     codec: RecordCodec | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[Received]:
     """Yield the records of ``topics`` as they arrive.
 
@@ -54,6 +56,7 @@ def subscribe(
         limit: Stop after this many records.
         idle_timeout_s: Stop when no record arrived for this long (``None``: wait forever).
         codec: Record codec (default: the shipped schemas).
+        stop: Stop when this event is set (another thread's way to end the iteration).
 
     Records that cannot be decoded are skipped with a warning: they belong to the dead-letter
     path of the processors, not to subscribers.
@@ -78,7 +81,7 @@ def subscribe(
     count = 0
     started = last = time.monotonic()
     try:
-        while limit is None or count < limit:
+        while (limit is None or count < limit) and not (stop is not None and stop.is_set()):
             message = consumer.poll(0.1)
             if message is None:
                 if not assigned_at:

@@ -122,11 +122,13 @@ class _Observer:
         self.node = node
         self.records: list[tuple[float, object]] = []
         self.group = f"observe-{uuid.uuid4().hex[:8]}"
+        self.stopped = threading.Event()
         admin.start_group_at_end(kafka, self.group, ["sdg.telemetry", "sdg.alerts", "sdg.control"])
         threading.Thread(target=self._run, args=(kafka,), daemon=True).start()
 
     def _run(self, kafka: KafkaConfig) -> None:
-        for r in subscribe(["sdg.telemetry", "sdg.alerts", "sdg.control"], kafka=kafka, group=self.group):
+        for r in subscribe(["sdg.telemetry", "sdg.alerts", "sdg.control"], kafka=kafka, group=self.group,
+                           stop=self.stopped):
             if getattr(r.record, "node_id", None) == self.node:
                 self.records.append((time.monotonic(), r.record))
 
@@ -209,6 +211,7 @@ def test_pump_failure_is_throttled_in_time_through_the_broker(kafka: KafkaConfig
         plant = [r for r in observer.since(start, Reading, source="plant")]
         assert max(r.die_c for r in plant) < PRESETS["cryogenic"].die_limit_c  # the caps came in time
     finally:
+        observer.stopped.set()
         for process in processes:
             process.send_signal(signal.SIGTERM)
         for process in processes:
