@@ -389,6 +389,26 @@ def demo(
     run_demo(_settings(), records_per_topic=records, console=console)
 
 
+@app.command()
+def evaluate(
+    ks: Annotated[str, typer.Option("--ks", help="Real labels per class of the few-label arms.")] = "5,10,20",
+    seeds: Annotated[int, typer.Option(help="Seeds per arm.")] = 3,
+    steps: Annotated[int, typer.Option(help="Training steps of every edge model.")] = 1000,
+    synthetic_per_class: Annotated[int, typer.Option(help="Samples per class and generator.")] = 200,
+    generator: Annotated[Optional[list[str]], typer.Option(help="kind or kind@version (default: every trained "
+                                                                "one, and procedural).")] = None,
+) -> None:
+    """The label-cost experiment: edge models per arm and seed on the real test split; report in runs/<run-id>/."""
+    from sdg.evaluate import EvaluationPlan, run_evaluation
+
+    settings = _settings()
+    plan = EvaluationPlan(ks=tuple(int(k) for k in ks.split(",")), seeds=tuple(range(seeds)), steps=steps,
+                          synthetic_per_class=synthetic_per_class, generators=tuple(generator) if generator else None)
+    evaluation = run_evaluation(settings, plan, Path("runs") / settings.run_id, console=console)
+    match = evaluation["labels_per_class_to_match_real_full"]
+    console.print("labels per class to match real-full: " + ("none of the arms" if match is None else f"{match:g}"))
+
+
 @telemetry_app.command("watch")
 def telemetry_watch(
     node: Annotated[Optional[str], typer.Option(help="Only this node.")] = None,

@@ -1,0 +1,146 @@
+"""The edge model: a small CNN trained on real and synthetic digits, deployed as static INT8 ONNX.
+
+``train_edge`` trains on labeled images (real few, real full, synthetic, or a mix) and, when given
+unlabeled real images, semi-supervised in the FixMatch manner: a weakly augmented view is
+pseudo-labeled by the model itself when it is confident (≥ ``threshold``), and a strongly augmented
+view of the same image is trained toward that label. ``evaluate_deployed`` checks the INT8 model
+against its fp32 export: accuracy, size, batch-1 latency and batch-256 throughput.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.features import SmallCnn, augment
+from models.runtime import OnnxModel, OnnxSpec
+
+EDGE_WIDTH = 16  # ~80k parameters: ~90 KB as INT8
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 2e-3
+    width: int = EDGE_WIDTH
+    seed: int = 0
+    synthetic_fraction: float = 0.5  # of each labeled batch, when synthetic images are given
+    threshold: float = 0.95  # FixMatch confidence for a pseudo-label
+    unlabeled_batch: int = 256
+    unlabeled_weight: float = 1.0
+
+
+def _weak(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """±1 px shifts only."""
+    n, (h, w) = len(x), x.shape[2:]
+    views = F.pad(x, (1, 1, 1, 1)).unfold(2, h, 1).unfold(3, w, 1)
+    dy, dx = torch.randint(0, 3, (2, n), generator=generator)
+    return views[torch.arange(n), :, dy, dx]
+
+
+def _strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Two rounds of the contrastive augmentations and a random 3×3 cutout."""
+    x = augment(augment(x, generator), generator)
+    n, (h, w) = len(x), x.shape[2:]
+    top, left = torch.randint(0, h - 2, (n,), generator=generator), torch.randint(0, w - 2, (n,), generator=generator)
+    rows, cols = torch.arange(h)[None, :], torch.arange(w)[None, :]
+    inside = (((rows >= top[:, None]) & (rows < top[:, None] + 3))[:, :, None]
+              & ((cols >= left[:, None]) & (cols < left[:, None] + 3))[:, None, :])
+    return x.masked_fill(inside[:, None], 0.0)
+
+
+def _tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(images, dtype=torch.float32)[:, None]
+
+
+def train_edge(images: np.ndarray, labels: np.ndarray, config: EdgeConfig = EdgeConfig(), *,
+               synthetic: tuple[np.ndarray, np.ndarray] | None = None, unlabeled: np.ndarray | None = None,
+               progress: Callable[[int], None] | None = None) -> SmallCnn:
+    """Train the edge classifier.
+
+    Args:
+        images, labels: Real labeled images (N, H, W) in [0, 1] and their labels (may be empty with ``synthetic``).
+        synthetic: Labeled synthetic images; they fill ``synthetic_fraction`` of each labeled batch.
+        unlabeled: Real images without labels, for FixMatch-style pseudo-labels.
+    """
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    size = (synthetic[0] if len(images) == 0 and synthetic is not None else images).shape[1]
+    model = SmallCnn(10, width=config.width, image_size=size)
+    pools = []
+    if len(images):
+        pools.append((_tensor(images), torch.as_tensor(labels, dtype=torch.long)))
+    if synthetic is not None and len(synthetic[0]):
+        pools.append((_tensor(synthetic[0]), torch.as_tensor(synthetic[1], dtype=torch.long)))
+    shares = [1.0] if len(pools) == 1 else [1 - config.synthetic_fraction, config.synthetic_fraction]
+    counts = [max(1, round(config.batch_size * s)) for s in shares]
+    pool_u = _tensor(unlabeled) if unlabeled is not None and len(unlabeled) else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps)
+    for _ in range(config.steps):
+        xs, ys = [], []
+        for (x_pool, y_pool), count in zip(pools, counts):
+            index = torch.randint(0, len(x_pool), (count,), generator=generator)
+            xs.append(x_pool[index])
+            ys.append(y_pool[index])
+        loss = F.cross_entropy(model(augment(torch.cat(xs), generator)), torch.cat(ys), label_smoothing=0.05)
+        if pool_u is not None:
+            batch = pool_u[torch.randint(0, len(pool_u), (config.unlabeled_batch,), generator=generator)]
+            with torch.no_grad():
+                confidence, pseudo = F.softmax(model(_weak(batch, generator)), dim=1).max(dim=1)
+            mask = (confidence >= config.threshold).float()
+            per_sample = F.cross_entropy(model(_strong(batch, generator)), pseudo, reduction="none")
+            loss = loss + config.unlabeled_weight * (per_sample * mask).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if progress is not None:
+            progress(1)
+    return model.eval()
+
+
+def accuracy(model: SmallCnn, images: np.ndarray, labels: np.ndarray) -> float:
+    with torch.no_grad():
+        return float((model(_tensor(images)).argmax(1).numpy() == labels).mean())
+
+
+def edge_spec() -> OnnxSpec:
+    return OnnxSpec(name="sdg-edge-classifier", kind="classifier", output="logits", output_is="logits",
+                    classes=tuple(range(10)))
+
+
+def evaluate_deployed(fp32: Path, int8: Path, spec: OnnxSpec, images: np.ndarray, labels: np.ndarray, *,
+                      threads: int = 1) -> dict[str, Any]:
+    """Accuracy of both exports on a real test split, the INT8 file's size, its batch-1 latency (p50/p99 ms) and
+    batch-256 throughput, and the checks: size under 2 MB, accuracy drop at most 0.5 points."""
+    out: dict[str, Any] = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        model = OnnxModel(path, spec, threads=threads)
+        out[f"{name}_accuracy"] = float((model.run(images).argmax(1) == labels).mean())
+        out[f"{name}_bytes"] = path.stat().st_size
+    model = OnnxModel(int8, spec, threads=threads)
+    single = []
+    for image in images[:300]:
+        start = time.perf_counter()
+        model.run(image[None])
+        single.append((time.perf_counter() - start) * 1000)
+    batch = np.resize(images, (256, *images.shape[1:]))
+    model.run(batch)
+    start, rounds = time.perf_counter(), 20
+    for _ in range(rounds):
+        model.run(batch)
+    out |= {"int8_b1_p50_ms": float(np.percentile(single, 50)), "int8_b1_p99_ms": float(np.percentile(single, 99)),
+            "int8_b256_images_per_s": 256 * rounds / (time.perf_counter() - start)}
+    out["accuracy_drop_pt"] = 100 * (out["fp32_accuracy"] - out["int8_accuracy"])
+    out["checks"] = {"size_under_2mb": out["int8_bytes"] < 2 * 1024 * 1024,
+                     "int8_drop_at_most_0.5pt": out["accuracy_drop_pt"] <= 0.5}
+    return out
