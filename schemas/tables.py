@@ -139,7 +139,22 @@ GENERATOR_STATS = pa.schema([
     pa.field("labels_to_review", pa.int64()),  # review: a human labels these
 ])
 
-DERIVED_TABLES: dict[str, pa.Schema] = {"generator_stats": GENERATOR_STATS}
+# written by the edge trainer (sdg train-edge): one row per trained edge model
+MODELS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("date", pa.string(), nullable=False),
+    pa.field("created_ms", pa.int64(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),  # edge
+    pa.field("version", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("samples_version", pa.int64()),  # the samples table's Delta version the dataset was read at
+    pa.field("dataset_json", pa.string(), nullable=False),  # counts per class and generator, sample ids hash
+    pa.field("metrics_json", pa.string(), nullable=False),  # accuracy fp32/int8, size, latency, checks
+    pa.field("label_budgets_json", pa.string(), nullable=False),  # every real label behind the model
+    pa.field("real_labels", pa.int64(), nullable=False),
+])
+
+DERIVED_TABLES: dict[str, pa.Schema] = {"generator_stats": GENERATOR_STATS, "models": MODELS}
 
 _CHAIN_EXCLUDED = {"seq", "prev_hash", "row_hash"}
 

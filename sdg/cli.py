@@ -389,6 +389,29 @@ def demo(
     run_demo(_settings(), records_per_topic=records, console=console)
 
 
+@app.command("train-edge")
+def train_edge(
+    run: Annotated[Optional[str], typer.Option(help="Only accepted samples of this run.")] = None,
+) -> None:
+    """Train the edge model on what sdg.samples.accepted holds now; INT8 ONNX in .sdg/models/edge, a models row."""
+    from sdg.training import train_edge_model
+    from streams.subscribe import subscribe
+
+    settings = _settings()
+    records = [r.record for r in subscribe("sdg.samples.accepted", kafka=settings.kafka_client, from_beginning=True,
+                                           idle_timeout_s=5) if run is None or r.record.run_id == run]
+    if not records:
+        console.print("no accepted samples" + (f" in run {run}" if run else ""))
+        raise typer.Exit(1)
+    trained = train_edge_model(settings, records, console=console)
+    m = trained.metrics
+    console.print(f"edge {trained.version} on {trained.dataset['samples']} accepted samples "
+                  f"({trained.real_labels} real labels behind it): real test accuracy fp32 {m['fp32_accuracy']:.1%}, "
+                  f"int8 {m['int8_accuracy']:.1%}, {m['int8_bytes'] / 1024:.0f} KB, batch-1 p50 "
+                  f"{m['int8_b1_p50_ms']:.3f} ms, {m['int8_b256_images_per_s']:,.0f} images/s at batch 256; "
+                  f"checks {m['checks']} → {trained.folder}")
+
+
 @app.command()
 def evaluate(
     ks: Annotated[str, typer.Option("--ks", help="Real labels per class of the few-label arms.")] = "5,10,20",

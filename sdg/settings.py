@@ -41,6 +41,17 @@ class WorkerConfig(BaseModel):
     threads: int = Field(default=0, ge=0, description="torch threads (0: torch's default).")
 
 
+class TrainConfig(BaseModel):
+    """The edge trainer (``SDG_TRAIN__*``): what it trains on and when it retrains."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    every: int = Field(default=1000, ge=1, description="Retrain after this many new accepted samples (sdg run train).")
+    steps: int = Field(default=1000, ge=1)
+    real_few: bool = Field(default=True, description="Add the few real labels the labeler was trained on.")
+    pseudo: bool = Field(default=True, description="Add the unlabeled real images, FixMatch-style.")
+
+
 class Settings(BaseSettings):
     """Everything a process of sdg-edge can be told. Example: ``SDG_KAFKA__BOOTSTRAP_SERVERS=b1:9092,b2:9092``.
 
@@ -62,6 +73,7 @@ class Settings(BaseSettings):
     spark: SparkConfig = SparkConfig()
     plant: PlantConfig = PlantConfig()
     thermal: ThermalConfig = ThermalConfig()
+    train: TrainConfig = TrainConfig()
     tables_dir: Path | None = Field(default=None, description="The Delta tables (default: <state_dir>/tables).")
 
     @property

@@ -54,11 +54,13 @@ def train_generator(settings: Settings, kind: str, *, labels_per_class: int | No
     else:
         data = splits.labeled("few")
     if kind == "gan":
-        from models.gan import GanConfig, train_gan as train
+        from models.gan import GanConfig
+        from models.gan import train_gan as train
 
         config = GanConfig(seed=seed)
     else:
-        from models.diffusion import DiffusionConfig, train_diffusion as train  # type: ignore[assignment]
+        from models.diffusion import DiffusionConfig  # type: ignore[assignment]
+        from models.diffusion import train_diffusion as train
 
         config = DiffusionConfig(seed=seed)  # type: ignore[assignment]
     if steps is not None:
@@ -74,3 +76,102 @@ def train_generator(settings: Settings, kind: str, *, labels_per_class: int | No
                               "reference_splits": splits.hashes}
     version = ModelRegistry(settings.models_dir).save(kind, model.weights(), checkpoint, grid)
     return Trained(version, data.budget.n_labels, settings.models_dir / kind / version / "samples.png")
+
+
+@dataclass(frozen=True)
+class EdgeTrained:
+    version: str
+    folder: Path
+    metrics: dict[str, object]
+    dataset: dict[str, object]
+    real_labels: int
+
+
+def accepted_dataset(records: list[object]) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """Images (N, H, W) in [0, 1] and the pipeline's own labels of accepted single-digit samples, and what they are."""
+    import hashlib
+    from collections import Counter
+
+    from models.generator import decode_png
+
+    kept = [r for r in records if not r.sample.objects]  # type: ignore[attr-defined]
+    images = np.stack([decode_png(r.sample.image_png) for r in kept]).astype(np.float32) / 255.0  # type: ignore[attr-defined]
+    labels = np.array([r.label.label for r in kept])  # type: ignore[attr-defined]
+    ids = sorted(r.sample.sample_id for r in kept)  # type: ignore[attr-defined]
+    dataset = {"samples": len(kept), "sample_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+               "per_class": {str(k): v for k, v in sorted(Counter(labels.tolist()).items())},
+               "per_generator": dict(Counter(f"{r.sample.generator}@{r.sample.generator_version}"  # type: ignore[attr-defined]
+                                             for r in kept))}
+    return images, labels, dataset
+
+
+def train_edge_model(settings: Settings, records: list[object], *, console: Console) -> EdgeTrained:
+    """Train the edge classifier on accepted samples (plus the few real labels and, FixMatch-style, the unlabeled
+    real images), deploy fp32 and INT8 ONNX, check it on the real test split and record it in the models table."""
+    import hashlib
+    import json
+    import time
+
+    from models.edge import EdgeConfig, edge_spec, evaluate_deployed, train_edge
+    from models.labeler import deploy
+    from schemas.tables import MODELS
+
+    steps, real_few, pseudo = settings.train.steps, settings.train.real_few, settings.train.pseudo
+    images, labels, dataset = accepted_dataset(records)
+    splits = make_splits(load_digits_reference())
+    few = splits.labeled("few")
+    registry = ModelRegistry(settings.models_dir)
+    labeler_version = (settings.models_dir / "labeler" / "LATEST").read_text().strip()
+    budgets = json.loads((settings.models_dir / "labeler" / labeler_version / "config.json").read_text())["label_budgets"]
+    for name in dataset["per_generator"]:  # type: ignore[union-attr]
+        kind, version = name.split("@")
+        if kind in ("gan", "diffusion"):
+            budgets += registry.load_files(kind, version)[2].get("label_budgets", [])
+    if real_few:
+        budgets.append(few.budget.as_dict())
+    config = EdgeConfig(steps=steps)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        task = progress.add_task(f"edge model on {len(labels)} accepted samples", total=steps)
+        model = train_edge(few.images if real_few else np.empty((0, 8, 8), np.float32),
+                           few.labels if real_few else np.empty(0, np.int64), config,
+                           synthetic=(images, labels), unlabeled=splits.unlabeled_images() if pseudo else None,
+                           progress=lambda n: progress.advance(task, n))
+    version = hashlib.sha256(json.dumps([dataset["sample_ids_sha256"], steps, real_few, pseudo]).encode()).hexdigest()[:16]
+    folder = settings.models_dir / "edge" / version
+    deployed = deploy(model, folder, edge_spec(), calibration=splits.unlabeled_images()[:256],
+                      config={"kind": "edge", "config": config.__dict__, "dataset": dataset, "label_budgets": budgets})
+    test_x, test_y = splits.test_set()
+    metrics = evaluate_deployed(deployed.fp32, deployed.int8, edge_spec(), test_x, test_y)
+    real_labels = len({(b["reference_hash"], i) for b in budgets for i in b["indices"]})
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (settings.models_dir / "edge" / "LATEST").write_text(version)
+    tables = settings.delta_tables()
+    samples = tables.open("samples")
+    now = int(time.time() * 1000)
+    row = {"run_id": settings.run_id, "date": time.strftime("%Y-%m-%d", time.gmtime(now / 1000)), "created_ms": now,
+           "kind": "edge", "version": version, "path": str(folder), "dataset_json": json.dumps(dataset),
+           "samples_version": samples.version() if samples is not None else None,
+           "metrics_json": json.dumps(metrics), "label_budgets_json": json.dumps(budgets), "real_labels": real_labels}
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    write_deltalake(tables.path("models"), pa.Table.from_pylist([row], schema=MODELS), mode="append",
+                    partition_by=["run_id", "date"])
+    return EdgeTrained(version, folder, metrics, dataset, real_labels)
+
+
+def run_trainer(settings: Settings, group: str, *, console: Console) -> None:
+    """Follow ``sdg.samples.accepted`` and retrain the edge model after every ``train.every`` new samples."""
+    from streams.subscribe import subscribe
+
+    records: list[object] = []
+    fresh = 0
+    for received in subscribe("sdg.samples.accepted", kafka=settings.kafka_client, group=group, from_beginning=True):
+        records.append(received.record)
+        fresh += 1
+        if fresh >= settings.train.every:
+            trained = train_edge_model(settings, records, console=console)
+            console.print(f"edge {trained.version}: {trained.dataset['samples']} samples, int8 accuracy "
+                          f"{trained.metrics['int8_accuracy']:.1%}, {trained.real_labels} real labels")
+            fresh = 0

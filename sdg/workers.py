@@ -100,6 +100,15 @@ def _plant(settings: Settings, group: str) -> None:
         handle_signals=True)
 
 
+def _train(settings: Settings, group: str) -> None:
+    """sdg.samples.accepted → an edge model (INT8 ONNX) after every ``train.every`` new samples."""
+    from rich.console import Console
+
+    from sdg.training import run_trainer
+
+    run_trainer(settings, group, console=Console())
+
+
 LINEAGE_TOPICS = ["sdg.samples.raw", "sdg.samples.labeled", "sdg.samples.scored", "sdg.samples.accepted",
                   "sdg.samples.review", "sdg.samples.rejected", "sdg.quality", "sdg.telemetry", "sdg.alerts",
                   "sdg.control"]
@@ -111,6 +120,7 @@ SERVICES: dict[str, Callable[[Settings, str], None]] = {
     "lineage": _lineage,
     "thermal": _thermal,
     "plant": _plant,
+    "train": _train,
 }
 
 
@@ -141,6 +151,7 @@ def datasets(name: str, settings: Settings, *, source: str | None,
         "lineage": (LINEAGE_TOPICS, []),
         "thermal": (["sdg.telemetry"], ["sdg.alerts", "sdg.control"]),
         "plant": (["sdg.telemetry", "sdg.plant.faults"], ["sdg.telemetry"]),
+        "train": (["sdg.samples.accepted"], []),
     }
     kafka = f"kafka://{settings.kafka_client.bootstrap_servers.split(',')[0]}"
     inputs, outputs = topics[name]
