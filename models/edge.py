@@ -120,8 +120,9 @@ def edge_spec() -> OnnxSpec:
 
 def evaluate_deployed(fp32: Path, int8: Path, spec: OnnxSpec, images: np.ndarray, labels: np.ndarray, *,
                       threads: int = 1) -> dict[str, Any]:
-    """Accuracy of both exports on a real test split (images in [0, 1] or uint8), the INT8 file's size, its batch-1 latency (p50/p99 ms) and
-    batch-256 throughput, and the checks: size under 2 MB, accuracy drop at most 0.5 points."""
+    """Accuracy of both exports on a real test split (images in [0, 1] or uint8), the INT8 file's size, its
+    batch-1 latency (p50/p99 ms) and batch-256 throughput, and the checks: size under 2 MB, accuracy drop at
+    most 0.5 points."""
     out: dict[str, Any] = {}
     if images.dtype != np.uint8:  # ONNX models in the platform take uint8 pixels
         images = np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)

@@ -13,7 +13,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from rich.console import Console
@@ -51,6 +51,9 @@ class DemoPlan:
     labeler_steps: int = 600
     window_size: int = 100
     max_window_s: float = 3.0
+    edge_steps: int = 600  # every edge model's training steps
+    eval_seeds: tuple[int, ...] = (0, 1)
+    eval_synthetic_per_class: int = 100
     plant_time_scale: float = 10.0  # plant seconds per wall second: the fault plays out while the demo generates
     pump_failure_at_s: float = 60.0  # plant seconds after the plant starts; repaired 240 plant seconds later
 
@@ -62,6 +65,8 @@ class DemoResult:
     grids: dict[str, Path]
     decisions: dict[str, Counter[str]] = field(default_factory=dict)
     windows: list[QualityWindow] = field(default_factory=list)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None
 
 
 def run_demo(settings: Settings, *, records_per_topic: int, console: Console, plan: DemoPlan = DemoPlan()) -> DemoResult:
@@ -123,8 +128,9 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console, pl
             if letter.run_id == run_id and letter.step_id != "example":
                 console.print(f"  dead letter from {letter.topic}[{letter.partition}]@{letter.offset} "
                               f"({len(letter.original_value or b'')} bytes kept): {letter.error}")
-        generated, grids, decisions, windows = _generation(settings, plan, console)
-        return DemoResult(growth, generated, grids, decisions, windows)
+        generated, grids, decisions, windows, accepted, versions = _generation(settings, plan, console)
+        evaluation, report = _proof(settings, plan, accepted, versions, console)
+        return DemoResult(growth, generated, grids, decisions, windows, evaluation, report)
     finally:
         if started_here and broker is not None:
             broker.stop()
@@ -308,9 +314,31 @@ def _thermal_report(settings: Settings, seen: list, out: Path, console: Console)
     return path
 
 
+def _proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDecision], versions: list[str],
+           console: Console) -> tuple[dict[str, Any], Path]:
+    """The edge model from this run's accepted samples, then the label-cost experiment and its report."""
+    from sdg.evaluate import EvaluationPlan, run_evaluation
+    from sdg.training import train_edge_model
+
+    out = Path("runs") / settings.run_id
+    trainable = [r for r in accepted if not r.sample.objects]
+    if trainable:
+        trained = train_edge_model(settings.model_copy(update={"train": settings.train.model_copy(
+            update={"steps": plan.edge_steps})}), trainable, console=console)
+        m = trained.metrics
+        console.print(f"edge model {trained.version} on {len(trainable)} accepted samples: real test accuracy "
+                      f"int8 {m['int8_accuracy']:.1%} (fp32 {m['fp32_accuracy']:.1%}), "
+                      f"{m['int8_bytes'] / 1024:.0f} KB, {trained.real_labels} real labels behind it")
+    evaluation_plan = EvaluationPlan(ks=(10,), seeds=plan.eval_seeds, steps=plan.edge_steps,
+                                     synthetic_per_class=plan.eval_synthetic_per_class, generators=tuple(versions))
+    evaluation = run_evaluation(settings, evaluation_plan, out, console=console)
+    return evaluation, out / "report.md"
+
+
 def _generation(
     settings: Settings, plan: DemoPlan, console: Console
-) -> tuple[dict[str, int], dict[str, Path], dict[str, Counter[str]], list[QualityWindow]]:
+) -> tuple[dict[str, int], dict[str, Path], dict[str, Counter[str]], list[QualityWindow], list[SampleDecision],
+           list[str]]:
     """Plan a mix of all three generators; generate, label and gate them; show what arrived and what passed."""
     from models.generator import decode_png, sample_grid
     from processors.generate import plan_jobs
@@ -337,6 +365,7 @@ def _generation(
     decisions: dict[str, Counter[str]] = {}
     reasons: dict[str, Counter[str]] = {}
     windows: dict[str, QualityWindow] = {}
+    accepted: list[SampleDecision] = []
     thermal: list = []  # type: ignore[type-arg]
     with _lineage_sink(settings), _gate_processors(settings, plan, out), _thermal_loop(settings, plan, out, thermal), \
             processor("generate", settings, source=None, sink=None, group=group) as runner:
@@ -372,6 +401,8 @@ def _generation(
                         windows[record.generator] = record
                 elif isinstance(record, SampleDecision):
                     decisions.setdefault(_kind(record.sample), Counter())[record.gate.decision] += 1
+                    if record.gate.decision == "accepted":
+                        accepted.append(record)
                     reasons.setdefault(_kind(record.sample), Counter())[record.gate.reason.split(":")[0]] += 1
                     progress.advance(task)
                 done = sum(sum(c.values()) for c in decisions.values()) >= expected
@@ -398,7 +429,9 @@ def _generation(
         console.print(quality_table(latest, title="latest sliding window per generator (value / real-vs-real baseline)"))
     _thermal_report(settings, thermal, out, console)
     _lineage_report(settings, console)
-    return {key: len(samples) for key, samples in arrived.items()}, grids, decisions, latest
+    versions = sorted({f"{s[0].generator}@{s[0].generator_version}" for s in arrived.values()})
+    return ({key: len(samples) for key, samples in arrived.items()}, grids, decisions, latest, accepted,
+            versions)
 
 
 def _kind(sample: GeneratedSample) -> str:

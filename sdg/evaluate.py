@@ -169,10 +169,10 @@ def _summarize(arms: list[Arm], plan: EvaluationPlan, synthetic: list[Synthetic]
                                 "labels_per_class_to_match_real_full": best.labels_per_class if best else None,
                                 "matching_arm": _arm_dict(best) if best else None}
     synthetic_vs_baseline = {}
-    for k in plan.ks:
+    for k in plan.ks:  # at the same count of real labels: the no-generator arm against the best with a generator
         baseline = next(a for a in arms if a.name == "few+pseudo" and a.k == k)
-        with_generator = [a for a in arms if a.k == k and a.generator is not None]
-        top = max(with_generator, key=lambda a: a.mean, default=None)
+        same_budget = [a for a in arms if a.generator is not None and a.real_labels == baseline.real_labels]
+        top = max(same_budget, key=lambda a: a.mean, default=None)
         if top is not None:
             synthetic_vs_baseline[str(k)] = {"no_generator": _arm_dict(baseline), "best_with_generator": _arm_dict(top),
                                              "synthetic_beats_baseline": top.mean > baseline.mean}
@@ -247,8 +247,8 @@ def quality_over_time(settings: Any, out: Path, *, run: str) -> Path | None:
     tables = settings.delta_tables()
     if tables.open("quality_windows") is None:
         return None
-    rows = query(tables, "SELECT generator, end_ms, metrics_json, baseline_json FROM quality_windows "
-                 "WHERE run_id = ? AND kind = 'sliding' AND class_label IS NULL ORDER BY end_ms", params=[run]).to_pylist()
+    rows = query(tables, "SELECT generator, end_ms, metrics_json, baseline_json FROM quality_windows WHERE run_id = ? "
+                 "AND kind = 'sliding' AND class_label IS NULL ORDER BY end_ms", params=[run]).to_pylist()
     if not rows:
         return None
     fig, (fid, recall) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
@@ -286,10 +286,10 @@ def write_report(evaluation: dict[str, Any], out: Path, *, grids: dict[str, Path
              ""]
     for k, cmp in headline["synthetic_vs_no_generator_baseline"].items():
         base, top = cmp["no_generator"], cmp["best_with_generator"]
-        lines.append(f"- k = {k}: no generator (FixMatch-style) {100 * base['mean']:.2f}%; best with a generator "
-                     f"{100 * top['mean']:.2f}% ({top['arm']}, {top['generator']}, {top['labels_per_class']:g} "
-                     f"labels/class): synthetic data {'beats' if cmp['synthetic_beats_baseline'] else 'does not beat'}"
-                     " the baseline.")
+        lines.append(f"- {base['labels_per_class']:g} real labels per class: no generator (k = {k}, FixMatch-style) "
+                     f"{100 * base['mean']:.2f}%; best with a generator at the same count {100 * top['mean']:.2f}% "
+                     f"({top['arm']}, k = {top['k']}, {top['generator']}): synthetic data "
+                     f"{'beats' if cmp['synthetic_beats_baseline'] else 'does not beat'} the baseline.")
     lines += ["", "| arm | k | generator | real labels (per class) | accuracy |", "|---|---|---|---|---|"]
     for arm in evaluation["arms"]:
         lines.append(f"| {arm['arm']} | {arm['k'] or '-'} | {arm['generator'] or '-'} | {arm['real_labels']} "

@@ -122,7 +122,8 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
     few = splits.labeled("few")
     registry = ModelRegistry(settings.models_dir)
     labeler_version = (settings.models_dir / "labeler" / "LATEST").read_text().strip()
-    budgets = json.loads((settings.models_dir / "labeler" / labeler_version / "config.json").read_text())["label_budgets"]
+    labeler = settings.models_dir / "labeler" / labeler_version
+    budgets = json.loads((labeler / "config.json").read_text())["label_budgets"]
     for name in dataset["per_generator"]:  # type: ignore[union-attr]
         kind, version = name.split("@")
         if kind in ("gan", "diffusion"):
@@ -137,7 +138,8 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
                            few.labels if real_few else np.empty(0, np.int64), config,
                            synthetic=(images, labels), unlabeled=splits.unlabeled_images() if pseudo else None,
                            progress=lambda n: progress.advance(task, n))
-    version = hashlib.sha256(json.dumps([dataset["sample_ids_sha256"], steps, real_few, pseudo]).encode()).hexdigest()[:16]
+    identity = json.dumps([dataset["sample_ids_sha256"], steps, real_few, pseudo])
+    version = hashlib.sha256(identity.encode()).hexdigest()[:16]
     folder = settings.models_dir / "edge" / version
     deployed = deploy(model, folder, edge_spec(), calibration=splits.unlabeled_images()[:256],
                       config={"kind": "edge", "config": config.__dict__, "dataset": dataset, "label_budgets": budgets})
@@ -145,6 +147,11 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
     metrics = evaluate_deployed(deployed.fp32, deployed.int8, edge_spec(), test_x, test_y)
     real_labels = len({(b["reference_hash"], i) for b in budgets for i in b["indices"]})
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    report = Path("runs") / settings.run_id / f"edge-{version}.json"  # the run's record of this model
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps({"version": version, "path": str(folder), "dataset": dataset, "metrics": metrics,
+                                  "real_labels": real_labels, "label_budgets": [
+                                      {k: v for k, v in b.items() if k != "indices"} for b in budgets]}, indent=2))
     (settings.models_dir / "edge" / "LATEST").write_text(version)
     tables = settings.delta_tables()
     samples = tables.open("samples")

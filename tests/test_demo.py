@@ -23,7 +23,7 @@ def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path:
     assert not settings.embedded
     out = io.StringIO()
     tiny = DemoPlan(per_class=2, gan_steps=20, diffusion_steps=5, diffusion_channels=(8, 16), extractor_steps=30,
-                    labeler_steps=30, pump_failure_at_s=5)
+                    labeler_steps=30, pump_failure_at_s=5, edge_steps=20, eval_seeds=(0,), eval_synthetic_per_class=3)
     result = run_demo(settings, records_per_topic=20, console=Console(file=out, width=200), plan=tiny)
     growth = result.growth
     bad = len(POISON) + 1  # plus one record of the wrong type
@@ -48,4 +48,16 @@ def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path:
     # the plant and the thermal processor ran beside the generators: the scripted pump failure was seen
     assert f"thermal: {settings.worker.node_id} through a pump failure" in text
     assert "critical flow_loss" in text and (tmp_path / "runs" / run_id / "thermal.png").exists()
+    # every planned sample is in the lineage table exactly once with a decision
+    from sdg.history import query
+
+    decided = query(settings.delta_tables(), "SELECT sample_id, count(*) AS n FROM lineage WHERE run_id = ? AND "
+                    "stage IN ('accepted', 'review', 'rejected') GROUP BY sample_id", params=[run_id]).to_pylist()
+    assert len(decided) == sum(result.generated.values()) and {r["n"] for r in decided} == {1}
+    # the proof: an edge model from the accepted samples, the label-cost experiment and its report
+    assert "label cost on the real test split" in text and "labels_per_class_to_match_real_full" in result.evaluation
+    assert result.report is not None and result.report.exists() and result.report.with_suffix(".html").exists()
+    report = result.report.read_text()
+    assert "## accuracy against real labels" in report and "## thermal: the demo's pump failure" in report
+    assert {a["arm"] for a in result.evaluation["arms"]} >= {"real-full", "real-few", "few+pseudo", "few+synthetic"}
 

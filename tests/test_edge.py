@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from deltalake import DeltaTable
 from rich.console import Console
 
@@ -54,7 +55,9 @@ def _accepted(state: Path, run_id: str) -> list[SampleDecision]:
 
 
 def test_edge_model_from_accepted_samples_is_recorded_with_its_labels(quality_state: Path, run_id: str,
-                                                                      tmp_path: Path) -> None:
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the run report goes to runs/<run-id>/
     settings = Settings(state_dir=quality_state, tables_dir=tmp_path / "tables", run_id=run_id,
                         train=TrainConfig(steps=30))
     trained = train_edge_model(settings, _accepted(quality_state, run_id), console=Console(quiet=True))
@@ -65,6 +68,8 @@ def test_edge_model_from_accepted_samples_is_recorded_with_its_labels(quality_st
     rows = DeltaTable(str(tmp_path / "tables" / "models")).to_pyarrow_table().to_pylist()
     assert [(r["version"], r["real_labels"]) for r in rows] == [(trained.version, 100)]
     assert json.loads(rows[0]["metrics_json"])["checks"]["size_under_2mb"]
+    report = json.loads((tmp_path / "runs" / run_id / f"edge-{trained.version}.json").read_text())
+    assert report["real_labels"] == 100 and report["dataset"]["samples"] == 60
 
 
 def test_evaluation_counts_every_label_and_writes_its_report(quality_state: Path, run_id: str,
