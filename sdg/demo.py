@@ -43,7 +43,7 @@ POISON = {
 class DemoPlan:
     """How much the demo generates, and how long it trains generators it does not find in the registry."""
 
-    per_class: int = 20
+    per_class: int = 100
     gan_steps: int = 1500
     diffusion_steps: int = 400
     diffusion_channels: tuple[int, ...] = (32, 64, 64)
@@ -55,7 +55,7 @@ class DemoPlan:
     eval_seeds: tuple[int, ...] = (0, 1)
     eval_synthetic_per_class: int = 100
     plant_time_scale: float = 10.0  # plant seconds per wall second: the fault plays out while the demo generates
-    pump_failure_at_s: float = 60.0  # plant seconds after the plant starts; repaired 240 plant seconds later
+    pump_failure_at_s: float = 20.0  # plant seconds after the plant starts; repaired 240 plant seconds later
 
 
 @dataclass(frozen=True)

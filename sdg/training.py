@@ -141,7 +141,7 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
     identity = json.dumps([dataset["sample_ids_sha256"], steps, real_few, pseudo])
     version = hashlib.sha256(identity.encode()).hexdigest()[:16]
     folder = settings.models_dir / "edge" / version
-    deployed = deploy(model, folder, edge_spec(), calibration=splits.unlabeled_images()[:256],
+    deployed = deploy(model, folder, edge_spec(), calibration=splits.unlabeled_images(),
                       config={"kind": "edge", "config": config.__dict__, "dataset": dataset, "label_budgets": budgets})
     test_x, test_y = splits.test_set()
     metrics = evaluate_deployed(deployed.fp32, deployed.int8, edge_spec(), test_x, test_y)
