@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.features import SmallCnn, augment
+from models.features import SmallCnn, augment, shift
 from models.runtime import OnnxModel, OnnxSpec
 
 EDGE_WIDTH = 16  # ~80k parameters: ~90 KB as INT8
@@ -36,14 +36,6 @@ class EdgeConfig:
     threshold: float = 0.95  # FixMatch confidence for a pseudo-label
     unlabeled_batch: int = 256
     unlabeled_weight: float = 1.0
-
-
-def _weak(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """±1 px shifts only."""
-    n, (h, w) = len(x), x.shape[2:]
-    views = F.pad(x, (1, 1, 1, 1)).unfold(2, h, 1).unfold(3, w, 1)
-    dy, dx = torch.randint(0, 3, (2, n), generator=generator)
-    return views[torch.arange(n), :, dy, dx]
 
 
 def _strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -95,7 +87,7 @@ def train_edge(images: np.ndarray, labels: np.ndarray, config: EdgeConfig = Edge
         if pool_u is not None:
             batch = pool_u[torch.randint(0, len(pool_u), (config.unlabeled_batch,), generator=generator)]
             with torch.no_grad():
-                confidence, pseudo = F.softmax(model(_weak(batch, generator)), dim=1).max(dim=1)
+                confidence, pseudo = F.softmax(model(shift(batch, generator)), dim=1).max(dim=1)
             mask = (confidence >= config.threshold).float()
             per_sample = F.cross_entropy(model(_strong(batch, generator)), pseudo, reduction="none")
             loss = loss + config.unlabeled_weight * (per_sample * mask).mean()

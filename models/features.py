@@ -35,13 +35,18 @@ class SmallCnn(nn.Module):
         return self.head(self.trunk(x))
 
 
+def shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random ±1 px shifts of (N, 1, H, W) images."""
+    n, (h, w) = len(x), x.shape[2:]
+    views = F.pad(x, (1, 1, 1, 1)).unfold(2, h, 1).unfold(3, w, 1)  # (N, 1, 3, 3, H, W): every ±1 px shift
+    dy, dx = torch.randint(0, 3, (2, n), generator=generator)
+    return views[torch.arange(n), :, dy, dx]
+
+
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random ±1 px shifts, contrast and ink-thickness changes and sensor noise on (N, 1, H, W) images in [0, 1]."""
     n = len(x)
-    h, w = x.shape[2:]
-    views = F.pad(x, (1, 1, 1, 1)).unfold(2, h, 1).unfold(3, w, 1)  # (N, 1, 3, 3, H, W): every ±1 px shift
-    dy, dx = torch.randint(0, 3, (2, n), generator=generator)
-    shifted = views[torch.arange(n), :, dy, dx]
+    shifted = shift(x, generator)
     gain = 0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=generator)
     gamma = torch.exp(0.4 * torch.randn(n, 1, 1, 1, generator=generator))
     noisy = (shifted.clamp(0, 1) ** gamma) * gain + 0.05 * torch.randn(shifted.shape, generator=generator)

@@ -14,7 +14,7 @@ import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -186,9 +186,15 @@ def make_splits(reference: ReferenceSet, *, test_fraction: float = 0.25, labels_
                   np.sort(np.concatenate(few)), labels_per_class, seed)
 
 
+def distinct_labels(budgets: list[dict[str, Any]]) -> int:
+    """Distinct real labels across budgets (``LabelBudget.as_dict()`` form), per reference set: a label two
+    models used counts once."""
+    return len({(b["reference_hash"], i) for b in budgets for i in b["indices"]})
+
+
 def check_budget(budgets: list[LabelBudget], *, declared_labels: int) -> int:
     """Distinct real labels across ``budgets`` (per reference set); raises when they exceed what was declared."""
-    total = len({(b.reference_hash, i) for b in budgets for i in b.indices})
+    total = distinct_labels([b.as_dict() for b in budgets])
     if total > declared_labels:
         raise LabelAccountingError(f"{total} real labels used, {declared_labels} declared")
     return total

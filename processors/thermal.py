@@ -29,7 +29,6 @@ Plant readings are timed in plant time (``ts_ms``); staleness and time-to-live i
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -269,4 +268,4 @@ def load(data: str | bytes | None) -> NodeState:
     return NodeState.model_validate_json(data) if data else NodeState()
 
 
-__all__: list[Any] = ["NodeState", "ThermalConfig", "ThermalRules", "dump", "load", "slope_per_s"]
+__all__ = ["NodeState", "ThermalConfig", "ThermalRules", "dump", "load", "slope_per_s"]

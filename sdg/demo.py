@@ -213,15 +213,11 @@ def _gate_processors(settings: Settings, plan: DemoPlan, out: Path) -> Iterator[
 @contextmanager
 def _lineage_sink(settings: Settings) -> Iterator[None]:
     """The lineage sink (a thread here) recording every stage of this run into the Delta tables."""
-    from processors.lineage import downsampled, rows_of
-    from sdg.workers import LINEAGE_TOPICS
-    from streams.delta_sink import DeltaSink
+    from sdg.workers import LINEAGE_TOPICS, lineage_sink
 
     group = "sdg-lineage"
     admin.start_group_at_end(settings.kafka_client, group, LINEAGE_TOPICS)
-    fn = downsampled(rows_of, every_s=settings.sink.telemetry_every_s)
-    sink = DeltaSink(LINEAGE_TOPICS, fn=fn, kafka=settings.kafka_client, tables=settings.delta_tables(),
-                     group=group, run_id=settings.run_id, config=settings.sink)
+    sink = lineage_sink(settings, group)
     thread = threading.Thread(target=sink.run, daemon=True)
     thread.start()
     try:

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from models.reference import LabelBudget, Splits, load_digits_reference, make_splits
+from models.reference import LabelBudget, Splits, distinct_labels, load_digits_reference, make_splits
 
 WITHIN_PT = 0.5  # "matches real-full": mean accuracy within this many points
 
@@ -61,10 +61,6 @@ class Arm:
     @property
     def labels_per_class(self) -> float:
         return self.real_labels / 10
-
-
-def _distinct(budgets: list[dict[str, Any]]) -> int:
-    return len({(b["reference_hash"], i) for b in budgets for i in b["indices"]})
 
 
 @dataclass(frozen=True)
@@ -142,7 +138,7 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
                 accuracies.append(accuracy(model, test_x, test_y))
                 progress.advance(task)
             arms.append(Arm(name, k, syn.name if syn else None, accuracies,
-                            _distinct(budgets + (syn.budgets if syn else []))))
+                            distinct_labels(budgets + (syn.budgets if syn else []))))
     evaluation = _summarize(arms, plan, synthetic, time.monotonic() - started)
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     console.print(evaluation_table(arms, evaluation))
@@ -180,7 +176,7 @@ def _summarize(arms: list[Arm], plan: EvaluationPlan, synthetic: list[Synthetic]
     return {"plan": asdict(plan), "seconds": round(seconds, 1), "within_pt": WITHIN_PT, "headline": headline,
             "labels_per_class_to_match_real_full": headline["labels_per_class_to_match_real_full"],
             "synthetic": [{"generator": s.name, "kept": len(s.labels), "agreement": s.kept,
-                           "real_labels": _distinct(s.budgets)} for s in synthetic],
+                           "real_labels": distinct_labels(s.budgets)} for s in synthetic],
             "arms": [_arm_dict(a) for a in arms]}
 
 

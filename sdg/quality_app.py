@@ -26,12 +26,12 @@ from models.generator import decode_png
 from processors.quality import Closed, GeneratorWindows, QualityJudge, sink_of
 from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
-from schemas.records import DeadLetter, LabeledSample, now_ms
+from schemas.records import LabeledSample, now_ms
 from sdg.settings import Settings
 from streams import admin
 from streams.catalog import TopicSpec
 from streams.catalog import topic as topic_spec
-from streams.faust_app import catalog_topic, create_changelogs, faust_app
+from streams.faust_app import catalog_topic, create_changelogs, dead_letter, faust_app
 
 SOURCE = "sdg.samples.labeled"
 TICK = b""
@@ -94,10 +94,8 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
                 if image.shape[0] != image.shape[1] or (not record.sample.objects and image.shape[0] != size):
                     raise ValueError(f"a {image.shape[1]}×{image.shape[0]} image; the reference set is {size}×{size}")
             except (UndecodableRecord, ValueError) as e:
-                await outputs["sdg.dlq"].send(key=message.key, value=DeadLetter(
-                    run_id=settings.run_id, topic=message.topic, partition=message.partition, offset=message.offset,
-                    step_id="quality.route", error_type=type(e).__name__, error=str(e),
-                    original_key=message.key, original_value=event.value))
+                await outputs["sdg.dlq"].send(key=message.key, value=dead_letter(
+                    event, run_id=settings.run_id, step_id="quality.route", error=e))
                 continue
             if record.sample.objects:
                 await publish(judge.decide_scene(record))

@@ -16,10 +16,10 @@ from typing import Any
 from processors.thermal import NodeState, ThermalRules, dump, load
 from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
-from schemas.records import DeadLetter, Reading, now_ms
+from schemas.records import Reading, now_ms
 from sdg.settings import Settings
 from streams.catalog import topic as topic_spec
-from streams.faust_app import catalog_topic, create_changelogs, faust_app
+from streams.faust_app import catalog_topic, create_changelogs, dead_letter, faust_app
 
 SOURCE = "sdg.telemetry"
 
@@ -58,11 +58,8 @@ def thermal_app(settings: Settings, *, app_id: str = "sdg-thermal") -> Any:
                 if not isinstance(reading, Reading):
                     raise UndecodableRecord(f"{SOURCE} carries Reading, not {reading.schema_name}")
             except UndecodableRecord as e:
-                message = event.message
-                await outputs["sdg.dlq"].send(key=message.key, value=DeadLetter(
-                    run_id=settings.run_id, topic=message.topic, partition=message.partition, offset=message.offset,
-                    step_id="thermal.watch", error_type=type(e).__name__, error=str(e),
-                    original_key=message.key, original_value=event.value))
+                await outputs["sdg.dlq"].send(key=event.message.key, value=dead_letter(
+                    event, run_id=settings.run_id, step_id="thermal.watch", error=e))
                 continue
             node, now = reading.node_id, now_ms()
             state = state_of(node)

@@ -10,7 +10,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from models.generator import GeneratorError, ModelRegistry, sample_grid
-from models.reference import LabelBudget, LabeledData, Splits, load_digits_reference, make_splits
+from models.reference import (
+    LabelBudget,
+    LabeledData,
+    Splits,
+    distinct_labels,
+    load_digits_reference,
+    make_splits,
+)
 from sdg.settings import Settings
 
 
@@ -145,7 +152,7 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
                       config={"kind": "edge", "config": config.__dict__, "dataset": dataset, "label_budgets": budgets})
     test_x, test_y = splits.test_set()
     metrics = evaluate_deployed(deployed.fp32, deployed.int8, edge_spec(), test_x, test_y)
-    real_labels = len({(b["reference_hash"], i) for b in budgets for i in b["indices"]})
+    real_labels = distinct_labels(budgets)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     report = Path("runs") / settings.run_id / f"edge-{version}.json"  # the run's record of this model
     report.parent.mkdir(parents=True, exist_ok=True)

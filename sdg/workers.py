@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from sdg.settings import Settings
+from streams.delta_sink import DeltaSink
 from streams.errors import ConfigError
 from streams.runner import Runner, Step
 from streams.throttle import ControlListener, RateCap
@@ -75,14 +76,18 @@ def _quality(settings: Settings, group: str) -> None:
     run_quality(settings, app_id=group)
 
 
-def _lineage(settings: Settings, group: str) -> None:
-    """Every stage, window, reading, alert and throttle topic → the Delta tables, exactly once per table."""
+def lineage_sink(settings: Settings, group: str) -> DeltaSink:
+    """The Delta sink of every stage, window, reading (downsampled), alert and throttle topic."""
     from processors.lineage import downsampled, rows_of
-    from streams.delta_sink import DeltaSink
 
     fn = downsampled(rows_of, every_s=settings.sink.telemetry_every_s)
-    stats = DeltaSink(LINEAGE_TOPICS, fn=fn, kafka=settings.kafka_client, tables=settings.delta_tables(),
-                      group=group, run_id=settings.run_id, config=settings.sink).run(handle_signals=True)
+    return DeltaSink(LINEAGE_TOPICS, fn=fn, kafka=settings.kafka_client, tables=settings.delta_tables(),
+                     group=group, run_id=settings.run_id, config=settings.sink)
+
+
+def _lineage(settings: Settings, group: str) -> None:
+    """Every stage, window, reading, alert and throttle topic → the Delta tables, exactly once per table."""
+    stats = lineage_sink(settings, group).run(handle_signals=True)
     log.info("lineage: %d records, rows %s, %d commits", stats.consumed, stats.rows, stats.commits)
 
 

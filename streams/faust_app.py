@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from schemas.codec import RecordCodec
+from schemas.records import DeadLetter
 from streams.catalog import topic as topic_spec
 from streams.config import KafkaConfig, TopicConfig
 
@@ -99,10 +100,18 @@ def create_changelogs(app: "faust.App", *, kafka: KafkaConfig, topics: TopicConf
     admin.create_topics(kafka, topics, specs)
 
 
+def dead_letter(event: Any, *, run_id: str, step_id: str, error: Exception) -> DeadLetter:
+    """The dead letter of a faust event a processor could not take: its bytes, where it came from, and why."""
+    message = event.message
+    return DeadLetter(run_id=run_id, topic=message.topic, partition=message.partition, offset=message.offset,
+                      step_id=step_id, error_type=type(error).__name__, error=str(error), original_key=message.key,
+                      original_value=event.value)
+
+
 def catalog_topic(app: "faust.App", name: str) -> Any:
     """The faust topic for catalog topic ``name``, with string keys and Avro record values."""
     topic_spec(name)
     return app.topic(name, key_type=str, key_serializer="raw", value_serializer=CODEC_NAME)
 
 
-__all__ = ["CODEC_NAME", "catalog_topic", "create_changelogs", "faust_app"]
+__all__ = ["CODEC_NAME", "catalog_topic", "create_changelogs", "dead_letter", "faust_app"]
