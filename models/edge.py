@@ -36,6 +36,7 @@ class EdgeConfig:
     threshold: float = 0.95  # FixMatch confidence for a pseudo-label
     unlabeled_batch: int = 256
     unlabeled_weight: float = 1.0
+    label_smoothing: float = 0.05  # without unlabeled images only: it caps confidence below ``threshold``
 
 
 def _strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -75,6 +76,7 @@ def train_edge(images: np.ndarray, labels: np.ndarray, config: EdgeConfig = Edge
     shares = [1.0] if len(pools) == 1 else [1 - config.synthetic_fraction, config.synthetic_fraction]
     counts = [max(1, round(config.batch_size * s)) for s in shares]
     pool_u = _tensor(unlabeled) if unlabeled is not None and len(unlabeled) else None
+    smoothing = config.label_smoothing if pool_u is None else 0.0
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps)
     for _ in range(config.steps):
@@ -83,7 +85,7 @@ def train_edge(images: np.ndarray, labels: np.ndarray, config: EdgeConfig = Edge
             index = torch.randint(0, len(x_pool), (count,), generator=generator)
             xs.append(x_pool[index])
             ys.append(y_pool[index])
-        loss = F.cross_entropy(model(augment(torch.cat(xs), generator)), torch.cat(ys), label_smoothing=0.05)
+        loss = F.cross_entropy(model(augment(torch.cat(xs), generator)), torch.cat(ys), label_smoothing=smoothing)
         if pool_u is not None:
             batch = pool_u[torch.randint(0, len(pool_u), (config.unlabeled_batch,), generator=generator)]
             with torch.no_grad():

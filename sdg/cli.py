@@ -171,7 +171,7 @@ def run_processor(
 def train_generator(
     kind: Annotated[str, typer.Argument(help="gan or diffusion")],
     labels_per_class: Annotated[Optional[int], typer.Option(help="Train on K real labels per class (default: the whole train split).")] = None,
-    pseudo_labels: Annotated[bool, typer.Option(help="With --labels-per-class: add unlabeled train images, labeled by a teacher trained on the K labels.")] = False,
+    pseudo_labels: Annotated[bool, typer.Option(help="With --labels-per-class: add unlabeled train images, labeled by a semi-supervised teacher trained on the K labels (dual pseudo training).")] = False,
     steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
 ) -> None:

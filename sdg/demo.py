@@ -44,6 +44,7 @@ class DemoPlan:
     """How much the demo generates, and how long it trains generators it does not find in the registry."""
 
     per_class: int = 100
+    teacher_steps: int = 1500  # the semi-supervised teacher behind the generators' pseudo-labels
     gan_steps: int = 1500
     diffusion_steps: int = 400
     diffusion_channels: tuple[int, ...] = (32, 64, 64)
@@ -138,28 +139,40 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console, pl
 
 
 def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console) -> None:
-    """Train the GAN and the diffusion model once (small configs) unless the registry has them."""
+    """Train the GAN and the diffusion model once (small configs) unless the registry has them.
+
+    They are trained the label-efficient way (dual pseudo training): on the 10 labels per class the
+    labeler also uses, plus the unlabeled train images pseudo-labeled by a semi-supervised teacher,
+    so the whole demo costs 100 real labels.
+    """
     from dataclasses import replace
 
     from models.diffusion import DiffusionConfig, train_diffusion
     from models.gan import GanConfig, train_gan
     from models.generator import ModelRegistry, sample_grid
     from models.reference import load_digits_reference, make_splits
+    from sdg.training import pseudo_labeled
 
     registry = ModelRegistry(settings.models_dir)
-    splits = make_splits(load_digits_reference())
     trainers = {
         "gan": (train_gan, replace(GanConfig(), steps=plan.gan_steps)),
         "diffusion": (train_diffusion, replace(DiffusionConfig(), steps=plan.diffusion_steps,
                                                channels=plan.diffusion_channels)),
     }
+    data = None
     for kind, (train, config) in trainers.items():
         if registry.versions(kind):
             console.print(f"{kind}: using the trained model in {settings.models_dir / kind}")
             continue
         with Progress(console=console) as progress:
-            task = progress.add_task(f"training {kind} on the real train split", total=config.steps)
-            model = train(splits.labeled("train"), config, progress=lambda n: progress.advance(task, n))
+            if data is None:
+                task = progress.add_task("training the teacher (10 labels per class + unlabeled images)",
+                                         total=plan.teacher_steps)
+                data, pseudo = pseudo_labeled(make_splits(load_digits_reference()), steps=plan.teacher_steps,
+                                              progress=lambda n: progress.advance(task, n))
+                console.print(f"teacher: pseudo-labeled {pseudo} unlabeled train images")
+            task = progress.add_task(f"training {kind} on the few labels and the pseudo-labels", total=config.steps)
+            model = train(data, config, progress=lambda n: progress.advance(task, n))
         labels = [c for c in range(10) for _ in range(10)]
         version = registry.save(kind, model.weights(), model.checkpoint_config(),
                                 sample_grid(model(list(range(100)), labels).images, labels))

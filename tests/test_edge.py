@@ -19,7 +19,7 @@ from schemas.examples import example
 from schemas.records import GeneratedSample, SampleDecision
 from sdg.evaluate import EvaluationPlan, run_evaluation
 from sdg.settings import Settings, TrainConfig
-from sdg.training import train_edge_model
+from sdg.training import pseudo_labeled, train_edge_model
 
 SPLITS = make_splits(load_digits_reference(), labels_per_class=5)
 
@@ -32,6 +32,16 @@ def test_semi_supervised_training_uses_the_unlabeled_images() -> None:
                           unlabeled=SPLITS.unlabeled_images())
     assert accuracy(plain, test_x, test_y) > 0.5  # it learned from 50 labels
     assert not np.allclose(plain.head.weight.detach().numpy(), fixmatch.head.weight.detach().numpy())
+
+
+def test_generator_training_data_costs_only_the_few_labels_and_is_mostly_right() -> None:
+    data, pseudo = pseudo_labeled(SPLITS, steps=150, threshold=0.8)
+    few = SPLITS.labeled("few")
+    assert data.budget == few.budget and data.budget.n_labels == 50
+    assert len(data.images) == 50 + pseudo and 0 < pseudo <= len(SPLITS.unlabeled)
+    truth = {image.tobytes(): label for image, label in zip(SPLITS.reference.images, SPLITS.reference.labels)}
+    right = np.mean([truth[image.tobytes()] == label for image, label in zip(data.images[50:], data.labels[50:])])
+    assert right > 0.8  # the teacher's confident labels, checked against the real ones it never saw
 
 
 def test_deployed_int8_edge_model_is_checked_against_fp32(tmp_path: Path) -> None:
