@@ -165,8 +165,8 @@ def _summarize(arms: list[Arm], plan: EvaluationPlan, synthetic: list[Synthetic]
                                 "labels_per_class_to_match_real_full": best.labels_per_class if best else None,
                                 "matching_arm": _arm_dict(best) if best else None}
     synthetic_vs_baseline = {}
-    for k in plan.ks:  # at the same count of real labels: the no-generator arm against the best with a generator
-        baseline = next(a for a in arms if a.name == "few+pseudo" and a.k == k)
+    for k in plan.ks:  # at the same count of real labels: the best arm without a generator against the best with one
+        baseline = max((a for a in arms if a.k == k and a.generator is None), key=lambda a: a.mean)
         same_budget = [a for a in arms if a.generator is not None and a.real_labels == baseline.real_labels]
         top = max(same_budget, key=lambda a: a.mean, default=None)
         if top is not None:

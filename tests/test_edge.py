@@ -101,3 +101,18 @@ def test_evaluation_counts_every_label_and_writes_its_report(quality_state: Path
     assert "<table>" in (tmp_path / "run" / "report.html").read_text()
     assert (tmp_path / "run" / "accuracy_vs_labels.png").read_bytes().startswith(b"\x89PNG")
 
+
+
+def test_headline_compares_at_the_same_label_count_against_the_best_arm_without_a_generator() -> None:
+    from sdg.evaluate import Arm, _summarize
+
+    arms = [Arm("real-full", None, None, [0.993, 0.993], 1347),
+            Arm("real-few", 10, None, [0.97, 0.97], 100), Arm("few+pseudo", 10, None, [0.96, 0.96], 100),
+            Arm("few+synthetic", 10, "diffusion@a", [0.965, 0.965], 100),  # beats FixMatch, not the plain labels
+            Arm("real-few", 20, None, [0.99, 0.99], 200), Arm("few+pseudo", 20, None, [0.98, 0.98], 200),
+            Arm("few+synthetic", 20, "diffusion@b", [0.985, 0.985], 1347)]  # an all-labels generator: not at 200
+    headline = _summarize(arms, EvaluationPlan(ks=(10, 20)), [], 1.0)["headline"]
+    versus = headline["synthetic_vs_no_generator_baseline"]
+    assert versus["10"]["no_generator"]["arm"] == "real-few" and not versus["10"]["synthetic_beats_baseline"]
+    assert "20" not in versus  # no generator arm costs 200 labels
+    assert headline["labels_per_class_to_match_real_full"] == 20 and headline["matching_arm"]["arm"] == "real-few"
