@@ -79,8 +79,11 @@ def export_onnx(module: Any, path: Path, *, image_size: int, input: str = "image
 def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, *, input: str = "image") -> None:
     """Static INT8 quantization (QDQ, per-channel weights) calibrated on ``calibration`` (N, 1, H, W) float32.
 
+    The first convolution stays fp32: its one-channel 3×3 kernels lose the most to INT8 and cost the least
+    (for the edge model: accuracy drop vs fp32 0.44 / 0.67 pt → 0.0 / 0.0 pt on two seeds, same latency).
     Dynamic quantization is 4× slower than fp32 for these CNNs on this CPU, so it is not offered.
     """
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -93,9 +96,11 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, *, input: str
 
     prepared = int8.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    first_conv = next((n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"), None)
     try:
         quantize_static(str(prepared), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=[first_conv] if first_conv else [])
     finally:
         prepared.unlink(missing_ok=True)
 
