@@ -22,8 +22,9 @@ def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path:
                         state_dir=tmp_path / "state")
     assert not settings.embedded
     out = io.StringIO()
-    tiny = DemoPlan(per_class=2, teacher_steps=20, gan_steps=20, diffusion_steps=5, diffusion_channels=(8, 16), extractor_steps=30,
-                    labeler_steps=30, pump_failure_at_s=5, edge_steps=20, eval_seeds=(0,), eval_synthetic_per_class=3)
+    tiny = DemoPlan(per_class=2, teacher_steps=20, gan_steps=20, diffusion_steps=5, diffusion_channels=(8, 16),
+                    extractor_steps=30, labeler_steps=30, pump_failure_at_s=5, edge_steps=20, eval_seeds=(0,),
+                    eval_synthetic_per_class=3)
     result = run_demo(settings, records_per_topic=20, console=Console(file=out, width=200), plan=tiny)
     growth = result.growth
     bad = len(POISON) + 1  # plus one record of the wrong type

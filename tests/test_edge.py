@@ -17,7 +17,7 @@ from models.reference import load_digits_reference, make_splits
 from processors.generate import GenerateConfig, generate, plan_jobs
 from schemas.examples import example
 from schemas.records import GeneratedSample, SampleDecision
-from sdg.evaluate import EvaluationPlan, run_evaluation
+from sdg.evaluate import Arm, EvaluationPlan, _summarize, run_evaluation
 from sdg.settings import Settings, TrainConfig
 from sdg.training import pseudo_labeled, train_edge_model
 
@@ -102,10 +102,7 @@ def test_evaluation_counts_every_label_and_writes_its_report(quality_state: Path
     assert (tmp_path / "run" / "accuracy_vs_labels.png").read_bytes().startswith(b"\x89PNG")
 
 
-
 def test_headline_compares_at_the_same_label_count_against_the_best_arm_without_a_generator() -> None:
-    from sdg.evaluate import Arm, _summarize
-
     arms = [Arm("real-full", None, None, [0.993, 0.993], 1347),
             Arm("real-few", 10, None, [0.97, 0.97], 100), Arm("few+pseudo", 10, None, [0.96, 0.96], 100),
             Arm("few+synthetic", 10, "diffusion@a", [0.965, 0.965], 100),  # beats FixMatch, not the plain labels
