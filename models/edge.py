@@ -102,9 +102,14 @@ def train_edge(images: np.ndarray, labels: np.ndarray, config: EdgeConfig = Edge
     return model.eval()
 
 
-def accuracy(model: SmallCnn, images: np.ndarray, labels: np.ndarray) -> float:
+def probabilities(model: SmallCnn, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, 10) for images (N, H, W) in [0, 1]."""
     with torch.no_grad():
-        return float((model(_tensor(images)).argmax(1).numpy() == labels).mean())
+        return F.softmax(model(_tensor(images)), dim=1).numpy()
+
+
+def accuracy(model: SmallCnn, images: np.ndarray, labels: np.ndarray) -> float:
+    return float((probabilities(model, images).argmax(1) == labels).mean())
 
 
 def edge_spec() -> OnnxSpec:

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from models.reference import LabelBudget, Splits, distinct_labels, load_digits_reference, make_splits
+from models.reference import Splits, distinct_labels, load_digits_reference, make_splits
 
 WITHIN_PT = 0.5  # "matches real-full": mean accuracy within this many points
 
@@ -76,10 +76,9 @@ def synthetic_sets(settings: Any, plan: EvaluationPlan, console: Console) -> lis
     """Samples of each generator, kept where the labeler agrees with the conditioning (the gate's first test)."""
     from models.catalog import GeneratorCatalog
     from models.generator import ModelRegistry
-    from sdg.labeling import load_labeler
+    from sdg.labeling import labeler_budgets, load_labeler
 
-    labeler = load_labeler(settings)
-    labeler_config = json.loads((labeler.model.path.parent / "config.json").read_text())
+    labeler, labeler_labels = load_labeler(settings), labeler_budgets(settings)
     catalog, registry = GeneratorCatalog(settings.models_dir), ModelRegistry(settings.models_dir)
     wanted = plan.generators or tuple([f"{kind}@{v}" for kind in ("gan", "diffusion") for v in registry.versions(kind)]
                                       + ["procedural"])
@@ -96,7 +95,7 @@ def synthetic_sets(settings: Any, plan: EvaluationPlan, console: Console) -> lis
         pixels = np.concatenate(images)
         agree = np.asarray(labeler.model.run(pixels).argmax(1)) == np.asarray(classes)
         out.append(Synthetic(f"{kind}@{model.version}", pixels[agree].astype(np.float32) / 255.0,
-                             np.asarray(classes)[agree], [*model.label_budgets, *labeler_config["label_budgets"]],
+                             np.asarray(classes)[agree], [*model.label_budgets, *labeler_labels],
                              float(agree.mean())))
     return out
 
@@ -108,10 +107,11 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
 
     out.mkdir(parents=True, exist_ok=True)
     reference = load_digits_reference()
-    test_x, test_y = make_splits(reference).test_set()
+    base = make_splits(reference)
+    test_x, test_y = base.test_set()
     synthetic = synthetic_sets(settings, plan, console)
     splits: dict[int, Splits] = {k: make_splits(reference, labels_per_class=k) for k in plan.ks}
-    full = make_splits(reference).labeled("train")
+    full = base.labeled("train")
     jobs: list[tuple[str, int | None, Synthetic | None, bool]] = [("real-full", None, None, False)]
     jobs += [("synthetic-only", None, s, False) for s in synthetic]
     for k in plan.ks:
@@ -198,9 +198,6 @@ def evaluation_table(arms: list[Arm], evaluation: dict[str, Any]) -> Table:
     return table
 
 
-__all__ = ["EvaluationPlan", "LabelBudget", "run_evaluation"]
-
-
 def accuracy_curve(evaluation: dict[str, Any], out: Path) -> Path:
     """Accuracy against the real labels each arm cost (per class), one line per arm family."""
     import matplotlib
@@ -282,7 +279,8 @@ def write_report(evaluation: dict[str, Any], out: Path, *, grids: dict[str, Path
              ""]
     for k, cmp in headline["synthetic_vs_no_generator_baseline"].items():
         base, top = cmp["no_generator"], cmp["best_with_generator"]
-        lines.append(f"- {base['labels_per_class']:g} real labels per class: no generator (k = {k}, FixMatch-style) "
+        lines.append(f"- {base['labels_per_class']:g} real labels per class: best without a generator "
+                     f"({base['arm']}, k = {k}) "
                      f"{100 * base['mean']:.2f}%; best with a generator at the same count {100 * top['mean']:.2f}% "
                      f"({top['arm']}, k = {top['k']}, {top['generator']}): synthetic data "
                      f"{'beats' if cmp['synthetic_beats_baseline'] else 'does not beat'} the baseline.")

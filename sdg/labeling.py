@@ -7,6 +7,7 @@ A user's own ONNX model replaces either through ``SDG_QUALITY__LABELER`` / ``SDG
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -107,6 +108,15 @@ def load_labeler(settings: Settings) -> Labeler:
         raise GeneratorError(f"{model.path} is described as {model.spec.kind}, not a classifier")
     classes = model.spec.classes or tuple(range(int(model.session.get_outputs()[0].shape[1])))
     return Labeler(name=model.spec.name, model=model, classes=classes, image_size=model.spec.image_size)
+
+
+def labeler_budgets(settings: Settings) -> list[dict[str, object]]:
+    """The real labels behind the labeler the pipeline uses (its ``config.json``), for label accounting."""
+    q = settings.quality
+    config = _model_path(settings, "labeler", q.labeler, q.labeler_precision).parent / "config.json"
+    if not config.exists():
+        raise GeneratorError(f"{config} is missing: the labeler's label budgets are needed for label accounting")
+    return json.loads(config.read_text())["label_budgets"]
 
 
 def load_judge(settings: Settings, splits: Splits | None = None) -> QualityJudge:

@@ -37,18 +37,15 @@ def pseudo_labeled(splits: Splits, *, threshold: float = 0.9, steps: int = 1500,
     pixels is ~89% right. Its confident (≥ ``threshold``) labels are kept. The budget stays the few
     labels' budget: pseudo-labels cost no real labels.
     """
-    import torch
-
-    from models.edge import EdgeConfig, train_edge
+    from models.edge import EdgeConfig, probabilities, train_edge
 
     few, unlabeled = splits.labeled("few"), splits.unlabeled_images()
     teacher = train_edge(few.images, few.labels, EdgeConfig(steps=steps, seed=splits.seed), unlabeled=unlabeled,
                          progress=progress)
-    with torch.no_grad():
-        confidence, predicted = torch.softmax(teacher(torch.as_tensor(unlabeled)[:, None]), dim=1).max(dim=1)
-    keep = (confidence >= threshold).numpy()
+    p = probabilities(teacher, unlabeled)
+    keep = p.max(axis=1) >= threshold
     images = np.concatenate([few.images, unlabeled[keep]])
-    labels = np.concatenate([few.labels, predicted.numpy()[keep]])
+    labels = np.concatenate([few.labels, p[keep].argmax(axis=1)])
     return LabeledData(images, labels, few.budget), int(keep.sum())
 
 
@@ -128,15 +125,14 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
     from models.edge import EdgeConfig, edge_spec, evaluate_deployed, train_edge
     from models.labeler import deploy
     from schemas.tables import MODELS
+    from sdg.labeling import labeler_budgets
 
     steps, real_few, pseudo = settings.train.steps, settings.train.real_few, settings.train.pseudo
     images, labels, dataset = accepted_dataset(records)
     splits = make_splits(load_digits_reference())
-    few = splits.labeled("few")
+    few, unlabeled = splits.labeled("few"), splits.unlabeled_images()
     registry = ModelRegistry(settings.models_dir)
-    labeler_version = (settings.models_dir / "labeler" / "LATEST").read_text().strip()
-    labeler = settings.models_dir / "labeler" / labeler_version
-    budgets = json.loads((labeler / "config.json").read_text())["label_budgets"]
+    budgets = labeler_budgets(settings)
     for name in dataset["per_generator"]:  # type: ignore[union-attr]
         kind, version = name.split("@")
         if kind in ("gan", "diffusion"):
@@ -149,12 +145,12 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
         task = progress.add_task(f"edge model on {len(labels)} accepted samples", total=steps)
         model = train_edge(few.images if real_few else np.empty((0, 8, 8), np.float32),
                            few.labels if real_few else np.empty(0, np.int64), config,
-                           synthetic=(images, labels), unlabeled=splits.unlabeled_images() if pseudo else None,
+                           synthetic=(images, labels), unlabeled=unlabeled if pseudo else None,
                            progress=lambda n: progress.advance(task, n))
     identity = json.dumps([dataset["sample_ids_sha256"], steps, real_few, pseudo])
     version = hashlib.sha256(identity.encode()).hexdigest()[:16]
     folder = settings.models_dir / "edge" / version
-    deployed = deploy(model, folder, edge_spec(), calibration=splits.unlabeled_images(),
+    deployed = deploy(model, folder, edge_spec(), calibration=unlabeled,
                       config={"kind": "edge", "config": config.__dict__, "dataset": dataset, "label_budgets": budgets})
     test_x, test_y = splits.test_set()
     metrics = evaluate_deployed(deployed.fp32, deployed.int8, edge_spec(), test_x, test_y)
