@@ -81,6 +81,9 @@ PRESETS: dict[str, CoolingPreset] = {
 
 # what a fault does when its record gives no magnitude
 DEFAULT_MAGNITUDE: dict[str, float] = {"pump_failure": 0.02, "coolant_ramp": 5.0, "over_voltage": 540.0}
+# the magnitudes the model is meant for: flow fraction left, °C/min, volts
+MAGNITUDE_RANGE: dict[str, tuple[float, float]] = {"pump_failure": (0.0, 1.0), "coolant_ramp": (-60.0, 60.0),
+                                                   "over_voltage": (0.0, 2000.0)}
 
 
 def die_step(die_c: float, coolant_c: float, power_w: float, dt_s: float, preset: CoolingPreset) -> float:
@@ -123,7 +126,14 @@ class NodePlant:
 
     # faults ---------------------------------------------------------------------------------------
     def inject(self, fault: PlantFault) -> None:
-        """Start ``fault`` now (``repair`` clears every fault)."""
+        """Start ``fault`` now (``repair`` clears every fault).
+
+        Raises:
+            ValueError: a magnitude outside what the model is meant for (``MAGNITUDE_RANGE``).
+        """
+        low, high = MAGNITUDE_RANGE.get(fault.kind, (-math.inf, math.inf))
+        if fault.magnitude is not None and not low <= fault.magnitude <= high:
+            raise ValueError(f"{fault.kind} magnitude {fault.magnitude} is outside [{low}, {high}]")
         if fault.kind == "repair":
             self.faults.clear()
             return

@@ -80,18 +80,36 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """A grey uint8 image from PNG bytes.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PIXELS = 1 << 24  # 4096 × 4096: a small PNG can unpack into a huge image
+
+
+def decode_png(data: bytes, *, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A grey uint8 image from PNG bytes (PNG only: JPEG, GIF, BMP and the like are refused).
+
+    Args:
+        shape: The (height, width) the image must have (a record's own ``height`` and ``width``).
 
     Raises:
-        ValueError: the bytes are not an image (PIL raises several unrelated types for bad bytes).
+        ValueError: the bytes are not a PNG, or not of ``shape``, or unpack into more than ``MAX_PIXELS``.
     """
     from PIL import Image
 
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError(f"image is not a PNG (it starts with {data[:8].hex() or 'nothing'})")
     try:
-        return np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+    except Exception as e:  # PIL raises several unrelated types for bad bytes
+        raise ValueError(f"image is not a readable PNG: {e}") from e
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"a {width}×{height} PNG is over {MAX_PIXELS:,} pixels")
+    if shape is not None and (height, width) != tuple(shape):
+        raise ValueError(f"a {width}×{height} PNG in a record that says {shape[1]}×{shape[0]}")
+    try:
+        return np.asarray(image.convert("L"))
     except Exception as e:
-        raise ValueError(f"image is not a PNG: {e}") from e
+        raise ValueError(f"image is not a readable PNG: {e}") from e
 
 
 def content_version(weights: bytes, config: dict[str, Any]) -> str:

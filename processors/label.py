@@ -36,14 +36,36 @@ class Labeler:
     image_size: int = 8
 
 
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    if image.shape == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+
+
 def _crop(image: np.ndarray, bbox: list[float], size: int) -> np.ndarray:
     from PIL import Image
 
     x, y, w, h = (int(round(v)) for v in bbox)
-    side = max(w, h)  # square crop around the box centre, like the reference digits
+    side = min(max(w, h, 1), 2 * max(image.shape))  # square crop around the box centre, like the reference digits
     cx, cy = x + w // 2, y + h // 2
     box = (cx - side // 2, cy - side // 2, cx - side // 2 + side, cy - side // 2 + side)
-    return np.asarray(Image.fromarray(image).crop(box).resize((size, size), Image.Resampling.BILINEAR))
+    return _resize(np.asarray(Image.fromarray(image).crop(box)), size)
+
+
+def _inputs(sample: GeneratedSample, size: int) -> list[np.ndarray]:
+    """What the classifier sees of a sample: each object's crop for a scene, else the whole image.
+
+    Raises:
+        ValueError: the image is not a PNG of the sample's size, or a scene comes from another generator than
+            the procedural renderer (whose object labels are its own ground truth).
+    """
+    image = decode_png(sample.image_png, shape=(sample.height, sample.width))
+    if sample.objects and sample.generator != PROCEDURAL:
+        raise ValueError(f"a {sample.generator} sample with {len(sample.objects)} objects: only the "
+                         f"{PROCEDURAL} renderer draws scenes")
+    return [_crop(image, o.bbox, size) for o in sample.objects] or [_resize(image, size)]
 
 
 def _confidence(p: np.ndarray) -> tuple[float, float, float]:
@@ -53,18 +75,22 @@ def _confidence(p: np.ndarray) -> tuple[float, float, float]:
 
 
 def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSample | Exception]:
-    """Label a batch; a sample whose image cannot be decoded comes back as the exception (→ dead letters)."""
+    """Label a batch; a sample that cannot be labeled comes back as the exception (→ dead letters), the rest
+    of the batch is labeled.
+
+    Agreement is always computed here, from the image: the label of a GAN or diffusion sample is the labeler's;
+    a procedural sample keeps its renderer's labels, and agrees only if the labeler sees the same in every crop.
+    """
     crops: list[np.ndarray] = []
     owners: list[list[int]] = []  # per sample: its rows in `crops`
     results: list[LabeledSample | Exception | None] = []
     for sample in samples:
         try:
-            image = decode_png(sample.image_png)
+            parts = _inputs(sample, labeler.image_size)
         except ValueError as e:
             results.append(ValueError(f"sample {sample.sample_id}: {e}"))
             owners.append([])
             continue
-        parts = [_crop(image, o.bbox, labeler.image_size) for o in sample.objects] or [image]
         owners.append(list(range(len(crops), len(crops) + len(parts))))
         crops.extend(parts)
         results.append(None)

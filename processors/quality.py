@@ -17,14 +17,28 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.generator import decode_png
 from models.quality import Reference, RunningMoments
-from schemas.records import Gate, LabeledSample, Metrics, QualityWindow, Record, SampleDecision, Score, ScoredSample
+from schemas.records import (
+    GeneratedSample,
+    Gate,
+    Label,
+    LabeledSample,
+    Metrics,
+    QualityWindow,
+    Record,
+    SampleDecision,
+    Score,
+    ScoredSample,
+)
+
+Relabel = Callable[[list[GeneratedSample]], list[Label | Exception]]
+"""The labeler the gate trusts: samples in, each one's label (or why it cannot be labeled) out."""
 
 
 class QualityConfig(BaseModel):
@@ -145,25 +159,48 @@ class GeneratorWindows:
 class QualityJudge:
     """Scores samples and windows and decides samples against one ``Reference`` (one extractor, one real set)."""
 
-    def __init__(self, reference: Reference, extractor: object, config: QualityConfig) -> None:
-        """``extractor`` maps uint8 images (N, H, W) to features (N, d) with ``run`` (an ``OnnxModel``)."""
+    def __init__(self, reference: Reference, extractor: object, config: QualityConfig, *,
+                 relabel: Relabel | None = None) -> None:
+        """``extractor`` maps uint8 images (N, H, W) to features (N, d) with ``run`` (an ``OnnxModel``);
+        ``relabel`` is the labeler that re-checks every label a record brings (the deployed processor always
+        has one: a label is what a producer says, and the gate decides on what it can check itself)."""
         self.reference = reference
         self.extractor = extractor
         self.config = config
+        self.relabel = relabel
         self.review_realism = reference.realism_quantiles["q01"]
         self.reject_realism = self.review_realism * config.reject_realism_factor
 
+    def checked(self, records: list[LabeledSample]) -> list[tuple[LabeledSample, str | None]]:
+        """Each record with the label the gate's labeler gives its sample, and why the record's own label is
+        refused (None: the labeler gives the same class and agreement)."""
+        if self.relabel is None:
+            return [(r, None) for r in records]
+        out: list[tuple[LabeledSample, str | None]] = []
+        for record, label in zip(records, self.relabel([r.sample for r in records])):
+            if isinstance(label, Exception):
+                raise ValueError(f"sample {record.sample.sample_id} cannot be labeled: {label}")
+            said = record.label
+            why = None
+            if said.labeler_version != label.labeler_version:
+                why = f"labeled by {said.labeler}@{said.labeler_version}; the gate checks with {label.labeler_version}"
+            elif (said.label, said.agrees) != (label.label, label.agrees):
+                why = (f"class {said.label} (agrees {said.agrees}) the record says; the labeler gives class "
+                       f"{label.label} (agrees {label.agrees})")
+            out.append((record.model_copy(update={"label": label}), None if why is None else f"label not reproduced: {why}"))
+        return out
+
     def assess(self, records: list[LabeledSample], window_id: str) -> list[Pending]:
-        """Features, per-sample score and per-sample rejection of each record."""
+        """Features, per-sample score and per-sample rejection of each record (its label re-checked)."""
         images = np.stack([decode_png(r.sample.image_png) for r in records])
         features = self.extractor.run(images)  # type: ignore[attr-defined]
         realism, nn_distance, memorization = self.reference.per_sample(features, images)
         out = []
-        for i, record in enumerate(records):
+        for i, (record, refused) in enumerate(self.checked(records)):
             score = Score(window_id=window_id, realism=float(realism[i]), nn_distance=float(nn_distance[i]),
                           memorization_ratio=float(memorization[i]), extractor=self.reference.extractor,
                           extractor_hash=self.reference.extractor_hash)
-            out.append(Pending(record, features[i].astype(np.float32), score, self.rejection(record, score)))
+            out.append(Pending(record, features[i].astype(np.float32), score, refused or self.rejection(record, score)))
         return out
 
     def rejection(self, record: LabeledSample, score: Score) -> str | None:
@@ -273,7 +310,9 @@ class QualityJudge:
         """A multi-object scene: no window, decided on its labels (its realism is not measured)."""
         score = Score(window_id="scene", realism=0.0, nn_distance=0.0, memorization_ratio=0.0,
                       extractor=self.reference.extractor, extractor_hash=self.reference.extractor_hash)
-        return self.decide(Pending(record, np.zeros(0), score, self.rejection(record, score)), "admissible", "scene")
+        [(record, refused)] = self.checked([record])
+        return self.decide(Pending(record, np.zeros(0), score, refused or self.rejection(record, score)),
+                           "admissible", "scene")
 
 
 def sink_of(record: Record) -> str:

@@ -7,9 +7,9 @@ The Avro files are the contract on the wire; these pydantic models are what code
 from __future__ import annotations
 
 import time
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 def now_ms() -> int:
@@ -17,10 +17,25 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class _Part(BaseModel):
-    """A nested part of a record (no envelope of its own)."""
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}$"
+MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: every timestamp has a calendar day
+MAX_SIDE = 16_384  # pixels per image side
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]
+"""A run's id: 1–100 letters, digits, ``.``, ``_`` or ``-``, starting with a letter or digit (it names table
+partitions and folders, so it must make a short, safe path segment)."""
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+"""An identity field (sample, job, generator, version, node, window): 1–128 safe characters."""
+ClassLabel = Annotated[int, Field(ge=0, le=65_535)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Millis = Annotated[int, Field(ge=0, le=MAX_MS)]
+
+
+class _Part(BaseModel):
+    """A nested part of a record (no envelope of its own). Floats are finite: NaN and ±inf are refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Record(_Part):
@@ -28,8 +43,8 @@ class Record(_Part):
 
     schema_name: ClassVar[str]
     schema_version: int = 1
-    run_id: str
-    created_ms: int = Field(default_factory=now_ms, ge=0)
+    run_id: RunId
+    created_ms: Millis = Field(default_factory=now_ms)
 
     def key(self) -> str | bytes | None:
         """The Kafka key of this record (DESIGN §2)."""
@@ -38,10 +53,10 @@ class Record(_Part):
 
 class GenerationJob(Record):
     schema_name: ClassVar[str] = "GenerationJob"
-    job_id: str = Field(min_length=1)
-    generator: str = Field(min_length=1)
-    generator_version: str | None = None
-    classes: list[int] = Field(min_length=1)
+    job_id: Name
+    generator: Name
+    generator_version: Name | None = None
+    classes: list[ClassLabel] = Field(min_length=1)
     seed_start: int = Field(ge=0)
     count: int = Field(ge=1)
     priority: int = 0
@@ -52,57 +67,72 @@ class GenerationJob(Record):
 
 
 class Annotation(_Part):
-    class_label: int
-    bbox: list[float] = Field(min_length=4, max_length=4)
+    class_label: ClassLabel
+    bbox: list[float] = Field(min_length=4, max_length=4, description="x, y, width, height in pixels")
     mask_png: bytes | None = None
+
+    @model_validator(mode="after")
+    def _box(self) -> "Annotation":
+        x, y, w, h = self.bbox
+        if not (w > 0 and h > 0 and abs(x) <= MAX_SIDE and abs(y) <= MAX_SIDE and w <= MAX_SIDE and h <= MAX_SIDE):
+            raise ValueError(f"bbox {self.bbox}: width and height must be > 0 and every value within ±{MAX_SIDE}")
+        return self
 
 
 class Conditioning(_Part):
-    class_label: int
+    class_label: ClassLabel
     params: dict[str, str] = Field(default_factory=dict)
 
 
 class GeneratedSample(Record):
     schema_name: ClassVar[str] = "GeneratedSample"
-    sample_id: str = Field(min_length=1)
-    job_id: str
-    generator: str
-    generator_version: str
+    sample_id: Name
+    job_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:@+=/-]{0,128}$")]  # empty for ingested or replayed samples
+    generator: Name
+    generator_version: Name
     seed: int = Field(ge=0)
     conditioning: Conditioning
     image_png: bytes
-    image_sha256: str
-    width: int = Field(ge=1)
-    height: int = Field(ge=1)
-    channels: int = 1
-    node_id: str
-    scheduler: str | None = None
-    steps: int | None = None
+    image_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    width: int = Field(ge=1, le=MAX_SIDE)
+    height: int = Field(ge=1, le=MAX_SIDE)
+    channels: int = Field(default=1, ge=1, le=4)
+    node_id: Name
+    scheduler: str | None = Field(default=None, max_length=128)
+    steps: int | None = Field(default=None, ge=0)
     timings_ms: dict[str, float] = Field(default_factory=dict)
-    objects: list[Annotation] = Field(default_factory=list)
+    objects: list[Annotation] = Field(default_factory=list, max_length=1024)
+
+    @model_validator(mode="after")
+    def _objects_inside(self) -> "GeneratedSample":
+        for o in self.objects:
+            x, y, w, h = o.bbox
+            if x >= self.width or y >= self.height or x + w <= 0 or y + h <= 0:
+                raise ValueError(f"object box {o.bbox} lies outside the {self.width}×{self.height} image")
+        return self
 
     def key(self) -> str:
         return self.sample_id
 
 
 class Label(_Part):
-    label: int
-    confidence: float
-    margin: float
-    entropy: float
+    label: ClassLabel
+    confidence: Probability
+    margin: Probability
+    entropy: float = Field(ge=0)
     agrees: bool
-    labeler: str
-    labeler_version: str
+    labeler: Name
+    labeler_version: Name
     objects: list[Annotation] = Field(default_factory=list)
 
 
 class Score(_Part):
-    window_id: str
-    realism: float
-    nn_distance: float
-    memorization_ratio: float
-    extractor: str
-    extractor_hash: str
+    window_id: Name
+    realism: float = Field(ge=0)
+    nn_distance: float = Field(ge=0)
+    memorization_ratio: float = Field(ge=0)
+    extractor: Name
+    extractor_hash: Name
 
 
 class Gate(_Part):
@@ -149,13 +179,13 @@ class Metrics(_Part):
 
 class QualityWindow(Record):
     schema_name: ClassVar[str] = "QualityWindow"
-    window_id: str
-    generator: str
-    generator_version: str
-    class_label: int | None = None
+    window_id: Name
+    generator: Name
+    generator_version: Name
+    class_label: ClassLabel | None = None
     kind: Literal["tumbling", "sliding"]
-    start_ms: int
-    end_ms: int
+    start_ms: Millis
+    end_ms: Millis
     metrics: Metrics
     baseline: Metrics | None = None
     memorized_fraction: float
@@ -170,9 +200,9 @@ class QualityWindow(Record):
 
 class Reading(Record):
     schema_name: ClassVar[str] = "Reading"
-    node_id: str
+    node_id: Name
     source: Literal["plant", "generator"]
-    ts_ms: int
+    ts_ms: Millis
     coolant_c: float | None = None
     die_c: float | None = None
     power_w: float | None = None
@@ -180,8 +210,8 @@ class Reading(Record):
     current_a: float | None = None
     flow_lpm: float | None = None
     pue: float | None = None
-    rate_sps: float | None = None
-    batch_ms: float | None = None
+    rate_sps: float | None = Field(default=None, ge=0)
+    batch_ms: float | None = Field(default=None, ge=0)
 
     def key(self) -> str:
         return self.node_id
@@ -189,7 +219,7 @@ class Reading(Record):
 
 class ThermalAlert(Record):
     schema_name: ClassVar[str] = "ThermalAlert"
-    node_id: str
+    node_id: Name
     rule: str
     severity: Literal["info", "warning", "critical", "emergency"]
     value: float
@@ -203,7 +233,7 @@ class ThermalAlert(Record):
 
 class Throttle(Record):
     schema_name: ClassVar[str] = "Throttle"
-    node_id: str
+    node_id: Name
     max_rate_sps: float | None = Field(default=None, ge=0)
     paused: bool = False
     reason: str
@@ -218,7 +248,7 @@ FaultKind = Literal["pump_failure", "coolant_ramp", "over_voltage", "sensor_drop
 
 class PlantFault(Record):
     schema_name: ClassVar[str] = "PlantFault"
-    node_id: str
+    node_id: Name
     kind: FaultKind
     magnitude: float | None = None
     duration_s: float | None = Field(default=None, gt=0)
@@ -229,6 +259,7 @@ class PlantFault(Record):
 
 class DeadLetter(Record):
     schema_name: ClassVar[str] = "DeadLetter"
+    schema_version: int = 2
     topic: str
     partition: int
     offset: int
@@ -238,6 +269,10 @@ class DeadLetter(Record):
     original_key: bytes | None = None
     original_value: bytes | None = None
     headers: dict[str, bytes] = Field(default_factory=dict)
+    original_size: int | None = Field(default=None, ge=0, description="Bytes of the original value.")
+    original_sha256: str | None = Field(default=None, description="Hash of the whole original value.")
+    truncated: bool = Field(default=False, description="original_value holds only the first bytes (too large "
+                                                       "for the dead-letter topic whole).")
 
     def key(self) -> bytes | None:  # type: ignore[override]
         return self.original_key

@@ -21,6 +21,7 @@ from models.reference import Splits, load_digits_reference, make_splits
 from models.runtime import OnnxModel, OnnxSpec
 from processors.label import Labeler
 from processors.quality import QualityJudge
+from schemas.records import GeneratedSample, Label
 from sdg.settings import Settings
 
 EXTRACTOR_SPEC = OnnxSpec(name="sdg-digits-contrastive", kind="features", output="features")
@@ -120,11 +121,18 @@ def labeler_budgets(settings: Settings) -> list[dict[str, object]]:
 
 
 def load_judge(settings: Settings, splits: Splits | None = None) -> QualityJudge:
-    """The quality judge over the default reference set (scikit-learn digits, fixed splits)."""
+    """The quality judge over the default reference set (scikit-learn digits, fixed splits), re-checking every
+    label with the labeler the pipeline is configured with."""
     from models.quality import Reference
+    from processors.label import label
 
     q = settings.quality
     extractor = OnnxModel(_model_path(settings, "extractor", q.extractor, "fp32"), threads=q.threads)
     reference = Reference.build(splits or make_splits(load_digits_reference()), extractor.run,
                                 extractor=extractor.spec.name, extractor_hash=extractor.version, k=q.k)
-    return QualityJudge(reference, extractor, q)
+    labeler = load_labeler(settings)
+
+    def relabel(samples: list[GeneratedSample]) -> list[Label | Exception]:
+        return [r if isinstance(r, Exception) else r.label for r in label(samples, labeler=labeler)]
+
+    return QualityJudge(reference, extractor, q, relabel=relabel)

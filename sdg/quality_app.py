@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -26,11 +27,13 @@ from models.generator import decode_png
 from processors.quality import Closed, GeneratorWindows, QualityJudge, sink_of
 from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
-from schemas.records import LabeledSample, now_ms
+from schemas.records import NAME_PATTERN, LabeledSample, now_ms
 from sdg.settings import Settings
 from streams import admin
 from streams.catalog import TopicSpec
 from streams.catalog import topic as topic_spec
+from streams.dead_letter import DLQ_TOPIC, ENVELOPE_BYTES
+from streams.errors import RecordTooLarge
 from streams.faust_app import catalog_topic, create_changelogs, dead_letter, faust_app
 
 SOURCE = "sdg.samples.labeled"
@@ -72,7 +75,10 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
                       partitions=partitions)
     outputs = {name: catalog_topic(app, name) for name in ("sdg.samples.scored", "sdg.samples.accepted",
                                                           "sdg.samples.review", "sdg.samples.rejected",
-                                                          "sdg.quality", "sdg.dlq")}
+                                                          "sdg.quality", DLQ_TOPIC)}
+    max_bytes = settings.kafka_client.max_record_bytes
+    # a sample's scored and decided copies add a few hundred bytes to it: a larger one has no room for them
+    max_input = max_bytes - ENVELOPE_BYTES
     dim = int(judge.extractor.run(np.zeros((1, 8, 8), np.uint8)).shape[1])  # type: ignore[attr-defined]
     size = judge.reference.image_size
     cache: dict[str, GeneratorWindows] = {}
@@ -82,23 +88,35 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
         for record in records:
             await outputs[sink_of(record)].send(key=record.key(), value=record)
 
+    async def reject(event: Any, step_id: str, error: Exception) -> None:
+        await outputs[DLQ_TOPIC].send(key=event.message.key, value=dead_letter(
+            event, run_id=settings.run_id, step_id=step_id, error=error, max_record_bytes=max_bytes))
+
+    def labeled(data: Any) -> LabeledSample:
+        if not isinstance(data, bytes):
+            raise UndecodableRecord(f"a record value of type {type(data).__name__}, not bytes")
+        if len(data) > max_input:
+            raise RecordTooLarge(f"a {len(data):,}-byte record leaves its scored and decided copies no room under "
+                                 f"the {max_bytes:,}-byte limit (SDG_KAFKA__MAX_RECORD_BYTES)")
+        record = codec.decode(data)
+        if not isinstance(record, LabeledSample):
+            raise UndecodableRecord(f"{SOURCE} carries LabeledSample, not {record.schema_name}")
+        return record
+
     @app.agent(source)
     async def route(stream: Any) -> None:
         async for event in stream.events():
-            message = event.message
             try:
-                record = codec.decode(event.value)
-                if not isinstance(record, LabeledSample):
-                    raise UndecodableRecord(f"{SOURCE} carries LabeledSample, not {record.schema_name}")
-                image = decode_png(record.sample.image_png)
+                record = labeled(event.value)
+                image = decode_png(record.sample.image_png, shape=(record.sample.height, record.sample.width))
                 if image.shape[0] != image.shape[1] or (not record.sample.objects and image.shape[0] != size):
                     raise ValueError(f"a {image.shape[1]}×{image.shape[0]} image; the reference set is {size}×{size}")
-            except (UndecodableRecord, ValueError) as e:
-                await outputs["sdg.dlq"].send(key=message.key, value=dead_letter(
-                    event, run_id=settings.run_id, step_id="quality.route", error=e))
+                decided = judge.decide_scene(record) if record.sample.objects else None
+            except (UndecodableRecord, ValueError, RecordTooLarge) as e:
+                await reject(event, "quality.route", e)
                 continue
-            if record.sample.objects:
-                await publish(judge.decide_scene(record))
+            if decided is not None:
+                await publish(decided)
             else:
                 key = f"{record.sample.generator}@{record.sample.generator_version}"
                 await by_generator.send(key=key.encode(), value=event.value)
@@ -127,13 +145,23 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
         heads[generator] = json.dumps({"seq": windows.seq, "opened_ms": windows.opened_ms,
                                        "count": len(windows.pending)})
 
+    def generator_of(key: Any) -> str:
+        name, _, version = key.decode(errors="replace").partition("@") if isinstance(key, bytes) else ("", "", "")
+        if not (re.match(NAME_PATTERN, name) and re.match(NAME_PATTERN, version)):
+            raise UndecodableRecord(f"key {key!r} is not <generator>@<version>")
+        return f"{name}@{version}"
+
     @app.agent(by_generator)
     async def judge_windows(stream: Any) -> None:
         async for event in stream.events():
-            generator = event.key.decode()
-            windows = windows_of(generator)
-            if event.value != TICK:
-                item = judge.assess([codec.decode(event.value)], windows.window_id())[0]  # type: ignore[list-item]
+            try:  # the internal topic is a topic like any other: anyone who can write to it is a producer
+                generator = generator_of(event.key)
+                windows = windows_of(generator)
+                item = None if event.value == TICK else judge.assess([labeled(event.value)], windows.window_id())[0]
+            except (UndecodableRecord, ValueError, RecordTooLarge) as e:
+                await reject(event, "quality.judge", e)
+                continue
+            if item is not None:
                 rows[f"{generator}|{windows.seq}|{len(windows.pending)}"] = event.value
                 windows.add(item, now_ms())
             if windows.pending and judge.due(windows, now_ms()):

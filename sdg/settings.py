@@ -18,6 +18,7 @@ from infra.broker import BrokerConfig, EmbeddedBroker
 from infra.plant import PlantConfig
 from processors.quality import QualityConfig
 from processors.thermal import ThermalConfig
+from schemas.records import RunId
 from sdg.run_events import OpenLineageConfig
 from sdg.spark import SparkConfig
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
@@ -61,7 +62,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid")
 
     state_dir: Path = Field(default=Path(".sdg"), description="Broker data, caches and local tables.")
-    run_id: str = Field(default_factory=_new_run_id)
+    run_id: RunId = Field(default_factory=_new_run_id)
     kafka: KafkaConfig = KafkaConfig()
     broker: BrokerConfig = BrokerConfig()
     topics: TopicConfig = TopicConfig()

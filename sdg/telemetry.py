@@ -224,15 +224,27 @@ class PlantService:
         follower.join(10)
 
     def _follow(self, topics: list[str]) -> None:
+        from streams.producer import RecordProducer
         from streams.subscribe import subscribe
 
-        for received in subscribe(topics, kafka=self.kafka, group=self.group, stop=self._stop):
+        dlq = RecordProducer(self.kafka)
+
+        def dead_letter(message: Any, error: Exception) -> None:
+            dlq.dead_letter(message, error, step_id="plant", run_id=self.run_id)
+            dlq.flush()
+
+        for received in subscribe(topics, kafka=self.kafka, group=self.group, stop=self._stop,
+                                  dead_letter=dead_letter):
             record = received.record
             with self._lock:
                 if isinstance(record, Reading) and record.source == "generator" and record.node_id in self.busy:
                     self.busy[record.node_id].add(time.monotonic(), (record.batch_ms or 0) / 1000)
                 elif isinstance(record, PlantFault):
-                    self._inject(record)
+                    try:
+                        self._inject(record)
+                    except ValueError as e:
+                        dead_letter(received.message, e)
+        dlq.close()
 
     def _inject(self, fault: PlantFault) -> None:
         if fault.node_id in self.nodes:

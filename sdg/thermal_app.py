@@ -19,6 +19,7 @@ from schemas.errors import UndecodableRecord
 from schemas.records import Reading, now_ms
 from sdg.settings import Settings
 from streams.catalog import topic as topic_spec
+from streams.dead_letter import DLQ_TOPIC
 from streams.faust_app import catalog_topic, create_changelogs, dead_letter, faust_app
 
 SOURCE = "sdg.telemetry"
@@ -34,7 +35,7 @@ def thermal_app(settings: Settings, *, app_id: str = "sdg-thermal") -> Any:
                     topic_partitions=partitions, consumer_auto_offset_reset="latest")  # old readings steer nothing
     source = app.topic(SOURCE, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     nodes = app.Table("thermal-nodes", default=None, key_type=str, value_type=str, partitions=partitions)
-    outputs = {name: catalog_topic(app, name) for name in ("sdg.alerts", "sdg.control", "sdg.dlq")}
+    outputs = {name: catalog_topic(app, name) for name in ("sdg.alerts", "sdg.control", DLQ_TOPIC)}
     rules = ThermalRules(settings.thermal, run_id=settings.run_id)
     cache: dict[str, NodeState] = {}
     saved: dict[str, int] = {}  # node → wall ms its state was last written to the table
@@ -54,16 +55,17 @@ def thermal_app(settings: Settings, *, app_id: str = "sdg-thermal") -> Any:
     async def watch(stream: Any) -> None:
         async for event in stream.events():
             try:
-                reading = codec.decode(event.value)
+                reading = codec.decode(event.value if isinstance(event.value, bytes) else None)
                 if not isinstance(reading, Reading):
                     raise UndecodableRecord(f"{SOURCE} carries Reading, not {reading.schema_name}")
-            except UndecodableRecord as e:
-                await outputs["sdg.dlq"].send(key=event.message.key, value=dead_letter(
-                    event, run_id=settings.run_id, step_id="thermal.watch", error=e))
+                node, now = reading.node_id, now_ms()
+                state = state_of(node)
+                alerts, throttle = rules.on_reading(state, reading, now_ms=now)
+            except (UndecodableRecord, ValueError, ArithmeticError) as e:
+                await outputs[DLQ_TOPIC].send(key=event.message.key, value=dead_letter(
+                    event, run_id=settings.run_id, step_id="thermal.watch", error=e,
+                    max_record_bytes=settings.kafka_client.max_record_bytes))
                 continue
-            node, now = reading.node_id, now_ms()
-            state = state_of(node)
-            alerts, throttle = rules.on_reading(state, reading, now_ms=now)
             await publish(node, alerts, throttle)
             # the table gets what changed alerts or caps at once, the trends at most once a second per node
             if alerts or throttle is not None or now - saved.get(node, 0) >= 1000:

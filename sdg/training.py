@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -178,12 +179,28 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
 
 
 def run_trainer(settings: Settings, group: str, *, console: Console) -> None:
-    """Follow ``sdg.samples.accepted`` and retrain the edge model after every ``train.every`` new samples."""
+    """Follow ``sdg.samples.accepted`` and retrain the edge model after every ``train.every`` new samples; a
+    sample whose image cannot be read goes to the dead-letter topic."""
+    from models.generator import decode_png
+    from streams.producer import RecordProducer
     from streams.subscribe import subscribe
 
     records: list[object] = []
     fresh = 0
-    for received in subscribe("sdg.samples.accepted", kafka=settings.kafka_client, group=group, from_beginning=True):
+    dlq = RecordProducer(settings.kafka_client)
+
+    def dead_letter(message: Any, error: Exception) -> None:
+        dlq.dead_letter(message, error, step_id="train", run_id=settings.run_id)
+        dlq.flush()
+
+    for received in subscribe("sdg.samples.accepted", kafka=settings.kafka_client, group=group, from_beginning=True,
+                              dead_letter=dead_letter):
+        sample = received.record.sample  # type: ignore[attr-defined]
+        try:
+            decode_png(sample.image_png, shape=(sample.height, sample.width))
+        except ValueError as e:
+            dead_letter(received.message, e)
+            continue
         records.append(received.record)
         fresh += 1
         if fresh >= settings.train.every:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
-from schemas.records import DeadLetter, Record
+from schemas.records import Record
 from schemas.tables import CHAIN_KEY, GENESIS, PARTITION_BY, TABLES, chain_id, row_hash
 from streams.catalog import topic as topic_spec
 from streams.config import KafkaConfig
@@ -35,7 +35,7 @@ from streams.errors import BrokerError
 from streams.producer import RecordProducer
 
 log = logging.getLogger(__name__)
-DLQ_TOPIC = "sdg.dlq"
+STEP_ID = "lineage"
 HEADS_KEY = "sdg.chain_heads"  # commit metadata: the head of every chain the commit extended
 
 
@@ -117,13 +117,12 @@ class DeltaTables:
                 heads.update({k: (int(v[0]), v[1]) for k, v in json.loads(commit[HEADS_KEY]).items()})
         return heads
 
-    def append(self, table: str, rows: list[dict[str, Any]], versions: dict[str, int], *, retries: int,
+    def append(self, table: str, data: Any, versions: dict[str, int], *, retries: int,
                metadata: dict[str, str] | None = None) -> None:
-        """Append ``rows`` and record ``versions`` (app id → next offset) in the same commit."""
-        import pyarrow as pa
+        """Append ``data`` (a pyarrow table of ``TABLES[table]``) and record ``versions`` (app id → next offset)
+        in the same commit."""
         from deltalake import CommitProperties, Transaction, write_deltalake
 
-        data = pa.Table.from_pylist(rows, schema=TABLES[table])
         now = int(time.time() * 1000)
         properties = CommitProperties(max_commit_retries=retries, custom_metadata=metadata,
                                       app_transactions=[Transaction(a, v, now) for a, v in versions.items()])
@@ -159,6 +158,7 @@ class DeltaSink:
         self._chains: dict[tuple[Any, ...], tuple[int, str]] = {}
         self._commits: dict[str, int] = {}
         self._buffer: dict[str, list[dict[str, Any]]] = {}
+        self._owners: dict[str, list[Any]] = {}  # per table, per buffered row: the message it came from
         self._covered: dict[tuple[str, int], int] = {}  # source partition → next offset once the buffer is written
         self._oldest: float | None = None
         self._consumer_conf = kafka.librdkafka(**{
@@ -232,8 +232,11 @@ class DeltaSink:
         self.stats.consumed += 1
         try:
             record = self.codec.decode(message.value())
+            spec = topic_spec(topic)
+            if not spec.accepts(record):
+                raise UndecodableRecord(f"{topic} carries {spec.value.__name__}, not {record.schema_name}")  # type: ignore[union-attr]
             rows = self.fn(record, topic, partition, offset)
-        except (UndecodableRecord, ValueError) as e:
+        except (UndecodableRecord, ValueError, ArithmeticError) as e:
             self._dead_letter(message, e)
             rows = {}
         wrote = False
@@ -241,6 +244,7 @@ class DeltaSink:
             if offset < self._needs(table, topic, partition):
                 continue  # this table already holds the record: written before a restart
             self._buffer.setdefault(table, []).extend(table_rows)
+            self._owners.setdefault(table, []).extend([message] * len(table_rows))
             wrote = True
         if rows and not wrote:
             self.stats.skipped += 1
@@ -262,20 +266,55 @@ class DeltaSink:
             heads[chain_id(row)] = [seq, row["row_hash"]]
         return {HEADS_KEY: json.dumps(heads)}
 
+    def _build(self) -> dict[str, tuple[Any, dict[str, str] | None]]:
+        import pyarrow as pa
+
+        out = {}
+        for table, rows in self._buffer.items():
+            if rows:
+                metadata = self._chain(rows) if table == "lineage" else None  # the chain columns first
+                out[table] = (pa.Table.from_pylist(rows, schema=TABLES[table]), metadata)
+        return out
+
+    def _arrow(self) -> dict[str, tuple[Any, dict[str, str] | None]]:
+        """Each table's buffered rows as a pyarrow table, chained, with its commit metadata.
+
+        A record whose rows do not fit the table schema (a value out of a column's range) goes to the
+        dead-letter topic, with every row it made in any table; the rest of the batch is written.
+        """
+        import pyarrow as pa
+
+        chains = dict(self._chains)
+        try:
+            return self._build()
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            self._chains = chains  # the chains advance only by the rows that are written
+        bad: dict[int, tuple[Any, Exception]] = {}
+        for table, rows in self._buffer.items():
+            schema = pa.schema([f for f in TABLES[table] if f.name not in ("seq", "prev_hash", "row_hash")])
+            for row, owner in zip(rows, self._owners[table]):
+                try:
+                    pa.Table.from_pylist([row], schema=schema)
+                except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
+                    bad.setdefault(id(owner), (owner, ValueError(f"a row for table {table} does not fit its schema: {e}")))
+        for owner, error in bad.values():
+            self._dead_letter(owner, error)
+        for table in self._buffer:
+            kept = [(r, o) for r, o in zip(self._buffer[table], self._owners[table]) if id(o) not in bad]
+            self._buffer[table], self._owners[table] = [r for r, _ in kept], [o for _, o in kept]
+        return self._build()
+
     def _flush(self, consumer: Consumer) -> None:
         """Write every table's buffered rows (each with its offsets in the same commit), then commit Kafka offsets."""
         if not self._covered:
             return
-        for table, rows in self._buffer.items():
-            if not rows:
-                continue
+        for table, (data, metadata) in self._arrow().items():
             versions = {app_id(self.group, t, p): n for (t, p), n in self._covered.items()
                         if n > self._needs(table, t, p)}
-            metadata = self._chain(rows) if table == "lineage" else None
-            self.tables.append(table, rows, versions, retries=self.config.max_commit_retries, metadata=metadata)
+            self.tables.append(table, data, versions, retries=self.config.max_commit_retries, metadata=metadata)
             for app, n in versions.items():
                 self._next[(table, app)] = n
-            self.stats.rows[table] = self.stats.rows.get(table, 0) + len(rows)
+            self.stats.rows[table] = self.stats.rows.get(table, 0) + data.num_rows
             self.stats.commits += 1
             self._commits[table] = self._commits.get(table, 0) + 1
             if self._commits[table] % self.config.compact_every == 0:
@@ -288,11 +327,8 @@ class DeltaSink:
             if not e.args[0].retriable():
                 raise BrokerError(f"delta sink: offset commit failed: {e}") from e
             log.warning("delta sink: offset commit failed (the Delta versions still hold): %s", e)
-        self._buffer, self._covered, self._oldest = {}, {}, None
+        self._buffer, self._owners, self._covered, self._oldest = {}, {}, {}, None
 
     def _dead_letter(self, message: Any, error: Exception) -> None:
         self.stats.dead_letters += 1
-        self.dlq.send(DLQ_TOPIC, DeadLetter(
-            run_id=self.run_id, topic=message.topic(), partition=message.partition(), offset=message.offset(),
-            step_id="lineage", error_type=type(error).__name__, error=str(error)[:4000],
-            original_key=message.key(), original_value=message.value()))
+        self.dlq.dead_letter(message, error, step_id=STEP_ID, run_id=self.run_id)

@@ -17,3 +17,7 @@ class BrokerError(SdgError):
 
 class StepReturnError(SdgError):
     """A processor function returned a value of the wrong shape; the step is broken, not the record."""
+
+
+class RecordTooLarge(SdgError):
+    """A record over the producers' size limit: bad data (its input goes to the dead-letter topic), not a broken system."""

@@ -13,6 +13,7 @@ from schemas.codec import RecordCodec
 from schemas.records import DeadLetter
 from streams.catalog import topic as topic_spec
 from streams.config import KafkaConfig, TopicConfig
+from streams.dead_letter import dead_letter as letter
 
 if TYPE_CHECKING:
     import faust
@@ -81,6 +82,7 @@ def faust_app(
         "topic_allow_declare": True,
         "autodiscover": False,
         "producer_acks": -1,
+        "producer_max_request_size": kafka.max_record_bytes + 64 * 1024,
     }
     return faust.App(app_id, **{**defaults, **options})
 
@@ -100,12 +102,13 @@ def create_changelogs(app: "faust.App", *, kafka: KafkaConfig, topics: TopicConf
     admin.create_topics(kafka, topics, specs)
 
 
-def dead_letter(event: Any, *, run_id: str, step_id: str, error: Exception) -> DeadLetter:
+def dead_letter(event: Any, *, run_id: str, step_id: str, error: Exception, max_record_bytes: int) -> DeadLetter:
     """The dead letter of a faust event a processor could not take: its bytes, where it came from, and why."""
     message = event.message
-    return DeadLetter(run_id=run_id, topic=message.topic, partition=message.partition, offset=message.offset,
-                      step_id=step_id, error_type=type(error).__name__, error=str(error), original_key=message.key,
-                      original_value=event.value)
+    headers = message.headers.items() if isinstance(message.headers, dict) else message.headers or []
+    return letter(run_id=run_id, step_id=step_id, error=error, topic=message.topic, partition=message.partition,
+                  offset=message.offset, key=message.key, value=event.value,
+                  headers={k: v or b"" for k, v in headers}, max_record_bytes=max_record_bytes)
 
 
 def catalog_topic(app: "faust.App", name: str) -> Any:

@@ -10,7 +10,8 @@ from schemas.codec import RecordCodec
 from schemas.records import Record
 from streams.catalog import topic as topic_spec
 from streams.config import KafkaConfig
-from streams.errors import BrokerError, ConfigError
+from streams.dead_letter import DLQ_TOPIC, dead_letter, record_bytes
+from streams.errors import BrokerError, ConfigError, RecordTooLarge
 
 
 def _key_bytes(key: str | bytes | None) -> bytes | None:
@@ -22,9 +23,12 @@ class RecordProducer:
 
     def __init__(self, kafka: KafkaConfig, *, codec: RecordCodec | None = None, linger_ms: float = 5.0) -> None:
         self.codec = codec or RecordCodec()
-        self._producer = Producer(
-            kafka.librdkafka(**{"enable.idempotence": True, "linger.ms": linger_ms, "acks": "all"})
-        )
+        self.max_record_bytes = kafka.max_record_bytes
+        self._producer = Producer(kafka.librdkafka(**{
+            "enable.idempotence": True, "linger.ms": linger_ms, "acks": "all",
+            # librdkafka counts a record with its framing: leave it room above the largest record we send
+            "message.max.bytes": kafka.max_record_bytes + 64 * 1024,
+        }))
         self._failures: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -46,7 +50,15 @@ class RecordProducer:
     def send_bytes(
         self, topic: str, key: bytes | None, value: bytes | None, *, headers: dict[str, bytes] | None = None
     ) -> None:
-        """Queue raw bytes (dead letters, relays, tests of bad input)."""
+        """Queue raw bytes (dead letters, relays, tests of bad input).
+
+        Raises:
+            RecordTooLarge: key, value and headers weigh more than ``max_record_bytes`` (nothing was queued).
+        """
+        size = record_bytes(key, value, headers)
+        if size > self.max_record_bytes:
+            raise RecordTooLarge(f"a {size:,}-byte record for {topic}; at most {self.max_record_bytes:,} bytes "
+                                 "(SDG_KAFKA__MAX_RECORD_BYTES)")
         while True:
             try:
                 self._producer.produce(
@@ -57,6 +69,13 @@ class RecordProducer:
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain
         self._producer.poll(0)
+
+    def dead_letter(self, message: Message, error: BaseException, *, step_id: str, run_id: str) -> None:
+        """Send the consumed ``message`` that step ``step_id`` could not take to the dead-letter topic."""
+        self.send(DLQ_TOPIC, dead_letter(
+            run_id=run_id, step_id=step_id, error=error, topic=message.topic(), partition=message.partition(),
+            offset=message.offset(), key=message.key(), value=message.value(),
+            headers={k: v or b"" for k, v in message.headers() or []}, max_record_bytes=self.max_record_bytes))
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued record is acknowledged.

@@ -23,17 +23,16 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
-from schemas.records import DeadLetter, Record
+from schemas.records import Record
 from streams.catalog import topic as topic_spec
 from streams.config import KafkaConfig, RunnerConfig
-from streams.errors import BrokerError, ConfigError, StepReturnError
+from streams.dead_letter import DLQ_TOPIC, record_bytes
+from streams.errors import BrokerError, ConfigError, RecordTooLarge, StepReturnError
 from streams.producer import RecordProducer
 from streams.throttle import RateCap
 
 log = logging.getLogger(__name__)
 
-DLQ_TOPIC = "sdg.dlq"
-MAX_ERROR_CHARS = 4000
 Returns = Literal["one", "optional", "many"]
 
 
@@ -255,14 +254,18 @@ class Runner:
     def _produce(self, message: Message, result: Any) -> None:
         try:
             outputs = [(self.step.sink_of(r), r) for r in self.step.outputs(result)]
-            encoded = [(t, r.key(), self._encode_for(t, r)) for t, r in outputs]
+            encoded = [(t, k.encode() if isinstance(k := r.key(), str) else k, self._encode_for(t, r)) for t, r in outputs]
+            for topic, key, value in encoded:  # all or nothing: no output is sent when one cannot be
+                if record_bytes(key, value) > self.producer.max_record_bytes:
+                    raise RecordTooLarge(f"its {record_bytes(key, value):,}-byte output for {topic} is over the "
+                                         f"{self.producer.max_record_bytes:,}-byte limit (SDG_KAFKA__MAX_RECORD_BYTES)")
         except (BrokerError, StepReturnError, ConfigError):
             raise
         except Exception as e:  # the outputs cannot be routed or encoded: the input goes to the DLQ
             self._dead_letter(message, self.step.step_id, e)
             return
         for topic, key, value in encoded:
-            self.producer.send_bytes(topic, key.encode() if isinstance(key, str) else key, value)
+            self.producer.send_bytes(topic, key, value)
             self.stats.produced[topic] += 1
 
     def _process(self, consumer: Consumer, message: Message) -> bool:
@@ -313,24 +316,7 @@ class Runner:
         return self.codec.encode(record)
 
     def _dead_letter(self, message: Message, step_id: str, error: Exception) -> None:
-        text = str(error)[:MAX_ERROR_CHARS]
-        log.warning(
-            "step %s: %s[%d]@%d to %s: %s",
-            step_id, message.topic(), message.partition(), message.offset(), DLQ_TOPIC, text,
-        )
-        letter = DeadLetter(
-            run_id=self.run_id,
-            topic=message.topic(),
-            partition=message.partition(),
-            offset=message.offset(),
-            step_id=step_id,
-            error_type=type(error).__name__,
-            error=text,
-            original_key=message.key(),
-            original_value=message.value(),
-            headers={k: v or b"" for k, v in message.headers() or []},
-        )
-        self.producer.send(DLQ_TOPIC, letter)
+        self.producer.dead_letter(message, error, step_id=step_id, run_id=self.run_id)
         self.stats.dead_letters[step_id] += 1
 
 

@@ -6,10 +6,10 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, Message
 
 from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
@@ -32,6 +32,7 @@ class Received:
     key: bytes | None
     timestamp_ms: int
     record: Record
+    message: Message | None = field(default=None, repr=False, compare=False)  # for a dead letter of it
 
 
 def subscribe(
@@ -44,6 +45,7 @@ def subscribe(
     idle_timeout_s: float | None = None,
     codec: RecordCodec | None = None,
     stop: threading.Event | None = None,
+    dead_letter: Callable[[Message, UndecodableRecord], None] | None = None,
 ) -> Iterator[Received]:
     """Yield the records of ``topics`` as they arrive.
 
@@ -57,9 +59,9 @@ def subscribe(
         idle_timeout_s: Stop when no record arrived for this long (``None``: wait forever).
         codec: Record codec (default: the shipped schemas).
         stop: Stop when this event is set (another thread's way to end the iteration).
-
-    Records that cannot be decoded are skipped with a warning: they belong to the dead-letter
-    path of the processors, not to subscribers.
+        dead_letter: Where a processor that subscribes sends the records it cannot decode (or of another type
+            than their topic carries), e.g. ``RecordProducer.dead_letter``; without it they are skipped with a
+            warning (a plain subscriber is not the pipeline's dead-letter path).
     """
     names = [topics] if isinstance(topics, str) else list(topics)
     for name in names:
@@ -100,12 +102,21 @@ def subscribe(
                 raise BrokerError(f"subscribe {names}: {error.str()}")
             try:
                 record = codec.decode(message.value())
+                spec = topic_spec(message.topic())
+                if not spec.accepts(record):
+                    raise UndecodableRecord(f"{spec.name} carries {spec.value.__name__}, not {record.schema_name}")  # type: ignore[union-attr]
             except UndecodableRecord as e:
-                log.warning("%s[%d]@%d skipped: %s", message.topic(), message.partition(), message.offset(), e)
+                if dead_letter is not None:
+                    dead_letter(message, e)
+                else:
+                    log.warning("%s[%d]@%d skipped: %s", message.topic(), message.partition(), message.offset(), e)
+                if group is not None:
+                    consumer.store_offsets(message)
                 continue
             count += 1
             yield Received(
-                message.topic(), message.partition(), message.offset(), message.key(), message.timestamp()[1], record
+                message.topic(), message.partition(), message.offset(), message.key(), message.timestamp()[1], record,
+                message,
             )
             if group is not None:
                 consumer.store_offsets(message)

@@ -76,6 +76,7 @@ def _model_fields(model: type[_Part]) -> dict[str, object]:
 def test_python_types_match_the_newest_avro_schema(name: str) -> None:
     avro = _avro_fields(registry().latest(name).raw, {})
     assert _model_fields(RECORD_TYPES[name]) == avro
+    assert RECORD_TYPES[name].model_fields["schema_version"].default == registry().latest(name).version
 
 
 def test_embedded_stage_records_match_their_own_schema() -> None:
