@@ -132,8 +132,13 @@ class EmbeddedBroker:
             "log.retention.check.interval.ms": "60000",
             **c.extra_properties,
         }
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.properties_file.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.home.chmod(0o700)
+        # owner-only from the start: it may hold SASL passwords or key store secrets (extra_properties)
+        fd = os.open(self.properties_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("".join(f"{k}={v}\n" for k, v in properties.items()))
         (self.home / "log4j2.properties").write_text(LOG4J2)
 
     def _classpath(self) -> str:

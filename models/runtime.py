@@ -23,6 +23,42 @@ class ModelFileError(SdgError):
     """An ONNX model or its description that cannot be loaded or does not match."""
 
 
+MANIFEST = "MANIFEST.json"
+
+
+def seal(folder: Path) -> str:
+    """Write ``folder``'s manifest (the SHA-256 of every file in it) and return the folder's content version:
+    the hash of the manifest, which the model registry uses as the folder's name."""
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    text = json.dumps({"files": files}, indent=2, sort_keys=True)
+    (folder / MANIFEST).write_text(text)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def verify_sealed(folder: Path) -> str:
+    """Check a registry folder before anything in it is loaded: its name is its manifest's hash, and every file
+    the manifest lists still has its hash. Returns the version.
+
+    Raises:
+        ModelFileError: no manifest, or a file that was swapped, edited, zeroed or removed.
+    """
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise ModelFileError(f"{folder} has no {MANIFEST}: it is not a sealed model folder (train it again)")
+    text = manifest.read_text()
+    version = hashlib.sha256(text.encode()).hexdigest()[:16]
+    if version != folder.name:
+        raise ModelFileError(f"{folder}: its manifest hashes to {version}, not to the folder's name: refusing to load it")
+    for name, digest in json.loads(text)["files"].items():
+        path = folder / name
+        actual = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+        if actual != digest:
+            raise ModelFileError(f"{path} was modified after it was sealed (sha256 {actual[:16]}, sealed as "
+                                 f"{digest[:16]}): refusing to load it")
+    return version
+
+
 @dataclass(frozen=True)
 class OnnxSpec:
     """What the platform needs to know to feed an ONNX image model and read its output.
@@ -156,4 +192,4 @@ class OnnxModel:
         return out
 
 
-__all__ = ["ModelFileError", "OnnxModel", "OnnxSpec", "export_onnx", "quantize_int8"]
+__all__ = ["ModelFileError", "OnnxModel", "OnnxSpec", "export_onnx", "quantize_int8", "seal", "verify_sealed"]

@@ -33,7 +33,9 @@ console = Console()
 
 
 def _settings() -> Settings:
-    return load_settings()
+    settings = load_settings()
+    settings.private_state_dir()
+    return settings
 
 
 @broker_app.command("start")
@@ -98,6 +100,11 @@ def topics_describe(names: Annotated[Optional[list[str]], typer.Argument(help="T
         table.add_row(state.name, str(state.partitions), str(state.replication),
                       ", ".join(f"{k}={v}" for k, v in sorted(state.config.items())))
     console.print(table)
+
+
+def _require_broker(settings: Settings) -> None:
+    """Fail with one line, within seconds, when no broker answers (a producer would retry for minutes)."""
+    admin.wait_for_broker(settings.kafka_client, timeout_s=10)
 
 
 def _jsonable(value: Any) -> Any:
@@ -232,7 +239,12 @@ def query_tables(
     """Run SQL (DuckDB) over the Delta tables and print the result."""
     from sdg.history import query
 
-    versions = {name: int(v) for name, v in (item.split("=", 1) for item in as_of or [])}
+    versions = {}
+    for item in as_of or []:
+        name, _, version = item.partition("=")
+        if not version.strip().isdigit():
+            raise typer.BadParameter(f"{item!r}: write TABLE=VERSION, e.g. lineage=3", param_hint="--as-of")
+        versions[name] = int(version)
     _print_arrow(query(_settings().delta_tables(), sql, versions=versions), limit=limit)
 
 
@@ -306,6 +318,7 @@ def replay(
         console.print(f"regenerated {len(rows)} samples: {len(rows) - len(mismatched)} match their stored hash"
                       + (f", [red]{len(mismatched)} do not[/]: {mismatched[:10]}" if mismatched else ""))
     started = time.monotonic()
+    _require_broker(settings)
     with RecordProducer(settings.kafka_client) as producer:
         for i, row in enumerate(rows):
             if rate:
@@ -326,8 +339,10 @@ def export_dataset(
     generator: Annotated[Optional[str], typer.Option(help="Only this generator.")] = None,
 ) -> None:
     """Export a dataset version from the Delta history, with a manifest of the versions and hashes it came from."""
-    from sdg.history import export, select_samples
+    from sdg.history import EXPORT_FORMATS, export, select_samples
 
+    if fmt not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
     tables = _settings().delta_tables()
     filters = {"decision": decision, "run": run, "generator": generator}
     rows = select_samples(tables, as_of=as_of, run=run, generator=generator, decision=decision)
@@ -369,10 +384,19 @@ def plan(
     from processors.generate import plan_jobs
     from streams.producer import RecordProducer
 
-    settings = _settings()
+    if any("=" not in p or not p.partition("=")[0] for p in param or []):
+        raise typer.BadParameter(f"{[p for p in param or [] if '=' not in p or not p.partition('=')[0]]}: write "
+                                 "key=value, e.g. steps=25", param_hint="--param")
     params = dict(p.split("=", 1) for p in param or [])
-    jobs = plan_jobs(generator, classes=[int(c) for c in classes.split(",")], per_class=per_class, seed=seed,
-                     version=version, job_size=job_size, params=params, run_id=settings.run_id)
+    try:
+        wanted = [int(c) for c in classes.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{classes!r}: write class numbers separated by commas, e.g. 0,1,2",
+                                 param_hint="--classes") from None
+    settings = _settings()
+    jobs = plan_jobs(generator, classes=wanted, per_class=per_class, seed=seed, version=version, job_size=job_size,
+                     params=params, run_id=settings.run_id)
+    _require_broker(settings)
     with RecordProducer(settings.kafka_client) as producer:
         for job in jobs:
             producer.send("sdg.requests", job)
@@ -464,6 +488,7 @@ def telemetry_fault(
                            duration_s=duration)
     except ValidationError as e:
         raise typer.BadParameter(str(e.errors()[0]["msg"])) from e
+    _require_broker(settings)
     with RecordProducer(settings.kafka_client) as producer:
         producer.send("sdg.plant.faults", fault)
     console.print(f"{fault.kind} → {node}")
@@ -489,14 +514,21 @@ def show_settings() -> None:
     """Print the effective settings (secrets masked) and every variable name that sets them."""
     from sdg.settings import valid_names
 
-    console.print_json(_settings().model_dump_json())
+    console.print_json(data=_settings().masked())
     console.print("variables: " + " ".join(valid_names()))
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app()
     except SdgError as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        sys.exit(2)
+    except ValidationError as e:  # a value given on the command line that a record refuses
+        problems = "; ".join(f"{'.'.join(str(p) for p in error['loc']) or e.title}: "
+                             f"{error['msg'].removeprefix('Value error, ')}" for error in e.errors())
+        console.print(f"[red]error:[/] invalid {e.title}: {problems}", soft_wrap=True)
         sys.exit(2)

@@ -10,8 +10,36 @@ from pathlib import Path
 from typing import Any
 
 from models.generator import png_bytes
+from schemas.errors import SdgError
 from schemas.tables import DERIVED_TABLES, TABLES, ChainBreak, chain_id, verify_chain
 from streams.delta_sink import DeltaTables
+
+EXPORT_FORMATS = ("imagefolder", "yolo", "coco", "parquet")
+
+
+class HistoryError(SdgError):
+    """A query, version or table of the Delta history that does not exist or does not work."""
+
+
+def _at(tables: DeltaTables, name: str, version: int | None) -> Any:
+    """Table ``name`` at Delta ``version`` (default: the latest).
+
+    Raises:
+        HistoryError: no such table, or no such version of it.
+    """
+    from deltalake import DeltaTable
+
+    latest = tables.open(name)
+    if latest is None:
+        raise HistoryError(f"there is no {name} table in {tables.root} yet")
+    if version is None or version == latest.version():
+        return latest
+    if not 0 <= version <= latest.version():
+        raise HistoryError(f"{name} has versions 0..{latest.version()}, not {version}")
+    try:
+        return DeltaTable(tables.path(name), version=version, storage_options=tables.storage_options)
+    except Exception as e:  # deltalake's errors have no common base: a vacuumed version, a missing log file
+        raise HistoryError(f"{name} version {version} cannot be read: {e}") from e
 
 
 def query(tables: DeltaTables, sql: str, *, versions: dict[str, int] | None = None,
@@ -22,20 +50,22 @@ def query(tables: DeltaTables, sql: str, *, versions: dict[str, int] | None = No
         versions: Read these tables at a past Delta version (time travel), e.g. ``{"lineage": 3}``.
     """
     import duckdb
-    from deltalake import DeltaTable
 
+    unknown = sorted(set(versions or {}) - {*TABLES, *DERIVED_TABLES})
+    if unknown:
+        raise HistoryError(f"no tables named {unknown}; tables: {', '.join([*TABLES, *DERIVED_TABLES])}")
     con = duckdb.connect()
     datasets = {}  # DuckDB does not keep the registered datasets alive: this does, until the query is done
     try:
         for name in [*TABLES, *DERIVED_TABLES]:
-            dt = tables.open(name)
-            if dt is None:
+            if tables.open(name) is None:
                 continue
-            if versions and name in versions:
-                dt = DeltaTable(tables.path(name), version=versions[name])
-            datasets[name] = dt.to_pyarrow_dataset()
+            datasets[name] = _at(tables, name, (versions or {}).get(name)).to_pyarrow_dataset()
             con.register(name, datasets[name])
-        return con.sql(sql, params=params or None).to_arrow_table()
+        try:
+            return con.sql(sql, params=params or None).to_arrow_table()
+        except duckdb.Error as e:
+            raise HistoryError(f"query failed: {e}") from e
     finally:
         con.close()
 
@@ -102,8 +132,8 @@ def export(tables: DeltaTables, out: Path, *, fmt: str, rows: list[dict[str, Any
 
     from schemas.tables import SAMPLES
 
-    if fmt not in ("imagefolder", "yolo", "coco", "parquet"):
-        raise ValueError(f"export formats: imagefolder, yolo, coco, parquet, not {fmt!r}")
+    if fmt not in EXPORT_FORMATS:
+        raise HistoryError(f"export formats: {', '.join(EXPORT_FORMATS)}; not {fmt!r}")
     out.mkdir(parents=True, exist_ok=True)
     classes = sorted({o["class_label"] for r in rows for o in _objects(r)})
     images: list[dict[str, Any]] = []
@@ -163,10 +193,7 @@ class Verified:
 
 def verify_lineage(tables: DeltaTables, *, as_of: int | None = None) -> Verified:
     """Recompute the lineage hash chains at ``as_of`` (default: the latest version) against the recorded heads."""
-    from deltalake import DeltaTable
-
-    path = tables.path("lineage")
-    dt = DeltaTable(path, version=as_of) if as_of is not None else DeltaTable(path)
+    dt = _at(tables, "lineage", as_of)
     rows = dt.to_pyarrow_table().to_pylist()
     broken = verify_chain(rows, tables.recorded_heads(dt.version()))
     return Verified(dt.version(), len(rows), len({chain_id(r) for r in rows}), broken)

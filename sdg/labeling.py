@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from models.generator import GeneratorError
 from models.reference import Splits, load_digits_reference, make_splits
-from models.runtime import OnnxModel, OnnxSpec
+from models.runtime import OnnxModel, OnnxSpec, seal, verify_sealed
 from processors.label import Labeler
 from processors.quality import QualityJudge
 from schemas.records import GeneratedSample, Label
@@ -35,9 +35,9 @@ class QualityModels:
     test_accuracy: dict[str, float]
 
 
-def _publish(staging: Path, root: Path, kind: str) -> Path:
-    """Move a freshly written model folder to ``root/kind/<content version>`` and mark it the latest."""
-    version = OnnxModel(staging / "fp32.onnx").version
+def publish(staging: Path, root: Path, kind: str) -> Path:
+    """Seal a freshly written model folder, move it to ``root/kind/<content version>`` and mark it the latest."""
+    version = seal(staging)
     target = root / kind / version
     if target.exists():
         shutil.rmtree(staging)
@@ -74,7 +74,7 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
         shutil.rmtree(staging, ignore_errors=True)
         deploy(extractor.net, staging, EXTRACTOR_SPEC, calibration=calibration,
                config=extractor_config(e_config, splits.hashes["train"]))
-        extractor_dir = _publish(staging, root, "extractor")
+        extractor_dir = publish(staging, root, "extractor")
 
         few = splits.labeled("few")
         l_config = replace(LabelerConfig(), steps=labeler_steps)
@@ -89,17 +89,20 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
     accuracy = {p.stem: float((OnnxModel(p).run(u8).argmax(1) == labels).mean()) for p in (deployed.fp32, deployed.int8)}
     with torch.no_grad():
         accuracy["torch"] = float((labeler(torch.as_tensor(images)[:, None]).argmax(1).numpy() == labels).mean())
-    labeler_dir = _publish(staging, root, "labeler")
+    labeler_dir = publish(staging, root, "labeler")
     return QualityModels(labeler_dir, extractor_dir, few.budget.n_labels, accuracy)
 
 
 def _model_path(settings: Settings, kind: str, given: Path | None, precision: str) -> Path:
+    """The user's own model file, or the registry's latest ``kind`` after checking it against its content hash."""
     if given is not None:
         return given
     latest = settings.models_dir / kind / "LATEST"
     if not latest.exists():
         raise GeneratorError(f"no {kind} in {settings.models_dir}; train one with `sdg train-labeler`")
-    return settings.models_dir / kind / latest.read_text().strip() / f"{precision}.onnx"
+    folder = settings.models_dir / kind / latest.read_text().strip()
+    verify_sealed(folder)
+    return folder / f"{precision}.onnx"
 
 
 def load_labeler(settings: Settings) -> Labeler:

@@ -6,6 +6,7 @@ Nothing else in sdg-edge reads ``os.environ``.
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -94,11 +95,45 @@ class Settings(BaseSettings):
         """The model registry: trained generators and labelers, by kind and version."""
         return self.state_dir / "models"
 
+    def private_state_dir(self) -> Path:
+        """The state directory, created owner-only (0700): it holds the broker's configuration, models and tables."""
+        return private_dir(self.state_dir)
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as JSON-able data with every secret masked (``SecretStr`` fields and secret-looking keys
+        of ``extra_config`` / ``extra_properties``), for printing."""
+        return _mask(self.model_dump(mode="json"))
+
     def delta_tables(self) -> DeltaTables:
         return DeltaTables(self.tables_dir or self.state_dir / "tables")
 
     def embedded_broker(self) -> EmbeddedBroker:
         return EmbeddedBroker(self.broker, self.state_dir)
+
+
+MASK = "**********"
+_SECRET_KEY = re.compile(r"password|passwd|secret|jaas|token|credential|(^|[._-])key($|[._-])", re.IGNORECASE)
+
+
+def is_secret(key: str) -> bool:
+    """Whether an option named ``key`` looks like it holds a secret (a file location does not)."""
+    return _SECRET_KEY.search(key) is not None and not key.lower().endswith(("location", "file", "path"))
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: MASK if is_secret(str(k)) and v is not None else _mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return value
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter (created 0700, tightened if it is ours and looser)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
 
 
 def _names(model: type[BaseModel], prefix: str) -> tuple[set[str], set[str]]:
@@ -142,4 +177,6 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        raise ConfigError(f"invalid settings: {e}") from e
+        problems = "; ".join(f"{PREFIX}{'__'.join(str(part).upper() for part in error['loc'])}: "
+                             f"{error['msg'].removeprefix('Value error, ')}" for error in e.errors())
+        raise ConfigError(f"invalid settings: {problems}") from e

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -119,14 +120,14 @@ def accepted_dataset(records: list[object]) -> tuple[np.ndarray, np.ndarray, dic
 def train_edge_model(settings: Settings, records: list[object], *, console: Console) -> EdgeTrained:
     """Train the edge classifier on accepted samples (plus the few real labels and, FixMatch-style, the unlabeled
     real images), deploy fp32 and INT8 ONNX, check it on the real test split and record it in the models table."""
-    import hashlib
     import json
     import time
 
     from models.edge import EdgeConfig, edge_spec, evaluate_deployed, train_edge
-    from models.labeler import deploy
+    from models.labeler import Deployed, deploy
+    from models.runtime import verify_sealed
     from schemas.tables import MODELS
-    from sdg.labeling import labeler_budgets
+    from sdg.labeling import labeler_budgets, publish
 
     steps, real_few, pseudo = settings.train.steps, settings.train.real_few, settings.train.pseudo
     images, labels, dataset = accepted_dataset(records)
@@ -148,11 +149,13 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
                            few.labels if real_few else np.empty(0, np.int64), config,
                            synthetic=(images, labels), unlabeled=unlabeled if pseudo else None,
                            progress=lambda n: progress.advance(task, n))
-    identity = json.dumps([dataset["sample_ids_sha256"], steps, real_few, pseudo])
-    version = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    folder = settings.models_dir / "edge" / version
-    deployed = deploy(model, folder, edge_spec(), calibration=unlabeled,
-                      config={"kind": "edge", "config": config.__dict__, "dataset": dataset, "label_budgets": budgets})
+    staging = settings.models_dir / "edge" / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    deploy(model, staging, edge_spec(), calibration=unlabeled,
+           config={"kind": "edge", "config": config.__dict__, "dataset": dataset, "label_budgets": budgets})
+    folder = publish(staging, settings.models_dir, "edge")  # named by its content hash, checked on every load
+    version = verify_sealed(folder)
+    deployed = Deployed(folder, folder / "fp32.onnx", folder / "int8.onnx")
     test_x, test_y = splits.test_set()
     metrics = evaluate_deployed(deployed.fp32, deployed.int8, edge_spec(), test_x, test_y)
     real_labels = distinct_labels(budgets)
@@ -162,7 +165,6 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
     report.write_text(json.dumps({"version": version, "path": str(folder), "dataset": dataset, "metrics": metrics,
                                   "real_labels": real_labels, "label_budgets": [
                                       {k: v for k, v in b.items() if k != "indices"} for b in budgets]}, indent=2))
-    (settings.models_dir / "edge" / "LATEST").write_text(version)
     tables = settings.delta_tables()
     samples = tables.open("samples")
     now = int(time.time() * 1000)
