@@ -29,7 +29,7 @@ from streams import admin
 from streams.catalog import CATALOG, REPLAY_PREFIX
 from streams.catalog import topic as topic_spec
 from streams.producer import RecordProducer
-from streams.runner import DLQ_TOPIC
+from streams.dead_letter import DLQ_TOPIC
 from streams.subscribe import subscribe
 
 # bad input the pass-through must route to the dead-letter topic, each with a reason

@@ -1,4 +1,4 @@
-"""Kafka plumbing: topic catalog, admin, producer, processor runner, subscribe API, faust wiring.
+"""Kafka plumbing: topic catalog, admin, producer, processor runner, subscribe API, dead letters, faust wiring.
 
 Imports neither torch nor faust at import time.
 """
@@ -7,7 +7,8 @@ from streams.catalog import CATALOG, TopicSpec, topic
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
 from streams.errors import BrokerError, ConfigError, StepReturnError, UnknownTopic
 from streams.producer import RecordProducer
-from streams.runner import DLQ_TOPIC, Runner, RunStats, Step
+from streams.dead_letter import DLQ_TOPIC
+from streams.runner import Runner, RunStats, Step
 from streams.subscribe import Received, subscribe
 
 __all__ = [

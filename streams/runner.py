@@ -26,7 +26,7 @@ from schemas.errors import UndecodableRecord
 from schemas.records import Record
 from streams.catalog import topic as topic_spec
 from streams.config import KafkaConfig, RunnerConfig
-from streams.dead_letter import DLQ_TOPIC, record_bytes
+from streams.dead_letter import record_bytes
 from streams.errors import BrokerError, ConfigError, RecordTooLarge, StepReturnError
 from streams.producer import RecordProducer
 from streams.throttle import RateCap
@@ -320,4 +320,4 @@ class Runner:
         self.stats.dead_letters[step_id] += 1
 
 
-__all__ = ["DLQ_TOPIC", "RunStats", "Runner", "Step"]
+__all__ = ["RunStats", "Runner", "Step"]

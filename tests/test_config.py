@@ -41,7 +41,14 @@ def test_unknown_setting_lists_the_valid_ones(monkeypatch: pytest.MonkeyPatch) -
 
 def test_invalid_setting_value_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SDG_RUNNER__BATCH_SIZE", "0")
-    with pytest.raises(ConfigError, match="batch_size"):
+    with pytest.raises(ConfigError, match="SDG_RUNNER__BATCH_SIZE: Input should be greater than or equal to 1"):
+        load_settings()
+
+
+@pytest.mark.parametrize("run_id", ["", "r" * 101, "../x", "a b"])
+def test_a_run_id_that_cannot_name_a_partition_is_refused(monkeypatch: pytest.MonkeyPatch, run_id: str) -> None:
+    monkeypatch.setenv("SDG_RUN_ID", run_id)
+    with pytest.raises(ConfigError, match="SDG_RUN_ID: .* is not a run id"):
         load_settings()
 
 

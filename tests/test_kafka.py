@@ -18,7 +18,8 @@ from streams import admin
 from streams.catalog import CATALOG
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
 from streams.producer import RecordProducer
-from streams.runner import DLQ_TOPIC, Runner, Step
+from streams.dead_letter import DLQ_TOPIC
+from streams.runner import Runner, Step
 from streams.subscribe import subscribe
 from tests.conftest import sdg_command
 

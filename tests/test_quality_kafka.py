@@ -21,7 +21,7 @@ from sdg.workers import processor
 from streams import admin
 from streams.config import KafkaConfig, RunnerConfig
 from streams.producer import RecordProducer
-from streams.runner import DLQ_TOPIC
+from streams.dead_letter import DLQ_TOPIC
 from streams.subscribe import subscribe
 from tests.conftest import REPO, sdg_command
 
