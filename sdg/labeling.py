@@ -1,8 +1,10 @@
 """The labeler and the quality extractor: ``sdg train-labeler`` trains both; the processors load them.
 
 Layout in the model registry: ``<models>/<kind>/<version>/{fp32,int8}.onnx`` (+ ``.json`` descriptions,
-``config.json`` with the label budget) and ``<models>/<kind>/LATEST``, for kind ``labeler`` and ``extractor``.
-A user's own ONNX model replaces either through ``SDG_QUALITY__LABELER`` / ``SDG_QUALITY__EXTRACTOR``.
+``config.json`` with the label budget, ``MANIFEST.json`` with every file's SHA-256) and ``<models>/<kind>/LATEST``,
+for kind ``labeler``, ``extractor`` and ``edge``. The version is the manifest's hash: a folder whose files no
+longer match it is refused on load. A user's own ONNX model replaces the labeler or the extractor through
+``SDG_QUALITY__LABELER`` / ``SDG_QUALITY__EXTRACTOR``.
 """
 
 from __future__ import annotations
