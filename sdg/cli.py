@@ -384,10 +384,11 @@ def plan(
     from processors.generate import plan_jobs
     from streams.producer import RecordProducer
 
-    if any("=" not in p or not p.partition("=")[0] for p in param or []):
-        raise typer.BadParameter(f"{[p for p in param or [] if '=' not in p or not p.partition('=')[0]]}: write "
-                                 "key=value, e.g. steps=25", param_hint="--param")
-    params = dict(p.split("=", 1) for p in param or [])
+    pairs = [p.partition("=") for p in param or []]
+    bad = [key + sep + value for key, sep, value in pairs if not key or not sep]
+    if bad:
+        raise typer.BadParameter(f"{bad}: write key=value, e.g. steps=25", param_hint="--param")
+    params = {key: value for key, _, value in pairs}
     try:
         wanted = [int(c) for c in classes.split(",")]
     except ValueError:

@@ -21,15 +21,15 @@ class HistoryError(SdgError):
     """A query, version or table of the Delta history that does not exist or does not work."""
 
 
-def _at(tables: DeltaTables, name: str, version: int | None) -> Any:
-    """Table ``name`` at Delta ``version`` (default: the latest).
+def _at(tables: DeltaTables, name: str, version: int | None, *, latest: Any = None) -> Any:
+    """Table ``name`` at Delta ``version`` (default: the latest); ``latest`` is the table if already open.
 
     Raises:
         HistoryError: no such table, or no such version of it.
     """
     from deltalake import DeltaTable
 
-    latest = tables.open(name)
+    latest = latest or tables.open(name)
     if latest is None:
         raise HistoryError(f"there is no {name} table in {tables.root} yet")
     if version is None or version == latest.version():
@@ -58,9 +58,10 @@ def query(tables: DeltaTables, sql: str, *, versions: dict[str, int] | None = No
     datasets = {}  # DuckDB does not keep the registered datasets alive: this does, until the query is done
     try:
         for name in [*TABLES, *DERIVED_TABLES]:
-            if tables.open(name) is None:
+            dt = tables.open(name)
+            if dt is None:
                 continue
-            datasets[name] = _at(tables, name, (versions or {}).get(name)).to_pyarrow_dataset()
+            datasets[name] = _at(tables, name, (versions or {}).get(name), latest=dt).to_pyarrow_dataset()
             con.register(name, datasets[name])
         try:
             return con.sql(sql, params=params or None).to_arrow_table()

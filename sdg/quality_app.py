@@ -92,16 +92,11 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
         await outputs[DLQ_TOPIC].send(key=event.message.key, value=dead_letter(
             event, run_id=settings.run_id, step_id=step_id, error=error, max_record_bytes=max_bytes))
 
-    def labeled(data: Any) -> LabeledSample:
-        if not isinstance(data, bytes):
-            raise UndecodableRecord(f"a record value of type {type(data).__name__}, not bytes")
-        if len(data) > max_input:
+    def labeled(data: bytes | None) -> LabeledSample:
+        if data is not None and len(data) > max_input:
             raise RecordTooLarge(f"a {len(data):,}-byte record leaves its scored and decided copies no room under "
                                  f"the {max_bytes:,}-byte limit (SDG_KAFKA__MAX_RECORD_BYTES)")
-        record = codec.decode(data)
-        if not isinstance(record, LabeledSample):
-            raise UndecodableRecord(f"{SOURCE} carries LabeledSample, not {record.schema_name}")
-        return record
+        return topic_spec(SOURCE).check(codec.decode(data))  # type: ignore[return-value]
 
     @app.agent(source)
     async def route(stream: Any) -> None:

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -228,11 +229,7 @@ class PlantService:
         from streams.subscribe import subscribe
 
         dlq = RecordProducer(self.kafka)
-
-        def dead_letter(message: Any, error: Exception) -> None:
-            dlq.dead_letter(message, error, step_id="plant", run_id=self.run_id)
-            dlq.flush()
-
+        dead_letter = partial(dlq.dead_letter, step_id="plant", run_id=self.run_id, wait=True)
         for received in subscribe(topics, kafka=self.kafka, group=self.group, stop=self._stop,
                                   dead_letter=dead_letter):
             record = received.record

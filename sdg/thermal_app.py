@@ -16,7 +16,7 @@ from typing import Any
 from processors.thermal import NodeState, ThermalRules, dump, load
 from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
-from schemas.records import Reading, now_ms
+from schemas.records import now_ms
 from sdg.settings import Settings
 from streams.catalog import topic as topic_spec
 from streams.dead_letter import DLQ_TOPIC
@@ -55,9 +55,7 @@ def thermal_app(settings: Settings, *, app_id: str = "sdg-thermal") -> Any:
     async def watch(stream: Any) -> None:
         async for event in stream.events():
             try:
-                reading = codec.decode(event.value if isinstance(event.value, bytes) else None)
-                if not isinstance(reading, Reading):
-                    raise UndecodableRecord(f"{SOURCE} carries Reading, not {reading.schema_name}")
+                reading = topic_spec(SOURCE).check(codec.decode(event.value))
                 node, now = reading.node_id, now_ms()
                 state = state_of(node)
                 alerts, throttle = rules.on_reading(state, reading, now_ms=now)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -190,11 +190,7 @@ def run_trainer(settings: Settings, group: str, *, console: Console) -> None:
     records: list[object] = []
     fresh = 0
     dlq = RecordProducer(settings.kafka_client)
-
-    def dead_letter(message: Any, error: Exception) -> None:
-        dlq.dead_letter(message, error, step_id="train", run_id=settings.run_id)
-        dlq.flush()
-
+    dead_letter = partial(dlq.dead_letter, step_id="train", run_id=settings.run_id, wait=True)
     for received in subscribe("sdg.samples.accepted", kafka=settings.kafka_client, group=group, from_beginning=True,
                               dead_letter=dead_letter):
         sample = received.record.sample  # type: ignore[attr-defined]

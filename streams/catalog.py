@@ -7,6 +7,7 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Mapping
 
+from schemas.errors import UndecodableRecord
 from schemas.records import (
     DeadLetter,
     GeneratedSample,
@@ -41,6 +42,16 @@ class TopicSpec:
     def accepts(self, record: Record) -> bool:
         """Whether ``record`` is of this topic's value type (any record for replay topics)."""
         return self.value is None or isinstance(record, self.value)
+
+    def check(self, record: Record) -> Record:
+        """``record``, if it is of this topic's value type.
+
+        Raises:
+            UndecodableRecord: a record of another type (valid, but not for this topic).
+        """
+        if not self.accepts(record):
+            raise UndecodableRecord(f"{self.name} carries {self.value.__name__}, not {record.schema_name}")  # type: ignore[union-attr]
+        return record
 
 
 def _retention(days: float) -> dict[str, str]:

@@ -231,10 +231,7 @@ class DeltaSink:
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         self.stats.consumed += 1
         try:
-            record = self.codec.decode(message.value())
-            spec = topic_spec(topic)
-            if not spec.accepts(record):
-                raise UndecodableRecord(f"{topic} carries {spec.value.__name__}, not {record.schema_name}")  # type: ignore[union-attr]
+            record = topic_spec(topic).check(self.codec.decode(message.value()))
             rows = self.fn(record, topic, partition, offset)
         except (UndecodableRecord, ValueError, ArithmeticError) as e:
             self._dead_letter(message, e)

@@ -55,10 +55,7 @@ class RecordProducer:
         Raises:
             RecordTooLarge: key, value and headers weigh more than ``max_record_bytes`` (nothing was queued).
         """
-        size = record_bytes(key, value, headers)
-        if size > self.max_record_bytes:
-            raise RecordTooLarge(f"a {size:,}-byte record for {topic}; at most {self.max_record_bytes:,} bytes "
-                                 "(SDG_KAFKA__MAX_RECORD_BYTES)")
+        self.check_size(topic, key, value, headers)
         while True:
             try:
                 self._producer.produce(
@@ -70,12 +67,24 @@ class RecordProducer:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain
         self._producer.poll(0)
 
-    def dead_letter(self, message: Message, error: BaseException, *, step_id: str, run_id: str) -> None:
-        """Send the consumed ``message`` that step ``step_id`` could not take to the dead-letter topic."""
+    def check_size(self, topic: str, key: bytes | None, value: bytes | None,
+                   headers: dict[str, bytes] | None = None) -> None:
+        """Raises ``RecordTooLarge`` when key, value and headers weigh more than ``max_record_bytes``."""
+        size = record_bytes(key, value, headers)
+        if size > self.max_record_bytes:
+            raise RecordTooLarge(f"a {size:,}-byte record for {topic}; at most {self.max_record_bytes:,} bytes "
+                                 "(SDG_KAFKA__MAX_RECORD_BYTES)")
+
+    def dead_letter(self, message: Message, error: BaseException, *, step_id: str, run_id: str,
+                    wait: bool = False) -> None:
+        """Send the consumed ``message`` that step ``step_id`` could not take to the dead-letter topic; ``wait``
+        until it is delivered (for loops that commit the message's offset right after)."""
         self.send(DLQ_TOPIC, dead_letter(
             run_id=run_id, step_id=step_id, error=error, topic=message.topic(), partition=message.partition(),
             offset=message.offset(), key=message.key(), value=message.value(),
             headers={k: v or b"" for k, v in message.headers() or []}, max_record_bytes=self.max_record_bytes))
+        if wait:
+            self.flush()
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued record is acknowledged.

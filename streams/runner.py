@@ -26,8 +26,7 @@ from schemas.errors import UndecodableRecord
 from schemas.records import Record
 from streams.catalog import topic as topic_spec
 from streams.config import KafkaConfig, RunnerConfig
-from streams.dead_letter import record_bytes
-from streams.errors import BrokerError, ConfigError, RecordTooLarge, StepReturnError
+from streams.errors import BrokerError, ConfigError, StepReturnError
 from streams.producer import RecordProducer
 from streams.throttle import RateCap
 
@@ -216,12 +215,7 @@ class Runner:
     def _decode(self, message: Message) -> Record | None:
         """The message's record; None after sending an undecodable or wrong-type one to the dead-letter topic."""
         try:
-            record = self.codec.decode(message.value())
-            if not self._source.accepts(record):
-                raise UndecodableRecord(
-                    f"{self._source.name} carries {self._source.value.__name__}, not {record.schema_name}"  # type: ignore[union-attr]
-                )
-            return record
+            return self._source.check(self.codec.decode(message.value()))
         except UndecodableRecord as e:
             self._dead_letter(message, "decode", e)
             return None
@@ -256,9 +250,7 @@ class Runner:
             outputs = [(self.step.sink_of(r), r) for r in self.step.outputs(result)]
             encoded = [(t, k.encode() if isinstance(k := r.key(), str) else k, self._encode_for(t, r)) for t, r in outputs]
             for topic, key, value in encoded:  # all or nothing: no output is sent when one cannot be
-                if record_bytes(key, value) > self.producer.max_record_bytes:
-                    raise RecordTooLarge(f"its {record_bytes(key, value):,}-byte output for {topic} is over the "
-                                         f"{self.producer.max_record_bytes:,}-byte limit (SDG_KAFKA__MAX_RECORD_BYTES)")
+                self.producer.check_size(topic, key, value)
         except (BrokerError, StepReturnError, ConfigError):
             raise
         except Exception as e:  # the outputs cannot be routed or encoded: the input goes to the DLQ

@@ -101,10 +101,7 @@ def subscribe(
                     continue
                 raise BrokerError(f"subscribe {names}: {error.str()}")
             try:
-                record = codec.decode(message.value())
-                spec = topic_spec(message.topic())
-                if not spec.accepts(record):
-                    raise UndecodableRecord(f"{spec.name} carries {spec.value.__name__}, not {record.schema_name}")  # type: ignore[union-attr]
+                record = topic_spec(message.topic()).check(codec.decode(message.value()))
             except UndecodableRecord as e:
                 if dead_letter is not None:
                     dead_letter(message, e)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -79,3 +82,33 @@ def quality_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train_quality_models(Settings(state_dir=state), extractor_steps=300, labeler_steps=300,
                          console=Console(quiet=True))
     return state
+
+
+DECISIONS = ["sdg.samples.accepted", "sdg.samples.review", "sdg.samples.rejected"]
+
+
+def collect(topic: str, kafka: KafkaConfig, run_id: str) -> list:
+    """Every record of ``run_id`` on ``topic`` so far."""
+    from streams.subscribe import subscribe
+
+    return [r.record for r in subscribe(topic, kafka=kafka, from_beginning=True, idle_timeout_s=2)
+            if r.record.run_id == run_id]
+
+
+def await_decisions(kafka: KafkaConfig, run_id: str, wanted: set[str], *, quality: subprocess.Popen,
+                    runner: threading.Thread, timeout_s: float = 150) -> dict:
+    """The gate's decisions of ``run_id`` by sample id, once every sample in ``wanted`` is decided; fails when the
+    quality process or the runner thread stops first, or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    decided: dict = {}
+    while not wanted <= set(decided):
+        if time.monotonic() > deadline:
+            quality.kill()
+            raise AssertionError(f"{len(decided)} decided; missing {sorted(wanted - set(decided))[:10]}; quality "
+                                 f"processor said: {quality.communicate()[0].decode()[-3000:]}")
+        assert quality.poll() is None, quality.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
+        assert runner.is_alive()
+        for topic in DECISIONS:
+            for decision in collect(topic, kafka, run_id):
+                decided[decision.sample.sample_id] = decision
+    return decided

@@ -36,7 +36,7 @@ from models.runtime import ModelFileError
 from schemas.codec import MAGIC, RecordCodec, registry
 from schemas.errors import UndecodableRecord
 from schemas.examples import example
-from schemas.records import Annotation, GeneratedSample, Label, LabeledSample, Reading, SampleDecision
+from schemas.records import Annotation, GeneratedSample, Label, LabeledSample, Reading
 from sdg.labeling import load_labeler
 from sdg.quality_app import internal_topic
 from sdg.settings import Settings
@@ -47,10 +47,8 @@ from streams.config import KafkaConfig, RunnerConfig, TopicConfig
 from streams.dead_letter import DLQ_TOPIC
 from streams.delta_sink import DeltaSink, DeltaTables
 from streams.producer import RecordProducer
-from streams.subscribe import subscribe
-from tests.conftest import REPO, sdg_command
+from tests.conftest import REPO, await_decisions, collect, sdg_command
 
-DECISIONS = ["sdg.samples.accepted", "sdg.samples.review", "sdg.samples.rejected"]
 CODEC = RecordCodec()
 
 
@@ -71,11 +69,6 @@ def with_image(sample: GeneratedSample, data: bytes, *, width: int, height: int,
 
 def noise_png(width: int, height: int) -> bytes:
     return png_bytes(np.random.default_rng(0).integers(0, 256, (height, width)).astype(np.uint8))
-
-
-def _collect(topic: str, kafka: KafkaConfig, run_id: str) -> list:
-    return [r.record for r in subscribe(topic, kafka=kafka, from_beginning=True, idle_timeout_s=2)
-            if r.record.run_id == run_id]
 
 
 def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: KafkaConfig, run_id: str,
@@ -164,15 +157,7 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
                     LabeledSample(run_id=run_id, sample=good, label=forged_label)))
                 for sample in after:
                     producer.send("sdg.samples.raw", sample)
-            deadline = time.monotonic() + 150
-            decided: dict[str, SampleDecision] = {}
-            while not expected <= set(decided):
-                assert time.monotonic() < deadline, f"{len(decided)} decided; missing {expected - set(decided)}"
-                assert quality.poll() is None, quality.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
-                assert thread.is_alive()
-                for topic in DECISIONS:
-                    for decision in _collect(topic, kafka, run_id):
-                        decided[decision.sample.sample_id] = decision
+            decided = await_decisions(kafka, run_id, expected, quality=quality, runner=thread)
         finally:
             runner.stop()
             thread.join(30)
@@ -185,7 +170,7 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
     assert decided[f"{run_id}-forged"].gate.decision == "rejected"
     assert decided[f"{run_id}-forged"].label.label != wrong or not decided[f"{run_id}-forged"].label.agrees
 
-    letters = [d for d in _collect(DLQ_TOPIC, kafka, settings.run_id)]
+    letters = [d for d in collect(DLQ_TOPIC, kafka, settings.run_id)]
     by_step: dict[str, list] = {}
     for letter in letters:
         by_step.setdefault(letter.step_id, []).append(letter)
@@ -217,7 +202,7 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
     sink_group = f"lineage-{uuid.uuid4().hex[:6]}"
     sink = lineage_sink(sink_settings, sink_group)
     sink.run(max_idle_s=3)
-    sink_letters = [d for d in _collect(DLQ_TOPIC, kafka, run_id) if d.step_id == "lineage"]
+    sink_letters = [d for d in collect(DLQ_TOPIC, kafka, run_id) if d.step_id == "lineage"]
     assert b"wrong-type" in {d.original_key for d in sink_letters}
     assert {data for data, _ in raw_bad.values()} <= {d.original_value for d in sink_letters}
     env = {**env, "SDG_STATE_DIR": str(tmp_path), "SDG_TABLES_DIR": str(tables)}
@@ -255,7 +240,7 @@ def test_a_row_that_does_not_fit_its_table_is_dead_lettered_and_the_rest_written
     written = pl.read_delta(str(tmp_path / "samples"))
     assert sorted(written["kafka_offset"]) == [0, 1, 3, 4]
     assert sorted(pl.read_delta(str(tmp_path / "lineage"))["kafka_offset"]) == [0, 1, 3, 4]
-    [letter] = [d for d in _collect(DLQ_TOPIC, kafka, run_id) if d.topic == topic]
+    [letter] = [d for d in collect(DLQ_TOPIC, kafka, run_id) if d.topic == topic]
     assert letter.offset == 2 and "does not fit its schema" in letter.error
 
 

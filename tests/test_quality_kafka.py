@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -15,23 +14,14 @@ from pathlib import Path
 from models.corruption import mixed_stream
 from models.reference import load_digits_reference, make_splits
 from schemas.examples import example
-from schemas.records import LabeledSample, QualityWindow, SampleDecision, ScoredSample
+from schemas.records import LabeledSample, QualityWindow, ScoredSample
 from sdg.settings import Settings
 from sdg.workers import processor
 from streams import admin
 from streams.config import KafkaConfig, RunnerConfig
 from streams.producer import RecordProducer
 from streams.dead_letter import DLQ_TOPIC
-from streams.subscribe import subscribe
-from tests.conftest import REPO, sdg_command
-
-DECISIONS = ["sdg.samples.accepted", "sdg.samples.review", "sdg.samples.rejected"]
-
-
-def _collect(topic: str, kafka: KafkaConfig, run_id: str) -> list:
-    return [r.record for r in subscribe(topic, kafka=kafka, from_beginning=True, idle_timeout_s=2)
-            if r.record.run_id == run_id]
-
+from tests.conftest import REPO, await_decisions, collect, sdg_command
 
 def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: str, quality_state: Path) -> None:
     splits = make_splits(load_digits_reference())
@@ -60,17 +50,7 @@ def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: 
                 wrong_type = producer.codec.encode(example(QualityWindow, 0, run_id))  # valid, but not for this topic
                 producer.send_bytes("sdg.samples.labeled", b"wrong", wrong_type)
                 producer.send("sdg.samples.labeled", example(LabeledSample, 0, run_id))  # its image is not a PNG
-            deadline = time.monotonic() + 150
-            decided: dict[str, SampleDecision] = {}
-            while len(decided) < len(stream):
-                if time.monotonic() > deadline:
-                    quality.kill()
-                    raise AssertionError(f"{len(decided)} of {len(stream)} decided; quality processor said: "
-                                         f"{quality.communicate()[0].decode()[-3000:]}")
-                assert quality.poll() is None, quality.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
-                for topic in DECISIONS:
-                    for decision in _collect(topic, kafka, run_id):
-                        decided[decision.sample.sample_id] = decision
+            decided = await_decisions(kafka, run_id, set(kinds), quality=quality, runner=thread)
         finally:
             runner.stop()
             thread.join(30)
@@ -78,10 +58,10 @@ def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: 
             quality.wait(60)
 
     assert runner.stats.produced["sdg.samples.labeled"] == len(stream)
-    labeled = _collect("sdg.samples.labeled", kafka, run_id)
+    labeled = collect("sdg.samples.labeled", kafka, run_id)
     assert sorted(r.sample.sample_id for r in labeled if isinstance(r, LabeledSample) and r.sample.sample_id in kinds) \
         == sorted(kinds)
-    letters = [d for d in _collect(DLQ_TOPIC, kafka, run_id) if d.step_id != "example"]
+    letters = [d for d in collect(DLQ_TOPIC, kafka, run_id) if d.step_id != "example"]
     assert sorted(d.step_id for d in letters) == ["decode", "label", *["quality.route"] * 3]
     reasons = " | ".join(d.error for d in letters if d.step_id == "quality.route")
     for reason in ("not an Avro single-object record", "carries LabeledSample, not QualityWindow", "is not a PNG"):
@@ -93,9 +73,9 @@ def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: 
     assert sum(n for (kind, decision), n in outcome.items() if kind != "good" and decision == "accepted") == 0, outcome
     assert outcome[("good", "accepted")] >= 0.75 * 180, outcome  # a small labeler: ~93% accurate
     assert all(d.gate.reason for d in decided.values())
-    scored = [s for s in _collect("sdg.samples.scored", kafka, run_id) if isinstance(s, ScoredSample)]
+    scored = [s for s in collect("sdg.samples.scored", kafka, run_id) if isinstance(s, ScoredSample)]
     assert {s.sample.sample_id for s in scored} == set(kinds)
-    windows = [w for w in _collect("sdg.quality", kafka, run_id) if isinstance(w, QualityWindow) and w.generator == "probe"]
+    windows = [w for w in collect("sdg.quality", kafka, run_id) if isinstance(w, QualityWindow) and w.generator == "probe"]
     tumbling = [w for w in windows if w.kind == "tumbling" and w.class_label is None]
     assert sum(1 for w in tumbling) == 3  # 100 + 100 (full) + 10 (closed by the timer)
     assert all(w.extractor_hash and w.reference_split.startswith("sklearn-digits") for w in windows)
