@@ -21,7 +21,6 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps -r infra/requirements-nodeps.txt
 	$(BIN)/sdg broker install
 	touch $@
 

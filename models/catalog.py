@@ -13,8 +13,10 @@ KINDS = ("gan", "diffusion", "procedural")
 class GeneratorCatalog:
     """Loads each (generator, version) once; the procedural renderer needs no checkpoint."""
 
-    def __init__(self, models_dir: Path) -> None:
+    def __init__(self, models_dir: Path, render: Any = None) -> None:
+        """``render``: the procedural renderer's ``RenderConfig`` (size, channels and polarity of the real data)."""
         self.registry = ModelRegistry(models_dir)
+        self.render = render
         self._loaded: dict[tuple[str, str | None], Generator] = {}
 
     def get(self, name: str, version: str | None = None) -> Generator:
@@ -30,9 +32,9 @@ class GeneratorCatalog:
             raise GeneratorError(f"unknown generator {name!r}; valid: {', '.join(KINDS)}")
         model: Any
         if name == "procedural":
-            from models.render import ProceduralRenderer
+            from models.render import ProceduralRenderer, RenderConfig
 
-            model = ProceduralRenderer()
+            model = ProceduralRenderer(self.render or RenderConfig())
             if version is not None and version != model.version:
                 raise GeneratorError(f"procedural renderer is version {model.version}, not {version!r}")
         else:

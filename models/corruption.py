@@ -26,6 +26,7 @@ def _sample(image: np.ndarray, label: int, seed: int, run_id: str, generator: st
         run_id=run_id, sample_id=sample_id(generator, "probe-v1", seed, label, {}), job_id=f"{run_id}-probe",
         generator=generator, generator_version="probe-v1", seed=seed, conditioning=Conditioning(class_label=label),
         image_png=png, image_sha256=hashlib.sha256(png).hexdigest(), width=image.shape[1], height=image.shape[0],
+        channels=1 if image.ndim == 2 else image.shape[2],
         node_id="probe")
 
 

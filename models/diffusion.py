@@ -37,12 +37,25 @@ class DiffusionConfig:
     guidance: float = 0.0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    image_channels: int = 1
+
+    @classmethod
+    def for_data(cls, image_size: int, image_channels: int, num_classes: int, **overrides: Any) -> "DiffusionConfig":
+        """A UNet whose depth follows the resolution: one level per even halving down to 2×2, at most four levels
+        (8×8: 32-64-64; 28×28: 32-64-96; 32×32: 32-64-96-96)."""
+        from models.gan import halvings
+
+        levels = min(4, halvings(image_size, smallest=2) + 1)
+        widths = (32, 64, 64) if image_size <= 8 else (32, 64, 96, 96)[:levels]
+        return cls(image_size=image_size, image_channels=image_channels, num_classes=num_classes,
+                   **{"channels": widths, **overrides})
 
 
 def _unet(c: DiffusionConfig) -> UNet2DModel:
     blocks = len(c.channels)
     return UNet2DModel(
-        sample_size=c.image_size, in_channels=1, out_channels=1, layers_per_block=c.layers_per_block,
+        sample_size=c.image_size, in_channels=c.image_channels, out_channels=c.image_channels,
+        layers_per_block=c.layers_per_block,
         block_out_channels=c.channels, down_block_types=("DownBlock2D",) * blocks,
         up_block_types=("UpBlock2D",) * blocks, num_class_embeds=c.num_classes + 1,  # the last id: no class
         norm_num_groups=min(8, c.channels[0]),
@@ -61,6 +74,7 @@ class DiffusionModel:
         self.unet = unet.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.version = version
         self.image_size = config.image_size
+        self.channels = config.image_channels
         self.num_classes = config.num_classes
         self.label_budgets = label_budgets or []
         self.train_scheduler_config = DDPMScheduler(
@@ -79,7 +93,7 @@ class DiffusionModel:
             raise GeneratorError(f"steps must be 1..{self.config.train_timesteps}, not {steps}")
         scheduler = DDIMScheduler.from_config(self.train_scheduler_config)
         scheduler.set_timesteps(steps)
-        x = seeded_normal(seeds, 1, self.image_size, self.image_size)
+        x = seeded_normal(seeds, self.channels, self.image_size, self.image_size)
         y = torch.as_tensor(list(classes), dtype=torch.long)
         null = torch.full_like(y, self.num_classes)
         for t in scheduler.timesteps:
@@ -90,7 +104,9 @@ class DiffusionModel:
             else:
                 eps = self.unet(x, t, class_labels=y).sample
             x = scheduler.step(eps, t, x, eta=0.0).prev_sample
-        images = ((x.clamp(-1, 1) + 1) / 2).squeeze(1).numpy()
+        images = ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
+        if self.channels == 1:
+            images = images[..., 0]
         return GeneratorOutput(to_uint8(images), scheduler="DDIM", steps=steps)
 
     def weights(self) -> bytes:
@@ -111,9 +127,14 @@ class DiffusionModel:
 
 def train_diffusion(data: LabeledData, config: DiffusionConfig = DiffusionConfig(), *, progress: Any = None) -> DiffusionModel:
     """Train the UNet to predict noise (DDPM objective), dropping the class with ``uncond_prob`` for guidance."""
+    from models.features import as_tensor
+
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    x_all = torch.as_tensor(data.images, dtype=torch.float32).unsqueeze(1) * 2 - 1
+    x_all = as_tensor(data.images) * 2 - 1
+    if tuple(x_all.shape[1:]) != (config.image_channels, config.image_size, config.image_size):
+        raise GeneratorError(f"diffusion configured for {config.image_channels}×{config.image_size}² images, "
+                             f"given {tuple(x_all.shape[1:])}")
     y_all = torch.as_tensor(data.labels, dtype=torch.long)
     unet = _unet(config)
     scheduler = DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.features import SmallCnn, augment, shift
+from models.features import SmallCnn, as_tensor, augment, shift
 from models.runtime import OnnxModel, OnnxSpec
 
 EDGE_WIDTH = 16  # ~80k parameters: ~90 KB as INT8
@@ -37,45 +37,48 @@ class EdgeConfig:
     unlabeled_batch: int = 256
     unlabeled_weight: float = 1.0
     label_smoothing: float = 0.05  # without unlabeled images only: it caps confidence below ``threshold``
+    num_classes: int = 10
 
 
 def _strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Two rounds of the contrastive augmentations and a random 3×3 cutout."""
+    """Two rounds of the contrastive augmentations and a random square cutout (3×3 at 8×8, a third of the side
+    on larger images)."""
     x = augment(augment(x, generator), generator)
     n, (h, w) = len(x), x.shape[2:]
-    top, left = torch.randint(0, h - 2, (n,), generator=generator), torch.randint(0, w - 2, (n,), generator=generator)
+    cut = max(3, min(h, w) // 3)
+    top = torch.randint(0, h - cut + 1, (n,), generator=generator)
+    left = torch.randint(0, w - cut + 1, (n,), generator=generator)
     rows, cols = torch.arange(h)[None, :], torch.arange(w)[None, :]
-    inside = (((rows >= top[:, None]) & (rows < top[:, None] + 3))[:, :, None]
-              & ((cols >= left[:, None]) & (cols < left[:, None] + 3))[:, None, :])
+    inside = (((rows >= top[:, None]) & (rows < top[:, None] + cut))[:, :, None]
+              & ((cols >= left[:, None]) & (cols < left[:, None] + cut))[:, None, :])
     return x.masked_fill(inside[:, None], 0.0)
-
-
-def _tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(images, dtype=torch.float32)[:, None]
 
 
 def train_edge(images: np.ndarray, labels: np.ndarray, config: EdgeConfig = EdgeConfig(), *,
                synthetic: tuple[np.ndarray, np.ndarray] | None = None, unlabeled: np.ndarray | None = None,
-               progress: Callable[[int], None] | None = None) -> SmallCnn:
+               init: torch.nn.Module | None = None, progress: Callable[[int], None] | None = None) -> SmallCnn:
     """Train the edge classifier.
 
     Args:
         images, labels: Real labeled images (N, H, W) in [0, 1] and their labels (may be empty with ``synthetic``).
         synthetic: Labeled synthetic images; they fill ``synthetic_fraction`` of each labeled batch.
         unlabeled: Real images without labels, for FixMatch-style pseudo-labels.
+        init: A ``SmallCnn`` of the same width whose trunk the model starts from.
     """
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    size = (synthetic[0] if len(images) == 0 and synthetic is not None else images).shape[1]
-    model = SmallCnn(10, width=config.width, image_size=size)
     pools = []
     if len(images):
-        pools.append((_tensor(images), torch.as_tensor(labels, dtype=torch.long)))
+        pools.append((as_tensor(images), torch.as_tensor(labels, dtype=torch.long)))
     if synthetic is not None and len(synthetic[0]):
-        pools.append((_tensor(synthetic[0]), torch.as_tensor(synthetic[1], dtype=torch.long)))
+        pools.append((as_tensor(synthetic[0]), torch.as_tensor(synthetic[1], dtype=torch.long)))
+    shape = pools[0][0].shape
+    model = SmallCnn(config.num_classes, width=config.width, image_size=tuple(shape[2:]), channels=shape[1])
+    if init is not None:  # a trunk of the same shape, e.g. the contrastive extractor's
+        model.trunk.load_state_dict(init.trunk.state_dict())
     shares = [1.0] if len(pools) == 1 else [1 - config.synthetic_fraction, config.synthetic_fraction]
     counts = [max(1, round(config.batch_size * s)) for s in shares]
-    pool_u = _tensor(unlabeled) if unlabeled is not None and len(unlabeled) else None
+    pool_u = as_tensor(unlabeled) if unlabeled is not None and len(unlabeled) else None
     smoothing = config.label_smoothing if pool_u is None else 0.0
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps)
@@ -103,18 +106,19 @@ def train_edge(images: np.ndarray, labels: np.ndarray, config: EdgeConfig = Edge
 
 
 def probabilities(model: SmallCnn, images: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, 10) for images (N, H, W) in [0, 1]."""
+    """Class probabilities (N, classes) for images (N, H, W[, C]) in [0, 1]."""
     with torch.no_grad():
-        return F.softmax(model(_tensor(images)), dim=1).numpy()
+        return np.concatenate([F.softmax(model(as_tensor(images[i:i + 1024])), dim=1).numpy()
+                               for i in range(0, len(images), 1024)])
 
 
 def accuracy(model: SmallCnn, images: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities(model, images).argmax(1) == labels).mean())
 
 
-def edge_spec() -> OnnxSpec:
+def edge_spec(image_size: int = 8, channels: int = 1, num_classes: int = 10) -> OnnxSpec:
     return OnnxSpec(name="sdg-edge-classifier", kind="classifier", output="logits", output_is="logits",
-                    classes=tuple(range(10)))
+                    image_size=image_size, channels=channels, classes=tuple(range(num_classes)))
 
 
 def evaluate_deployed(fp32: Path, int8: Path, spec: OnnxSpec, images: np.ndarray, labels: np.ndarray, *,

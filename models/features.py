@@ -18,16 +18,35 @@ from torch.nn import functional as F
 FEATURE_DIM = 64
 
 
-class SmallCnn(nn.Module):
-    """Three 3×3 convolutions and two linear layers over (N, 1, 8, 8) images: the labeler's and extractor's trunk."""
+def as_tensor(images: np.ndarray) -> torch.Tensor:
+    """Images (N, H, W) grey or (N, H, W, C) colour, in [0, 1] → a float32 (N, C, H, W) tensor."""
+    x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
 
-    def __init__(self, out_dim: int, *, width: int = 32, image_size: int = 8) -> None:
+
+class SmallCnn(nn.Module):
+    """A small CNN over (N, C, H, W) images: the labeler's, extractor's and edge model's trunk.
+
+    Images larger than 8×8 first pass one stride-2 3×3 convolution per halving, down to at most 8×8 (28×28 and
+    32×32: two; 5× cheaper than convolving and pooling at full resolution); then three 3×3 convolutions with one
+    pooling and two linear layers. At 8×8 with one channel it is the original digits network, layer for layer.
+    """
+
+    def __init__(self, out_dim: int, *, width: int = 32, image_size: int | tuple[int, int] = 8,
+                 channels: int = 1) -> None:
         super().__init__()
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        stem: list[nn.Module] = []
+        c_in = channels
+        while max(h, w) > 8:
+            stem += [nn.Conv2d(c_in, width, 3, stride=2, padding=1), nn.ReLU()]
+            c_in, h, w = width, (h - 1) // 2 + 1, (w - 1) // 2 + 1
         self.trunk = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+            *stem,
+            nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.Flatten(),
-            nn.Linear(2 * width * (image_size // 2) ** 2, 128), nn.ReLU(),
+            nn.Linear(2 * width * (h // 2) * (w // 2), 128), nn.ReLU(),
         )
         self.head = nn.Linear(128, out_dim)
 
@@ -36,16 +55,34 @@ class SmallCnn(nn.Module):
 
 
 def shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random ±1 px shifts of (N, 1, H, W) images."""
+    """Random shifts of (N, C, H, W) images by up to 1 px per 8 px of side (±1 px at 8×8, ±3 px at 28×28)."""
     n, (h, w) = len(x), x.shape[2:]
-    views = F.pad(x, (1, 1, 1, 1)).unfold(2, h, 1).unfold(3, w, 1)  # (N, 1, 3, 3, H, W): every ±1 px shift
-    dy, dx = torch.randint(0, 3, (2, n), generator=generator)
+    p = max(1, min(h, w) // 8)
+    views = F.pad(x, (p, p, p, p)).unfold(2, h, 1).unfold(3, w, 1)  # (N, C, 2p+1, 2p+1, H, W): every shift
+    dy, dx = torch.randint(0, 2 * p + 1, (2, n), generator=generator)
     return views[torch.arange(n), :, dy, dx]
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random ±1 px shifts, contrast and ink-thickness changes and sensor noise on (N, 1, H, W) images in [0, 1]."""
+def warp(x: torch.Tensor, generator: torch.Generator, *, degrees: float = 12.0, scale: float = 0.1,
+         shear: float = 0.15) -> torch.Tensor:
+    """Random rotation, scale and shear of (N, C, H, W) images (bilinear, zero fill)."""
     n = len(x)
+    angle = torch.deg2rad((2 * torch.rand(n, generator=generator) - 1) * degrees)
+    zoom = 1 + (2 * torch.rand(n, generator=generator) - 1) * scale
+    skew = (2 * torch.rand(n, generator=generator) - 1) * shear
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin + skew, torch.zeros(n)], 1),
+                         torch.stack([sin, cos, torch.zeros(n)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random shifts, contrast and ink-thickness changes and sensor noise on (N, C, H, W) images in [0, 1]; above
+    8×8 also random rotation, scale and shear (at 8×8 a pixel is too coarse for them)."""
+    n = len(x)
+    if min(x.shape[2:]) > 8:
+        x = warp(x, generator)
     shifted = shift(x, generator)
     gain = 0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=generator)
     gamma = torch.exp(0.4 * torch.randn(n, 1, 1, 1, generator=generator))
@@ -66,9 +103,9 @@ class ExtractorConfig:
 class FeatureExtractor(nn.Module):
     """The trunk plus a linear layer to ``FEATURE_DIM`` features (the projection head is dropped after training)."""
 
-    def __init__(self, config: ExtractorConfig, image_size: int = 8) -> None:
+    def __init__(self, config: ExtractorConfig, image_size: int | tuple[int, int] = 8, channels: int = 1) -> None:
         super().__init__()
-        self.net = SmallCnn(FEATURE_DIM, width=config.width, image_size=image_size)
+        self.net = SmallCnn(FEATURE_DIM, width=config.width, image_size=image_size, channels=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -76,11 +113,11 @@ class FeatureExtractor(nn.Module):
 
 def train_extractor(images: np.ndarray, config: ExtractorConfig = ExtractorConfig(), *,
                     progress: Callable[[int], None] | None = None) -> FeatureExtractor:
-    """Train on unlabeled images (N, H, W) in [0, 1] with the NT-Xent contrastive loss."""
+    """Train on unlabeled images (N, H, W[, C]) in [0, 1] with the NT-Xent contrastive loss."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    x_all = torch.as_tensor(images, dtype=torch.float32)[:, None]
-    model = FeatureExtractor(config, image_size=images.shape[1])
+    x_all = as_tensor(images)
+    model = FeatureExtractor(config, image_size=tuple(x_all.shape[2:]), channels=x_all.shape[1])
     projection = nn.Sequential(nn.ReLU(), nn.Linear(FEATURE_DIM, FEATURE_DIM))
     optimizer = torch.optim.Adam([*model.parameters(), *projection.parameters()], lr=config.lr)
     for _ in range(config.steps):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from models.features import FeatureExtractor, SmallCnn, augment
+from models.features import FeatureExtractor, SmallCnn, as_tensor, augment
 from models.reference import LabeledData
 from models.runtime import OnnxSpec, export_onnx, quantize_int8
 
@@ -37,10 +37,10 @@ def train_labeler(data: LabeledData, config: LabelerConfig = LabelerConfig(), *,
     """Fine-tune on labeled images (from ``Splits.labeled("few")``) with augmentation."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = SmallCnn(config.num_classes, width=config.width, image_size=data.images.shape[1])
+    x_all = as_tensor(data.images)
+    model = SmallCnn(config.num_classes, width=config.width, image_size=tuple(x_all.shape[2:]), channels=x_all.shape[1])
     if init is not None:
         model.trunk.load_state_dict(copy.deepcopy(init.net.trunk.state_dict()))
-    x_all = torch.as_tensor(data.images, dtype=torch.float32)[:, None]
     y_all = torch.as_tensor(data.labels, dtype=torch.long)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     for _ in range(config.steps):
@@ -66,20 +66,21 @@ class Deployed:
 
 def deploy(module: torch.nn.Module, folder: Path, spec: OnnxSpec, *, calibration: np.ndarray,
            config: dict[str, Any]) -> Deployed:
-    """Export fp32 ONNX, quantize to static INT8 on ``calibration`` images (N, H, W) in [0, 1], write descriptions."""
+    """Export fp32 ONNX, quantize to static INT8 on ``calibration`` images (N, H, W[, C]) in [0, 1], write
+    descriptions."""
     folder.mkdir(parents=True, exist_ok=True)
     fp32, int8 = folder / "fp32.onnx", folder / "int8.onnx"
-    export_onnx(module, fp32, image_size=spec.image_size, input=spec.input, output=spec.output)
-    quantize_int8(fp32, int8, calibration.astype(np.float32)[:, None], input=spec.input)
+    export_onnx(module, fp32, image_size=spec.image_size, channels=spec.channels, input=spec.input, output=spec.output)
+    quantize_int8(fp32, int8, as_tensor(calibration).numpy(), input=spec.input)
     spec.write(fp32.with_suffix(".json"))
     spec.write(int8.with_suffix(".json"))
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return Deployed(folder, fp32, int8)
 
 
-def labeler_spec(config: LabelerConfig) -> OnnxSpec:
+def labeler_spec(config: LabelerConfig, image_size: int = 8, channels: int = 1) -> OnnxSpec:
     return OnnxSpec(name="sdg-labeler", kind="classifier", output="logits", output_is="logits",
-                    classes=tuple(range(config.num_classes)))
+                    image_size=image_size, channels=channels, classes=tuple(range(config.num_classes)))
 
 
 def labeler_config(config: LabelerConfig, data: LabeledData, extractor_version: str | None) -> dict[str, Any]:

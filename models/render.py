@@ -26,7 +26,7 @@ FONT_FILES = (
     "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
     "DejaVuSerif-Italic.ttf",
 )
-CANVAS = 32  # glyphs are drawn at this size, then filtered down
+CANVAS = 32  # glyphs are drawn on at least this many pixels (a multiple of the output size), then filtered down
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,11 @@ class RenderConfig:
     noise_range: tuple[float, float] = (0.0, 0.06)
     light_range: tuple[float, float] = (0.7, 1.0)
     scene_objects: tuple[int, int] = (2, 4)
+    channels: int = 1  # 3: coloured digits on coloured, textured paper
+    dark_ink: bool = False  # dark digits on light paper (found from the reference data)
+
+
+ADDED = {"channels": 1, "dark_ink": False}  # left out of the version at these values: old versions stay valid
 
 
 def _font_dir() -> str:
@@ -58,16 +63,22 @@ class ProceduralRenderer:
 
     def __init__(self, config: RenderConfig = RenderConfig()) -> None:
         self.config = config
+        if config.channels not in (1, 3):
+            raise GeneratorError(f"procedural draws 1 or 3 channels, not {config.channels}")
         self.image_size = config.image_size
+        self.channels = config.channels
         self.num_classes = config.num_classes
         fonts = b"".join(hashlib.sha256(open(os.path.join(_font_dir(), f), "rb").read()).digest() for f in FONT_FILES)
-        self.version = content_version(fonts, {"kind": KIND, "config": asdict(config), "code": 1})
+        described = {k: v for k, v in asdict(config).items() if ADDED.get(k, object()) != v}
+        self.version = content_version(fonts, {"kind": KIND, "config": described, "code": 1})
+        self.canvas = config.image_size * -(-CANVAS // config.image_size)  # 8 → 32, 28 → 56, 32 → 32
 
     @cached_property
     def _fonts(self) -> list[Any]:
         from PIL import ImageFont
 
-        return [ImageFont.truetype(os.path.join(_font_dir(), f), size=26) for f in FONT_FILES]
+        size = round(26 * self.canvas / CANVAS)
+        return [ImageFont.truetype(os.path.join(_font_dir(), f), size=size) for f in FONT_FILES]
 
     def checkpoint_config(self) -> dict[str, Any]:
         return {"kind": KIND, "config": asdict(self.config), "label_budgets": []}
@@ -84,31 +95,31 @@ class ProceduralRenderer:
         return GeneratorOutput(to_uint8(np.stack([s[0] for s in scenes])), objects=[s[1] for s in scenes])
 
     def _glyph(self, rng: np.random.Generator, digit: int) -> np.ndarray:
-        """Ink coverage in [0, 1] on a CANVAS×CANVAS grid: font, stroke and pose randomized."""
+        """Ink coverage in [0, 1] on a canvas×canvas grid: font, stroke and pose randomized."""
         from PIL import Image, ImageDraw
 
-        c = self.config
+        c, canvas = self.config, self.canvas
         font = self._fonts[rng.integers(len(self._fonts))]
-        image = Image.new("L", (CANVAS, CANVAS), 0)
+        image = Image.new("L", (canvas, canvas), 0)
         draw = ImageDraw.Draw(image)
-        stroke = int(rng.integers(c.stroke_range[0], c.stroke_range[1] + 1))
+        stroke = int(rng.integers(c.stroke_range[0], c.stroke_range[1] + 1)) * canvas // CANVAS
         box = draw.textbbox((0, 0), str(digit), font=font, stroke_width=stroke)
-        x = (CANVAS - (box[2] - box[0])) / 2 - box[0]
-        y = (CANVAS - (box[3] - box[1])) / 2 - box[1]
+        x = (canvas - (box[2] - box[0])) / 2 - box[0]
+        y = (canvas - (box[3] - box[1])) / 2 - box[1]
         draw.text((x, y), str(digit), fill=255, font=font, stroke_width=stroke, stroke_fill=255)
         angle = np.deg2rad(rng.uniform(-c.max_rotation_deg, c.max_rotation_deg))
         zoom = rng.uniform(*c.zoom_range)  # the glyph fills most of the frame, like the scans
         shear = rng.uniform(-c.max_shear, c.max_shear)
         cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
-        cx = cy = CANVAS / 2
+        cx = cy = canvas / 2
         a, b, d, e = cos, -sin + shear, sin, cos
-        jitter = rng.normal(0, 0.6, 2)
+        jitter = rng.normal(0, 0.6, 2) * canvas / CANVAS
         matrix = (a, b, cx - a * cx - b * cy + jitter[0], d, e, cy - d * cx - e * cy + jitter[1])
-        warped = image.transform((CANVAS, CANVAS), Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR)
+        warped = image.transform((canvas, canvas), Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR)
         return np.asarray(warped, dtype=np.float32) / 255.0
 
     def _shade(self, rng: np.random.Generator, ink: np.ndarray, out_size: int) -> np.ndarray:
-        """Materials, light, texture and lens blur at full resolution; returns radiance."""
+        """Materials, light, texture and lens blur at full resolution; returns radiance, (H, W) or (H, W, 3)."""
         from scipy.ndimage import gaussian_filter  # ships with scikit-learn
 
         c = self.config
@@ -119,16 +130,33 @@ class ProceduralRenderer:
         direction = rng.uniform(0, 2 * np.pi)
         yy, xx = np.mgrid[0:h, 0:w] / max(h, w) - 0.5
         light = rng.uniform(*c.light_range) * (1 + 0.3 * (np.cos(direction) * xx + np.sin(direction) * yy))
-        surface = (paper_albedo + texture) * (1 - ink) + ink_albedo * ink
-        return gaussian_filter(surface * light, sigma=rng.uniform(*c.blur_range) * h / out_size)
+        if c.channels == 1:
+            surface = (paper_albedo + texture) * (1 - ink) + ink_albedo * ink
+            return gaussian_filter(surface * light, sigma=rng.uniform(*c.blur_range) * h / out_size)
+        paper, ink_colour = self._colours(rng)
+        grain = gaussian_filter(rng.normal(0, 1, (h, w, 3)), sigma=(rng.uniform(1, 4),) * 2 + (0,))
+        surface = (paper + grain * rng.uniform(0.02, 0.12)) * (1 - ink[..., None]) + ink_colour * ink[..., None]
+        sigma = rng.uniform(*c.blur_range) * h / out_size
+        return gaussian_filter(surface * light[..., None], sigma=(sigma, sigma, 0))
+
+    def _colours(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A paper and an ink colour at least 0.35 apart in luminance (paper light when the data's ink is dark)."""
+        luma = np.array([0.299, 0.587, 0.114])
+        while True:
+            paper, ink = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+            gap = float((paper - ink) @ luma) * (1 if self.config.dark_ink else -1)
+            if gap >= 0.35:
+                return paper, ink
 
     def _sensor(self, rng: np.random.Generator, image: np.ndarray, size: int) -> np.ndarray:
         """Pixel integration (box filter), auto exposure to a random white level, read noise."""
         factor = image.shape[0] // size
-        small = image[: size * factor, : size * factor].reshape(size, factor, size, factor).mean(axis=(1, 3))
+        cut = image[: size * factor, : size * factor]
+        small = cut.reshape(size, factor, size, factor, *image.shape[2:]).mean(axis=(1, 3))
         small = small / max(float(small.max()), 1e-3) * rng.uniform(0.8, 1.0)
         small = small + rng.normal(0, rng.uniform(*self.config.noise_range), small.shape)
-        return np.clip(small, 0, 1)
+        small = np.clip(small, 0, 1)
+        return 1 - small if self.config.dark_ink and self.config.channels == 1 else small
 
     def _crop(self, rng: np.random.Generator, digit: int) -> np.ndarray:
         size = self.config.image_size

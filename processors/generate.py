@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from models.catalog import GeneratorCatalog
-from models.generator import GeneratorError, png_bytes
+from models.generator import GeneratorError, channels_of, png_bytes
 from schemas.identity import sample_id
 from schemas.records import Annotation, Conditioning, GeneratedSample, GenerationJob, Reading, Record
 
@@ -52,6 +52,7 @@ def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: Genera
             image_sha256=hashlib.sha256(image).hexdigest(),
             width=int(output.images.shape[2]),
             height=int(output.images.shape[1]),
+            channels=channels_of(output.images),
             node_id=config.node_id,
             scheduler=output.scheduler,
             steps=output.steps,

@@ -19,7 +19,8 @@ PROCEDURAL = "procedural"
 
 
 class Classifier(Protocol):
-    """An image classifier: uint8 (N, H, W) → probabilities (N, C); ``OnnxModel`` is one."""
+    """An image classifier: uint8 (N, H, W) grey or (N, H, W, C) colour → probabilities (N, classes); ``OnnxModel``
+    is one."""
 
     version: str
 
@@ -34,38 +35,41 @@ class Labeler:
     model: Classifier
     classes: tuple[int, ...]
     image_size: int = 8
+    channels: int = 1
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def _resize(image: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """``image`` at size × size with ``channels`` (1: grey, 3: RGB)."""
     from PIL import Image
 
-    if image.shape == (size, size):
+    if image.shape[:2] == (size, size) and (image.ndim == 3) == (channels == 3):
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    converted = Image.fromarray(image).convert("L" if channels == 1 else "RGB")
+    return np.asarray(converted.resize((size, size), Image.Resampling.BILINEAR))
 
 
-def _crop(image: np.ndarray, bbox: list[float], size: int) -> np.ndarray:
+def _crop(image: np.ndarray, bbox: list[float], size: int, channels: int) -> np.ndarray:
     from PIL import Image
 
     x, y, w, h = (int(round(v)) for v in bbox)
     side = min(max(w, h, 1), 2 * max(image.shape))  # square crop around the box centre, like the reference digits
     cx, cy = x + w // 2, y + h // 2
     box = (cx - side // 2, cy - side // 2, cx - side // 2 + side, cy - side // 2 + side)
-    return _resize(np.asarray(Image.fromarray(image).crop(box)), size)
+    return _resize(np.asarray(Image.fromarray(image).crop(box)), size, channels)
 
 
-def _inputs(sample: GeneratedSample, size: int) -> list[np.ndarray]:
+def _inputs(sample: GeneratedSample, size: int, channels: int) -> list[np.ndarray]:
     """What the classifier sees of a sample: each object's crop for a scene, else the whole image.
 
     Raises:
         ValueError: the image is not a PNG of the sample's size, or a scene comes from another generator than
             the procedural renderer (whose object labels are its own ground truth).
     """
-    image = decode_png(sample.image_png, shape=(sample.height, sample.width))
+    image = decode_png(sample.image_png, shape=(sample.height, sample.width), channels=sample.channels)
     if sample.objects and sample.generator != PROCEDURAL:
         raise ValueError(f"a {sample.generator} sample with {len(sample.objects)} objects: only the "
                          f"{PROCEDURAL} renderer draws scenes")
-    return [_crop(image, o.bbox, size) for o in sample.objects] or [_resize(image, size)]
+    return [_crop(image, o.bbox, size, channels) for o in sample.objects] or [_resize(image, size, channels)]
 
 
 def _confidence(p: np.ndarray) -> tuple[float, float, float]:
@@ -86,7 +90,7 @@ def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSa
     results: list[LabeledSample | Exception | None] = []
     for sample in samples:
         try:
-            parts = _inputs(sample, labeler.image_size)
+            parts = _inputs(sample, labeler.image_size, labeler.channels)
         except ValueError as e:
             results.append(ValueError(f"sample {sample.sample_id}: {e}"))
             owners.append([])

@@ -192,7 +192,7 @@ class QualityJudge:
 
     def assess(self, records: list[LabeledSample], window_id: str) -> list[Pending]:
         """Features, per-sample score and per-sample rejection of each record (its label re-checked)."""
-        images = np.stack([decode_png(r.sample.image_png) for r in records])
+        images = np.stack([decode_png(r.sample.image_png, channels=self.reference.channels) for r in records])
         features = self.extractor.run(images)  # type: ignore[attr-defined]
         realism, nn_distance, memorization = self.reference.per_sample(features, images)
         out = []

@@ -42,6 +42,7 @@ SAMPLES = pa.schema([
     pa.field("height", pa.int32()),
     pa.field("node_id", pa.string()),
     pa.field("objects_json", pa.string()),  # boxes of multi-object scenes (masks stay in the image topic records)
+    pa.field("channels", pa.int32()),  # added with colour data: tables written before read it as null (grey)
 ])
 
 LINEAGE = pa.schema([

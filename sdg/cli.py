@@ -29,11 +29,22 @@ app.add_typer(spark_app, name="spark")
 telemetry_app = typer.Typer(help="The modeled plant: live readings, alerts and caps; faults; a scenario plot.",
                             no_args_is_help=True)
 app.add_typer(telemetry_app, name="telemetry")
-console = Console()
+# piped or redirected, output is as wide as it needs to be: tables keep whole topic names and ids, no "sdg.reque…"
+console = Console() if sys.stdout.isatty() else Console(width=100_000)
 
 
-def _settings() -> Settings:
+DataOption = Annotated[Optional[str], typer.Option(
+    "--data", help="The real data: digits, mnist, an image folder root/<class>/, or a Parquet/Delta table "
+                   "(default: SDG_DATA__SOURCE, else digits).")]
+
+
+def _settings(data: str | None = None) -> Settings:
+    """The settings, with ``--data`` (when given) in place of ``SDG_DATA__SOURCE``."""
     settings = load_settings()
+    if data is not None:
+        from models.reference import DataConfig
+
+        settings = settings.model_copy(update={"data": DataConfig(**{**settings.data.model_dump(), "source": data})})
     settings.private_state_dir()
     return settings
 
@@ -149,6 +160,7 @@ def run_processor(
     source: Annotated[Optional[str], typer.Option(help="Topic to consume (default: the processor's).")] = None,
     sink: Annotated[Optional[str], typer.Option(help="Topic to produce to (default: the processor's).")] = None,
     group: Annotated[Optional[str], typer.Option(help="Consumer group (default: sdg-<processor>).")] = None,
+    data: DataOption = None,
 ) -> None:
     """Run a stream processor until SIGTERM/SIGINT (finishes its batch, commits, exits 0).
 
@@ -158,7 +170,7 @@ def run_processor(
     from sdg.workers import SERVICES, datasets
     from sdg.workers import processor as make_processor
 
-    settings = _settings()
+    settings = _settings(data)
     if processor in SERVICES:
         if source or sink:
             raise typer.BadParameter(f"{processor} has fixed topics; it takes --group only")
@@ -181,11 +193,12 @@ def train_generator(
     pseudo_labels: Annotated[bool, typer.Option(help="With --labels-per-class: add unlabeled train images, labeled by a semi-supervised teacher trained on the K labels (dual pseudo training).")] = False,
     steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
+    data: DataOption = None,
 ) -> None:
     """Train a generator on the real reference set; writes a versioned checkpoint and a sample grid."""
     from sdg.training import train_generator as train
 
-    result = train(_settings(), kind, labels_per_class=labels_per_class, pseudo_labels=pseudo_labels, steps=steps,
+    result = train(_settings(data), kind, labels_per_class=labels_per_class, pseudo_labels=pseudo_labels, steps=steps,
                    seed=seed, console=console)
     console.print(f"{kind} version {result.version}: {result.labels_used} real labels used; grid {result.grid}")
 
@@ -196,13 +209,13 @@ def train_labeler(
     extractor_steps: Annotated[int, typer.Option(help="Contrastive training steps of the feature extractor.")] = 600,
     labeler_steps: Annotated[int, typer.Option(help="Fine-tuning steps of the labeler.")] = 600,
     seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
+    data: DataOption = None,
 ) -> None:
     """Train the quality feature extractor (no labels) and the labeler (few labels); deploy both as fp32 and INT8 ONNX."""
-    from models.reference import load_digits_reference, make_splits
     from sdg.labeling import train_quality_models
 
-    splits = make_splits(load_digits_reference(), labels_per_class=labels_per_class, seed=seed)
-    result = train_quality_models(_settings(), splits=splits, extractor_steps=extractor_steps,
+    settings = _settings(data)
+    result = train_quality_models(settings, splits=settings.splits(labels_per_class, seed), extractor_steps=extractor_steps,
                                   labeler_steps=labeler_steps, console=console)
     accuracy = ", ".join(f"{k} {v:.1%}" for k, v in result.test_accuracy.items())
     console.print(f"labeler {result.labeler} ({result.labels_used} real labels): real test accuracy {accuracy}")
@@ -305,7 +318,6 @@ def replay(
     """Re-publish samples from the Delta history, in the order they were generated."""
     import time
 
-    from models.catalog import GeneratorCatalog
     from sdg.history import regenerate as recreate
     from sdg.history import select_samples, to_sample
     from streams.producer import RecordProducer
@@ -314,7 +326,7 @@ def replay(
     rows = select_samples(settings.delta_tables(), as_of=as_of, run=run, generator=generator,
                           class_label=class_label, decision=decision)
     if regenerate:
-        rows, mismatched = recreate(rows, GeneratorCatalog(settings.models_dir))
+        rows, mismatched = recreate(rows, settings.catalog())
         console.print(f"regenerated {len(rows)} samples: {len(rows) - len(mismatched)} match their stored hash"
                       + (f", [red]{len(mismatched)} do not[/]: {mismatched[:10]}" if mismatched else ""))
     started = time.monotonic()
@@ -407,22 +419,24 @@ def plan(
 @app.command()
 def demo(
     records: Annotated[int, typer.Option(help="Valid records to publish per topic.")] = 300,
+    data: DataOption = None,
 ) -> None:
     """Run the platform on the embedded broker (or the configured cluster) and print what went where."""
     from sdg.demo import run_demo
 
-    run_demo(_settings(), records_per_topic=records, console=console)
+    run_demo(_settings(data), records_per_topic=records, console=console)
 
 
 @app.command("train-edge")
 def train_edge(
     run: Annotated[Optional[str], typer.Option(help="Only accepted samples of this run.")] = None,
+    data: DataOption = None,
 ) -> None:
     """Train the edge model on what sdg.samples.accepted holds now; INT8 ONNX in .sdg/models/edge, a models row."""
     from sdg.training import train_edge_model
     from streams.subscribe import subscribe
 
-    settings = _settings()
+    settings = _settings(data)
     records = [r.record for r in subscribe("sdg.samples.accepted", kafka=settings.kafka_client, from_beginning=True,
                                            idle_timeout_s=5) if run is None or r.record.run_id == run]
     if not records:
@@ -445,11 +459,12 @@ def evaluate(
     synthetic_per_class: Annotated[int, typer.Option(help="Samples per class and generator.")] = 200,
     generator: Annotated[Optional[list[str]], typer.Option(help="kind or kind@version (default: every trained "
                                                                 "one, and procedural).")] = None,
+    data: DataOption = None,
 ) -> None:
     """The label-cost experiment: edge models per arm and seed on the real test split; report in runs/<run-id>/."""
     from sdg.evaluate import EvaluationPlan, run_evaluation
 
-    settings = _settings()
+    settings = _settings(data)
     plan = EvaluationPlan(ks=tuple(int(k) for k in ks.split(",")), seeds=tuple(range(seeds)), steps=steps,
                           synthetic_per_class=synthetic_per_class, generators=tuple(generator) if generator else None)
     evaluation = run_evaluation(settings, plan, Path("runs") / settings.run_id, console=console)

@@ -47,7 +47,6 @@ class DemoPlan:
     teacher_steps: int = 1500  # the semi-supervised teacher behind the generators' pseudo-labels
     gan_steps: int = 1500
     diffusion_steps: int = 400
-    diffusion_channels: tuple[int, ...] = (32, 64, 64)
     extractor_steps: int = 600
     labeler_steps: int = 600
     window_size: int = 100
@@ -150,14 +149,14 @@ def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console) -> 
     from models.diffusion import DiffusionConfig, train_diffusion
     from models.gan import GanConfig, train_gan
     from models.generator import ModelRegistry, sample_grid
-    from models.reference import load_digits_reference, make_splits
     from sdg.training import pseudo_labeled
 
     registry = ModelRegistry(settings.models_dir)
+    reference = settings.reference()
+    shape = (reference.image_size, reference.channels, reference.num_classes)
     trainers = {
-        "gan": (train_gan, replace(GanConfig(), steps=plan.gan_steps)),
-        "diffusion": (train_diffusion, replace(DiffusionConfig(), steps=plan.diffusion_steps,
-                                               channels=plan.diffusion_channels)),
+        "gan": (train_gan, GanConfig.for_data(*shape, steps=plan.gan_steps)),
+        "diffusion": (train_diffusion, DiffusionConfig.for_data(*shape, steps=plan.diffusion_steps)),
     }
     data = None
     for kind, (train, config) in trainers.items():
@@ -168,14 +167,14 @@ def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console) -> 
             if data is None:
                 task = progress.add_task("training the teacher (10 labels per class + unlabeled images)",
                                          total=plan.teacher_steps)
-                data, pseudo = pseudo_labeled(make_splits(load_digits_reference()), steps=plan.teacher_steps,
+                data, pseudo = pseudo_labeled(settings.splits(), steps=plan.teacher_steps,
                                               progress=lambda n: progress.advance(task, n))
                 console.print(f"teacher: pseudo-labeled {pseudo} unlabeled train images")
             task = progress.add_task(f"training {kind} on the few labels and the pseudo-labels", total=config.steps)
             model = train(data, config, progress=lambda n: progress.advance(task, n))
-        labels = [c for c in range(10) for _ in range(10)]
+        labels = [c for c in range(reference.num_classes) for _ in range(10)]
         version = registry.save(kind, model.weights(), model.checkpoint_config(),
-                                sample_grid(model(list(range(100)), labels).images, labels))
+                                sample_grid(model(list(range(len(labels))), labels).images, labels))
         console.print(f"{kind}: trained version {version} ({model.label_budgets[0]['n_labels']} real labels)")
 
 
@@ -196,6 +195,15 @@ def _ensure_quality_models(settings: Settings, plan: DemoPlan, console: Console)
                   + ", ".join(f"{k} {v:.1%}" for k, v in trained.test_accuracy.items()))
 
 
+def _child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a processor the demo starts: this process's state, run, broker and real data."""
+    env = {**os.environ, "SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": settings.run_id,
+           "SDG_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_client.bootstrap_servers}
+    for name, value in settings.data.model_dump(exclude_defaults=True).items():
+        env[f"SDG_DATA__{name.upper()}"] = str(value)
+    return env
+
+
 @contextmanager
 def _gate_processors(settings: Settings, plan: DemoPlan, out: Path) -> Iterator[None]:
     """The label processor (a thread here) and the quality processor (a faust worker process), reading from now on."""
@@ -203,9 +211,8 @@ def _gate_processors(settings: Settings, plan: DemoPlan, out: Path) -> Iterator[
     label_group = f"sdg-demo-label-{settings.run_id}"
     admin.start_group_at_end(kafka, label_group, ["sdg.samples.raw"])
     admin.start_group_at_end(kafka, QUALITY_APP, ["sdg.samples.labeled"])
-    env = {**os.environ, "SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": settings.run_id,
-           "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-           "SDG_QUALITY__WINDOW_SIZE": str(plan.window_size), "SDG_QUALITY__MAX_WINDOW_S": str(plan.max_window_s)}
+    env = {**_child_env(settings), "SDG_QUALITY__WINDOW_SIZE": str(plan.window_size),
+           "SDG_QUALITY__MAX_WINDOW_S": str(plan.max_window_s)}
     with open(out / "quality-processor.log", "wb") as log:
         quality = subprocess.Popen([sys.executable, "-m", "sdg", "run", "quality", "--group", QUALITY_APP],
                                    env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -269,8 +276,7 @@ def _thermal_loop(settings: Settings, plan: DemoPlan, out: Path, seen: list) -> 
     watch = f"sdg-demo-thermal-{settings.run_id}"
     admin.start_group_at_end(kafka, watch, ["sdg.telemetry", "sdg.alerts", "sdg.control"])
     admin.start_group_at_end(kafka, "sdg-thermal", ["sdg.telemetry"])
-    env = {**os.environ, "SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": settings.run_id,
-           "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers}
+    env = _child_env(settings)
     plant = PlantService(config, kafka=kafka, run_id=settings.run_id, group=f"sdg-demo-plant-{settings.run_id}")
 
     stop = threading.Event()
@@ -362,8 +368,9 @@ def _generation(
     admin.start_group_at_end(kafka, watch, [*DECISION_TOPICS, "sdg.quality"])
     # a plan seed of its own per run: new samples each run (the same seed would name the same samples again)
     seed = int(hashlib.sha256(run_id.encode()).hexdigest()[:6], 16) * 2
+    classes = list(range(settings.reference().num_classes))
     jobs = [job for name in ("gan", "diffusion", "procedural")
-            for job in plan_jobs(name, classes=list(range(10)), per_class=plan.per_class, seed=seed, run_id=run_id)]
+            for job in plan_jobs(name, classes=classes, per_class=plan.per_class, seed=seed, run_id=run_id)]
     jobs += plan_jobs("procedural", classes=list(range(10)), per_class=1, seed=seed + 1, run_id=run_id,
                       params={"mode": "scene"})
     expected = sum(job.count for job in jobs)
@@ -427,7 +434,7 @@ def _generation(
                       str(len({s.conditioning.class_label for s in samples})),
                       f"{first.scheduler or '-'}{'/' + str(first.steps) if first.steps else ''}", f"{per_sample:.2f}")
         if not first.objects:
-            images = np.stack([decode_png(s.image_png) for s in samples])
+            images = np.stack([decode_png(s.image_png, channels=s.channels) for s in samples])
             grids[key] = out / f"samples_{key}.png"
             grids[key].write_bytes(sample_grid(images, [s.conditioning.class_label for s in samples]))
     console.print(table)

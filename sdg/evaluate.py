@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from models.reference import Splits, distinct_labels, load_digits_reference, make_splits
+from models.reference import Splits, distinct_labels, make_splits
 
 WITHIN_PT = 0.5  # "matches real-full": mean accuracy within this many points
 
@@ -66,7 +66,7 @@ class Arm:
 @dataclass(frozen=True)
 class Synthetic:
     name: str
-    images: np.ndarray  # (N, H, W) in [0, 1]
+    images: np.ndarray  # (N, H, W[, C]) in [0, 1]
     labels: np.ndarray
     budgets: list[dict[str, Any]]  # the generator's and the labeler's
     kept: float  # fraction the labeler agreed with
@@ -74,19 +74,18 @@ class Synthetic:
 
 def synthetic_sets(settings: Any, plan: EvaluationPlan, console: Console) -> list[Synthetic]:
     """Samples of each generator, kept where the labeler agrees with the conditioning (the gate's first test)."""
-    from models.catalog import GeneratorCatalog
     from models.generator import ModelRegistry
     from sdg.labeling import labeler_budgets, load_labeler
 
     labeler, labeler_labels = load_labeler(settings), labeler_budgets(settings)
-    catalog, registry = GeneratorCatalog(settings.models_dir), ModelRegistry(settings.models_dir)
+    catalog, registry = settings.catalog(), ModelRegistry(settings.models_dir)
     wanted = plan.generators or tuple([f"{kind}@{v}" for kind in ("gan", "diffusion") for v in registry.versions(kind)]
                                       + ["procedural"])
     out = []
     for spec in wanted:
         kind, _, version = spec.partition("@")
         model = catalog.get(kind, version or None)
-        classes = [c for c in range(10) for _ in range(plan.synthetic_per_class)]
+        classes = [c for c in labeler.classes for _ in range(plan.synthetic_per_class)]
         images = []
         with console.status(f"generating {len(classes)} samples with {kind}@{model.version}"):
             for start in range(0, len(classes), 500):
@@ -106,7 +105,7 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
     from models.generator import sample_grid
 
     out.mkdir(parents=True, exist_ok=True)
-    reference = load_digits_reference()
+    reference = settings.reference()
     base = make_splits(reference)
     test_x, test_y = base.test_set()
     synthetic = synthetic_sets(settings, plan, console)
@@ -126,14 +125,15 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
             if name == "real-full":
                 images, labels, budgets = full.images, full.labels, [full.budget.as_dict()]
             elif k is None:
-                images, labels, budgets = np.empty((0, 8, 8), np.float32), np.empty(0, np.int64), []
+                images, labels, budgets = full.images[:0], full.labels[:0], []
             else:
                 few = splits[k].labeled("few")
                 images, labels, budgets = few.images, few.labels, [few.budget.as_dict()]
             unlabeled = splits[k].unlabeled_images() if pseudo and k is not None else None
             accuracies = []
             for seed in plan.seeds:
-                model = train_edge(images, labels, EdgeConfig(steps=plan.steps, seed=seed),
+                config = EdgeConfig(steps=plan.steps, seed=seed, num_classes=reference.num_classes)
+                model = train_edge(images, labels, config,
                                    synthetic=(syn.images, syn.labels) if syn is not None else None, unlabeled=unlabeled)
                 accuracies.append(accuracy(model, test_x, test_y))
                 progress.advance(task)

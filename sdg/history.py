@@ -100,7 +100,7 @@ def to_sample(row: dict[str, Any]) -> Any:
         generator=row["generator"], generator_version=row["generator_version"], seed=row["seed"],
         conditioning=Conditioning(class_label=row["class_label"], params=json.loads(row["params_json"] or "{}")),
         image_png=row["image_png"], image_sha256=row["image_sha256"], width=row["width"], height=row["height"],
-        node_id=row["node_id"] or "", objects=[Annotation(**o) for o in json.loads(row["objects_json"] or "[]")])
+        channels=row.get("channels") or 1, node_id=row["node_id"] or "", objects=[Annotation(**o) for o in json.loads(row["objects_json"] or "[]")])
 
 
 def regenerate(rows: list[dict[str, Any]], catalog: Any) -> tuple[list[dict[str, Any]], list[str]]:

@@ -19,14 +19,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from models.generator import GeneratorError
-from models.reference import Splits, load_digits_reference, make_splits
+from models.reference import Splits
 from models.runtime import OnnxModel, OnnxSpec, seal, verify_sealed
 from processors.label import Labeler
 from processors.quality import QualityJudge
 from schemas.records import GeneratedSample, Label
 from sdg.settings import Settings
 
-EXTRACTOR_SPEC = OnnxSpec(name="sdg-digits-contrastive", kind="features", output="features")
+def extractor_spec(image_size: int = 8, channels: int = 1) -> OnnxSpec:
+    return OnnxSpec(name="sdg-contrastive", kind="features", output="features", image_size=image_size,
+                    channels=channels)
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,11 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
     import numpy as np
     import torch
 
-    from models.features import ExtractorConfig, extractor_config, train_extractor
+    from models.features import ExtractorConfig, as_tensor, extractor_config, train_extractor
     from models.labeler import LabelerConfig, deploy, labeler_config, labeler_spec, train_labeler
 
-    splits = splits or make_splits(load_digits_reference())
+    splits = splits or settings.splits()
+    size, channels = splits.reference.image_size, splits.reference.channels
     unlabeled = splits.reference.images[splits.train]  # images only: no label of the train split is read
     root = settings.models_dir
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -74,23 +77,23 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
         calibration = splits.unlabeled_images()[:512]
         staging = root / "extractor" / ".staging"
         shutil.rmtree(staging, ignore_errors=True)
-        deploy(extractor.net, staging, EXTRACTOR_SPEC, calibration=calibration,
+        deploy(extractor.net, staging, extractor_spec(size, channels), calibration=calibration,
                config=extractor_config(e_config, splits.hashes["train"]))
         extractor_dir = publish(staging, root, "extractor")
 
         few = splits.labeled("few")
-        l_config = replace(LabelerConfig(), steps=labeler_steps)
+        l_config = replace(LabelerConfig(), steps=labeler_steps, num_classes=splits.reference.num_classes)
         labeler = train_labeler(few, l_config, init=extractor, progress=bar(f"labeler ({few.budget.n_labels} labels)",
                                                                            labeler_steps))
     staging = root / "labeler" / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
-    deployed = deploy(labeler, staging, labeler_spec(l_config), calibration=calibration,
+    deployed = deploy(labeler, staging, labeler_spec(l_config, size, channels), calibration=calibration,
                       config=labeler_config(l_config, few, extractor_dir.name))
     images, labels = splits.test_set()
     u8 = np.floor(images * 255 + 0.5).astype(np.uint8)
     accuracy = {p.stem: float((OnnxModel(p).run(u8).argmax(1) == labels).mean()) for p in (deployed.fp32, deployed.int8)}
     with torch.no_grad():
-        accuracy["torch"] = float((labeler(torch.as_tensor(images)[:, None]).argmax(1).numpy() == labels).mean())
+        accuracy["torch"] = float((labeler(as_tensor(images)).argmax(1).numpy() == labels).mean())
     labeler_dir = publish(staging, root, "labeler")
     return QualityModels(labeler_dir, extractor_dir, few.budget.n_labels, accuracy)
 
@@ -113,7 +116,8 @@ def load_labeler(settings: Settings) -> Labeler:
     if model.spec.kind != "classifier":
         raise GeneratorError(f"{model.path} is described as {model.spec.kind}, not a classifier")
     classes = model.spec.classes or tuple(range(int(model.session.get_outputs()[0].shape[1])))
-    return Labeler(name=model.spec.name, model=model, classes=classes, image_size=model.spec.image_size)
+    return Labeler(name=model.spec.name, model=model, classes=classes, image_size=model.spec.image_size,
+                   channels=model.spec.channels)
 
 
 def labeler_budgets(settings: Settings) -> list[dict[str, object]]:
@@ -126,14 +130,14 @@ def labeler_budgets(settings: Settings) -> list[dict[str, object]]:
 
 
 def load_judge(settings: Settings, splits: Splits | None = None) -> QualityJudge:
-    """The quality judge over the default reference set (scikit-learn digits, fixed splits), re-checking every
+    """The quality judge over the configured real data (``SDG_DATA__SOURCE``, fixed splits), re-checking every
     label with the labeler the pipeline is configured with."""
     from models.quality import Reference
     from processors.label import label
 
     q = settings.quality
     extractor = OnnxModel(_model_path(settings, "extractor", q.extractor, "fp32"), threads=q.threads)
-    reference = Reference.build(splits or make_splits(load_digits_reference()), extractor.run,
+    reference = Reference.build(splits or settings.splits(), extractor.run,
                                 extractor=extractor.spec.name, extractor_hash=extractor.version, k=q.k)
     labeler = load_labeler(settings)
 

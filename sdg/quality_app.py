@@ -79,8 +79,9 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
     max_bytes = settings.kafka_client.max_record_bytes
     # a sample's scored and decided copies add a few hundred bytes to it: a larger one has no room for them
     max_input = max_bytes - ENVELOPE_BYTES
-    dim = int(judge.extractor.run(np.zeros((1, 8, 8), np.uint8)).shape[1])  # type: ignore[attr-defined]
-    size = judge.reference.image_size
+    size, channels = judge.reference.image_size, judge.reference.channels
+    blank = np.zeros((1, size, size) if channels == 1 else (1, size, size, channels), np.uint8)
+    dim = int(judge.extractor.run(blank).shape[1])  # type: ignore[attr-defined]
     cache: dict[str, GeneratorWindows] = {}
     slide = settings.quality.slide
 
@@ -103,9 +104,12 @@ def quality_app(settings: Settings, judge: QualityJudge, *, app_id: str = "sdg-q
         async for event in stream.events():
             try:
                 record = labeled(event.value)
-                image = decode_png(record.sample.image_png, shape=(record.sample.height, record.sample.width))
-                if image.shape[0] != image.shape[1] or (not record.sample.objects and image.shape[0] != size):
+                sample = record.sample
+                image = decode_png(sample.image_png, shape=(sample.height, sample.width), channels=sample.channels)
+                if image.shape[0] != image.shape[1] or (not sample.objects and image.shape[0] != size):
                     raise ValueError(f"a {image.shape[1]}×{image.shape[0]} image; the reference set is {size}×{size}")
+                if sample.channels != channels:
+                    raise ValueError(f"a {sample.channels}-channel image; the reference set has {channels}")
                 decided = judge.decide_scene(record) if record.sample.objects else None
             except (UndecodableRecord, ValueError, RecordTooLarge) as e:
                 await reject(event, "quality.route", e)

@@ -5,6 +5,7 @@ Nothing else in sdg-edge reads ``os.environ``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.broker import BrokerConfig, EmbeddedBroker
 from infra.plant import PlantConfig
+from models.reference import DataConfig, ReferenceSet, Splits, load_reference, make_splits
 from processors.quality import QualityConfig
 from processors.thermal import ThermalConfig
 from schemas.records import RunId
@@ -64,6 +66,7 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(default=Path(".sdg"), description="Broker data, caches and local tables.")
     run_id: RunId = Field(default_factory=_new_run_id)
+    data: DataConfig = DataConfig()
     kafka: KafkaConfig = KafkaConfig()
     broker: BrokerConfig = BrokerConfig()
     topics: TopicConfig = TopicConfig()
@@ -92,8 +95,13 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        """The model registry: trained generators and labelers, by kind and version."""
-        return self.state_dir / "models"
+        """The model registry: trained generators and labelers, by kind and version; one per real data set (the
+        default digits in ``models``, others in ``models-<name>-<hash of SDG_DATA__*>``)."""
+        if self.data == DataConfig():
+            return self.state_dir / "models"
+        key = hashlib.sha256(self.data.model_dump_json().encode()).hexdigest()[:8]
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(self.data.source).name)[:40]
+        return self.state_dir / f"models-{name}-{key}"
 
     def private_state_dir(self) -> Path:
         """The state directory, created owner-only (0700): it holds the broker's configuration, models and tables."""
@@ -103,6 +111,24 @@ class Settings(BaseSettings):
         """The settings as JSON-able data with every secret masked (``SecretStr`` fields and secret-looking keys
         of ``extra_config`` / ``extra_properties``), for printing."""
         return _mask(self.model_dump(mode="json"))
+
+    def reference(self) -> ReferenceSet:
+        """The real data (``SDG_DATA__SOURCE``)."""
+        return load_reference(self.data)
+
+    def splits(self, labels_per_class: int = 10, seed: int = 0) -> Splits:
+        """The real data's fixed, seeded splits (train, test, and the few labels per class)."""
+        return make_splits(self.reference(), labels_per_class=labels_per_class, seed=seed)
+
+    def catalog(self) -> Any:
+        """The generators of this data set: its trained GAN and diffusion models, and the procedural renderer
+        drawing at the data's size, channels and polarity."""
+        from models.catalog import GeneratorCatalog
+        from models.render import RenderConfig
+
+        r = self.reference()
+        render = RenderConfig(image_size=r.image_size, channels=r.channels, dark_ink=r.dark_ink)
+        return GeneratorCatalog(self.models_dir, render)
 
     def delta_tables(self) -> DeltaTables:
         return DeltaTables(self.tables_dir or self.state_dir / "tables")

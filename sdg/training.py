@@ -13,13 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from models.generator import GeneratorError, ModelRegistry, sample_grid
-from models.reference import (
-    LabeledData,
-    Splits,
-    distinct_labels,
-    load_digits_reference,
-    make_splits,
-)
+from models.reference import LabeledData, Splits, distinct_labels
 from sdg.settings import Settings
 
 
@@ -42,8 +36,8 @@ def pseudo_labeled(splits: Splits, *, threshold: float = 0.9, steps: int = 1500,
     from models.edge import EdgeConfig, probabilities, train_edge
 
     few, unlabeled = splits.labeled("few"), splits.unlabeled_images()
-    teacher = train_edge(few.images, few.labels, EdgeConfig(steps=steps, seed=splits.seed), unlabeled=unlabeled,
-                         progress=progress)
+    config = EdgeConfig(steps=steps, seed=splits.seed, num_classes=splits.reference.num_classes)
+    teacher = train_edge(few.images, few.labels, config, unlabeled=unlabeled, progress=progress)
     p = probabilities(teacher, unlabeled)
     keep = p.max(axis=1) >= threshold
     images = np.concatenate([few.images, unlabeled[keep]])
@@ -57,7 +51,8 @@ def train_generator(settings: Settings, kind: str, *, labels_per_class: int | No
         raise GeneratorError(f"trainable generators: gan, diffusion (procedural needs no training), not {kind!r}")
     if pseudo_labels and labels_per_class is None:
         raise GeneratorError("--pseudo-labels needs --labels-per-class")
-    splits = make_splits(load_digits_reference(), labels_per_class=labels_per_class or 10, seed=seed)
+    splits = settings.splits(labels_per_class=labels_per_class or 10, seed=seed)
+    reference = splits.reference
     pseudo = 0
     if labels_per_class is None:
         data = splits.labeled("train")
@@ -69,19 +64,20 @@ def train_generator(settings: Settings, kind: str, *, labels_per_class: int | No
         from models.gan import GanConfig
         from models.gan import train_gan as train
 
-        config = GanConfig(seed=seed)
+        config = GanConfig.for_data(reference.image_size, reference.channels, reference.num_classes, seed=seed)
     else:
         from models.diffusion import DiffusionConfig  # type: ignore[assignment]
         from models.diffusion import train_diffusion as train
 
-        config = DiffusionConfig(seed=seed)  # type: ignore[assignment]
+        config = DiffusionConfig.for_data(reference.image_size, reference.channels,  # type: ignore[assignment]
+                                          reference.num_classes, seed=seed)
     if steps is not None:
         config = replace(config, steps=steps)
     columns = (TextColumn(f"training {kind}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(kind, total=config.steps)
         model = train(data, config, progress=lambda n: progress.advance(task, n))  # type: ignore[arg-type]
-    labels = [c for c in range(10) for _ in range(10)]
+    labels = [c for c in range(reference.num_classes) for _ in range(10)]
     grid = sample_grid(model(list(range(len(labels))), labels).images, labels)
     checkpoint = model.checkpoint_config()
     checkpoint["training"] = {"images": int(len(data.images)), "pseudo_labeled": pseudo,
@@ -99,15 +95,17 @@ class EdgeTrained:
     real_labels: int
 
 
-def accepted_dataset(records: list[object]) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
-    """Images (N, H, W) in [0, 1] and the pipeline's own labels of accepted single-digit samples, and what they are."""
+def accepted_dataset(records: list[object], channels: int = 1) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """Images (N, H, W[, C]) in [0, 1] and the pipeline's own labels of accepted single-object samples, and what
+    they are."""
     import hashlib
     from collections import Counter
 
     from models.generator import decode_png
 
     kept = [r for r in records if not r.sample.objects]  # type: ignore[attr-defined]
-    images = np.stack([decode_png(r.sample.image_png) for r in kept]).astype(np.float32) / 255.0  # type: ignore[attr-defined]
+    images = np.stack([decode_png(r.sample.image_png, channels=channels)  # type: ignore[attr-defined]
+                       for r in kept]).astype(np.float32) / 255.0
     labels = np.array([r.label.label for r in kept])  # type: ignore[attr-defined]
     ids = sorted(r.sample.sample_id for r in kept)  # type: ignore[attr-defined]
     dataset = {"samples": len(kept), "sample_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
@@ -130,8 +128,9 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
     from sdg.labeling import labeler_budgets, publish
 
     steps, real_few, pseudo = settings.train.steps, settings.train.real_few, settings.train.pseudo
-    images, labels, dataset = accepted_dataset(records)
-    splits = make_splits(load_digits_reference())
+    splits = settings.splits()
+    reference = splits.reference
+    images, labels, dataset = accepted_dataset(records, reference.channels)
     few, unlabeled = splits.labeled("few"), splits.unlabeled_images()
     registry = ModelRegistry(settings.models_dir)
     budgets = labeler_budgets(settings)
@@ -141,23 +140,23 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
             budgets += registry.load_files(kind, version)[2].get("label_budgets", [])
     if real_few:
         budgets.append(few.budget.as_dict())
-    config = EdgeConfig(steps=steps)
+    config = EdgeConfig(steps=steps, num_classes=reference.num_classes)
+    spec = edge_spec(reference.image_size, reference.channels, reference.num_classes)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         task = progress.add_task(f"edge model on {len(labels)} accepted samples", total=steps)
-        model = train_edge(few.images if real_few else np.empty((0, 8, 8), np.float32),
-                           few.labels if real_few else np.empty(0, np.int64), config,
+        model = train_edge(few.images if real_few else few.images[:0], few.labels if real_few else few.labels[:0], config,
                            synthetic=(images, labels), unlabeled=unlabeled if pseudo else None,
                            progress=lambda n: progress.advance(task, n))
     staging = settings.models_dir / "edge" / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
-    deploy(model, staging, edge_spec(), calibration=unlabeled,
+    deploy(model, staging, spec, calibration=unlabeled,
            config={"kind": "edge", "config": config.__dict__, "dataset": dataset, "label_budgets": budgets})
     folder = publish(staging, settings.models_dir, "edge")  # named by its content hash, checked on every load
     version = verify_sealed(folder)
     deployed = Deployed(folder, folder / "fp32.onnx", folder / "int8.onnx")
     test_x, test_y = splits.test_set()
-    metrics = evaluate_deployed(deployed.fp32, deployed.int8, edge_spec(), test_x, test_y)
+    metrics = evaluate_deployed(deployed.fp32, deployed.int8, spec, test_x, test_y)
     real_labels = distinct_labels(budgets)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     report = Path("runs") / settings.run_id / f"edge-{version}.json"  # the run's record of this model
@@ -195,7 +194,7 @@ def run_trainer(settings: Settings, group: str, *, console: Console) -> None:
                               dead_letter=dead_letter):
         sample = received.record.sample  # type: ignore[attr-defined]
         try:
-            decode_png(sample.image_png, shape=(sample.height, sample.width))
+            decode_png(sample.image_png, shape=(sample.height, sample.width), channels=sample.channels)
         except ValueError as e:
             dead_letter(received.message, e)
             continue

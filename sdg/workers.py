@@ -31,14 +31,13 @@ def _generate(settings: Settings, source: str | None, sink: str | None, group: s
     """sdg.requests → sdg.samples.raw (+ load on sdg.telemetry), obeying this node's caps on sdg.control."""
     import torch
 
-    from models.catalog import GeneratorCatalog
     from processors.generate import GenerateConfig, generate, sink_of
 
     if sink is not None:
         raise ConfigError("generate writes to sdg.samples.raw and sdg.telemetry; it takes no --sink")
     if settings.worker.threads:
         torch.set_num_threads(settings.worker.threads)
-    catalog = GeneratorCatalog(settings.models_dir)
+    catalog = settings.catalog()
     config = GenerateConfig(node_id=settings.worker.node_id, max_count=settings.worker.max_job_count)
     cap = RateCap(settings.worker.node_id)
     listener = ControlListener(settings.kafka_client, cap).start()

@@ -126,7 +126,7 @@ class DeltaTables:
         now = int(time.time() * 1000)
         properties = CommitProperties(max_commit_retries=retries, custom_metadata=metadata,
                                       app_transactions=[Transaction(a, v, now) for a, v in versions.items()])
-        write_deltalake(self.path(table), data, mode="append", partition_by=PARTITION_BY,
+        write_deltalake(self.path(table), data, mode="append", partition_by=PARTITION_BY, schema_mode="merge",
                         commit_properties=properties, storage_options=self.storage_options)
 
     def compact(self, table: str) -> None:
