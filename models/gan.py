@@ -37,13 +37,15 @@ class GanConfig:
     seed: int = 0
     arch: str = "mlp"
     channels: int = 1
-    width: int = 32  # conv: feature maps at full resolution; doubled per halving
+    width: int = 32  # conv: feature maps at half resolution; doubled per further halving
+    beta1: float = 0.5  # Adam's first moment decay
 
     @classmethod
     def for_data(cls, image_size: int, channels: int, num_classes: int, **overrides: Any) -> "GanConfig":
         if image_size <= 8 and channels == 1:
             return cls(image_size=image_size, channels=channels, num_classes=num_classes, **overrides)
-        values = dict(arch="conv", latent_dim=64, steps=3000, batch_size=64, lr=2e-4, ema_decay=0.999)
+        # EMA over the last ~100 steps: a slower one still averages in the first, shapeless generators
+        values = dict(arch="conv", latent_dim=64, steps=3000, batch_size=64, lr=2e-4, ema_decay=0.99)
         return cls(image_size=image_size, channels=channels, num_classes=num_classes, **{**values, **overrides})
 
 
@@ -103,7 +105,8 @@ class _ConditionalNorm(nn.Module):
 
 
 class _ConvG(nn.Module):
-    """Latent → (width·2^k, s/2^k, s/2^k) → k × (upsample, 3×3 conv, conditional norm, ReLU) → C channels."""
+    """Latent → (width·2^k, s/2^k, s/2^k), then k transposed 4×4 stride-2 convolutions (DCGAN), each but the last
+    followed by class-conditional batch norm and ReLU; the last gives C channels."""
 
     def __init__(self, c: GanConfig) -> None:
         super().__init__()
@@ -112,35 +115,36 @@ class _ConvG(nn.Module):
         self.start = c.width << k
         self.project = nn.Linear(c.latent_dim, self.start * self.base * self.base)
         self.norm0 = _ConditionalNorm(self.start, c.num_classes)
-        self.ups = nn.ModuleList(nn.Conv2d(c.width << (k - i), c.width << (k - i - 1), 3, padding=1) for i in range(k))
-        self.norms = nn.ModuleList(_ConditionalNorm(c.width << (k - i - 1), c.num_classes) for i in range(k))
-        self.out = nn.Conv2d(c.width, c.channels, 3, padding=1)
+        widths = [c.width << (k - i) for i in range(k)] + [c.channels]
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1) for a, b in zip(widths, widths[1:]))
+        self.norms = nn.ModuleList(_ConditionalNorm(b, c.num_classes) for b in widths[1:-1])
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.norm0(self.project(z).reshape(-1, self.start, self.base, self.base), y))
         for conv, norm in zip(self.ups, self.norms):
-            x = torch.relu(norm(conv(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")), y))
-        return torch.sigmoid(self.out(x))
+            x = torch.relu(norm(conv(x), y))
+        return torch.sigmoid(self.ups[-1](x))
 
 
 class _ConvD(nn.Module):
-    """Spectral-norm convolutions, one stride-2 halving per generator upsampling, a global sum of features, and a
-    projection of the class embedding onto them."""
+    """Spectral-norm 4×4 stride-2 convolutions, one per generator upsampling, then the flattened features (where a
+    stroke is matters for digits: a global sum would forget it) scored and projected onto the class embedding."""
 
     def __init__(self, c: GanConfig) -> None:
         super().__init__()
         sn = nn.utils.parametrizations.spectral_norm
         k = halvings(c.image_size)
-        layers: list[nn.Module] = [sn(nn.Conv2d(c.channels, c.width, 3, padding=1)), nn.LeakyReLU(0.2)]
-        for i in range(k):
-            layers += [sn(nn.Conv2d(c.width << i, c.width << (i + 1), 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
-        layers += [sn(nn.Conv2d(c.width << k, c.width << k, 3, padding=1)), nn.LeakyReLU(0.2)]
-        self.features = nn.Sequential(*layers)
-        self.score = sn(nn.Linear(c.width << k, 1))
-        self.project = sn(nn.Embedding(c.num_classes, c.width << k))
+        widths = [c.channels] + [c.width << i for i in range(k)]
+        layers: list[nn.Module] = []
+        for a, b in zip(widths, widths[1:]):
+            layers += [sn(nn.Conv2d(a, b, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        dim = widths[-1] * (c.image_size >> k) ** 2
+        self.score = sn(nn.Linear(dim, 1))
+        self.project = sn(nn.Embedding(c.num_classes, dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.features(x).sum(dim=(2, 3))
+        h = self.features(x)
         return self.score(h).squeeze(1) + (self.project(y) * h).sum(1)
 
 
@@ -208,7 +212,7 @@ def train_gan(data: LabeledData, config: GanConfig = GanConfig(), *, progress: A
     y_all = torch.as_tensor(data.labels, dtype=torch.long)
     g, d = _networks(config)
     ema = copy.deepcopy(g).requires_grad_(False)
-    betas = (0.5, 0.999) if config.arch == "mlp" else (0.0, 0.9)
+    betas = (config.beta1, 0.999)
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr, betas=betas)
     bce = nn.BCEWithLogitsLoss()

@@ -206,8 +206,8 @@ def train_generator(
 @app.command("train-labeler")
 def train_labeler(
     labels_per_class: Annotated[int, typer.Option(help="Real labels per class the labeler may use.")] = 10,
-    extractor_steps: Annotated[int, typer.Option(help="Contrastive training steps of the feature extractor.")] = 600,
-    labeler_steps: Annotated[int, typer.Option(help="Fine-tuning steps of the labeler.")] = 600,
+    extractor_steps: Annotated[int, typer.Option(help="Contrastive training steps of the feature extractor.")] = 800,
+    labeler_steps: Annotated[int, typer.Option(help="Training steps of the labeler (FixMatch).")] = 1500,
     seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
     data: DataOption = None,
 ) -> None:

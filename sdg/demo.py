@@ -44,11 +44,10 @@ class DemoPlan:
     """How much the demo generates, and how long it trains generators it does not find in the registry."""
 
     per_class: int = 100
-    teacher_steps: int = 1500  # the semi-supervised teacher behind the generators' pseudo-labels
     gan_steps: int = 1500
     diffusion_steps: int = 400
     extractor_steps: int = 600
-    labeler_steps: int = 600
+    labeler_steps: int = 1500
     window_size: int = 100
     max_window_s: float = 3.0
     edge_steps: int = 600  # every edge model's training steps
@@ -56,6 +55,14 @@ class DemoPlan:
     eval_synthetic_per_class: int = 100
     plant_time_scale: float = 10.0  # plant seconds per wall second: the fault plays out while the demo generates
     pump_failure_at_s: float = 20.0  # plant seconds after the plant starts; repaired 240 plant seconds later
+
+    @classmethod
+    def for_data(cls, image_size: int) -> "DemoPlan":
+        """Above 8×8 a training step costs 5–10× more on 2 cores: fewer steps and samples, so that a first run
+        on MNIST (28×28), all training included, stays within 20 minutes."""
+        if image_size <= 8:
+            return cls()
+        return cls(per_class=60, gan_steps=3000, diffusion_steps=800, extractor_steps=800, edge_steps=400)
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,13 @@ class DemoResult:
     report: Path | None = None
 
 
-def run_demo(settings: Settings, *, records_per_topic: int, console: Console, plan: DemoPlan = DemoPlan()) -> DemoResult:
-    """Run the demo: the backbone (every topic, the pass-through, the DLQ), then the generators."""
+def run_demo(settings: Settings, *, records_per_topic: int, console: Console, plan: DemoPlan | None = None) -> DemoResult:
+    """Run the demo: the backbone (every topic, the pass-through, the DLQ), then the generators (on the real data of
+    ``SDG_DATA__SOURCE``, with ``DemoPlan.for_data`` unless a plan is given)."""
+    reference = settings.reference()
+    plan = plan or DemoPlan.for_data(reference.image_size)
+    console.print(f"real data: {reference.name}, {len(reference.images)} images of {reference.image_size}×"
+                  f"{reference.image_size}×{reference.channels}, {reference.num_classes} classes")
     broker = settings.embedded_broker() if settings.embedded else None
     started_here = broker is not None and broker.pid() is None
     if broker is not None:
@@ -137,18 +149,17 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console, pl
             console.print("broker stopped")
 
 
-def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console) -> None:
+def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console, train_s: dict[str, float]) -> None:
     """Train the GAN and the diffusion model once (small configs) unless the registry has them.
 
     They are trained the label-efficient way (dual pseudo training): on the 10 labels per class the
-    labeler also uses, plus the unlabeled train images pseudo-labeled by a semi-supervised teacher,
-    so the whole demo costs 100 real labels.
+    labeler also uses, plus the unlabeled train images pseudo-labeled by the labeler (trained
+    semi-supervised on those labels), so the whole demo costs 100 real labels.
     """
-    from dataclasses import replace
-
     from models.diffusion import DiffusionConfig, train_diffusion
     from models.gan import GanConfig, train_gan
-    from models.generator import ModelRegistry, sample_grid
+    from models.generator import ModelRegistry, sample_grid, to_uint8
+    from sdg.labeling import load_labeler
     from sdg.training import pseudo_labeled
 
     registry = ModelRegistry(settings.models_dir)
@@ -163,15 +174,15 @@ def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console) -> 
         if registry.versions(kind):
             console.print(f"{kind}: using the trained model in {settings.models_dir / kind}")
             continue
+        if data is None:
+            labeler = load_labeler(settings).model
+            data, pseudo = pseudo_labeled(settings.splits(), teacher=lambda x: labeler.run(to_uint8(x)))
+            console.print(f"labeler as teacher: pseudo-labeled {pseudo} unlabeled train images")
+        started = time.monotonic()
         with Progress(console=console) as progress:
-            if data is None:
-                task = progress.add_task("training the teacher (10 labels per class + unlabeled images)",
-                                         total=plan.teacher_steps)
-                data, pseudo = pseudo_labeled(settings.splits(), steps=plan.teacher_steps,
-                                              progress=lambda n: progress.advance(task, n))
-                console.print(f"teacher: pseudo-labeled {pseudo} unlabeled train images")
             task = progress.add_task(f"training {kind} on the few labels and the pseudo-labels", total=config.steps)
             model = train(data, config, progress=lambda n: progress.advance(task, n))
+        train_s[kind] = round(time.monotonic() - started, 1)
         labels = [c for c in range(reference.num_classes) for _ in range(10)]
         version = registry.save(kind, model.weights(), model.checkpoint_config(),
                                 sample_grid(model(list(range(len(labels))), labels).images, labels))
@@ -182,8 +193,9 @@ QUALITY_APP = "sdg-quality"
 DECISION_TOPICS = ["sdg.samples.accepted", "sdg.samples.review", "sdg.samples.rejected"]
 
 
-def _ensure_quality_models(settings: Settings, plan: DemoPlan, console: Console) -> None:
-    """Train the labeler (few labels) and the quality extractor (no labels) once unless the registry has them."""
+def _ensure_quality_models(settings: Settings, plan: DemoPlan, console: Console, train_s: dict[str, float]) -> None:
+    """Train the labeler (few labels, unlabeled images) and the quality extractor (no labels) once unless the
+    registry has them."""
     from sdg.labeling import train_quality_models
 
     if (settings.models_dir / "labeler" / "LATEST").exists() and (settings.models_dir / "extractor" / "LATEST").exists():
@@ -191,6 +203,7 @@ def _ensure_quality_models(settings: Settings, plan: DemoPlan, console: Console)
         return
     trained = train_quality_models(settings, extractor_steps=plan.extractor_steps, labeler_steps=plan.labeler_steps,
                                    console=console)
+    train_s.update(trained.train_s)
     console.print(f"labeler: {trained.labels_used} real labels, real test accuracy "
                   + ", ".join(f"{k} {v:.1%}" for k, v in trained.test_accuracy.items()))
 
@@ -338,12 +351,14 @@ def _proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDecision], v
     out = Path("runs") / settings.run_id
     trainable = [r for r in accepted if not r.sample.objects]
     if trainable:
+        started = time.monotonic()
         trained = train_edge_model(settings.model_copy(update={"train": settings.train.model_copy(
             update={"steps": plan.edge_steps})}), trainable, console=console)
         m = trained.metrics
         console.print(f"edge model {trained.version} on {len(trainable)} accepted samples: real test accuracy "
                       f"int8 {m['int8_accuracy']:.1%} (fp32 {m['fp32_accuracy']:.1%}), "
                       f"{m['int8_bytes'] / 1024:.0f} KB, {trained.real_labels} real labels behind it")
+        _record_training(settings, {"edge": round(time.monotonic() - started, 1)})
     evaluation_plan = EvaluationPlan(ks=(10,), seeds=plan.eval_seeds, steps=plan.edge_steps,
                                      synthetic_per_class=plan.eval_synthetic_per_class, generators=tuple(versions))
     evaluation = run_evaluation(settings, evaluation_plan, out, console=console)
@@ -358,8 +373,10 @@ def _generation(
     from models.generator import decode_png, sample_grid
     from processors.generate import plan_jobs
 
-    _ensure_generators(settings, plan, console)
-    _ensure_quality_models(settings, plan, console)
+    train_s: dict[str, float] = {}  # seconds per model trained in this run
+    _ensure_quality_models(settings, plan, console, train_s)
+    _ensure_generators(settings, plan, console, train_s)
+    _record_training(settings, train_s)
     kafka = settings.kafka_client
     run_id = settings.run_id
     group = f"sdg-demo-generate-{run_id}"
@@ -448,6 +465,16 @@ def _generation(
     versions = sorted({f"{s[0].generator}@{s[0].generator_version}" for s in arrived.values()})
     return ({key: len(samples) for key, samples in arrived.items()}, grids, decisions, latest, accepted,
             versions)
+
+
+def _record_training(settings: Settings, train_s: dict[str, float]) -> None:
+    """Add seconds per model trained to ``runs/<run-id>/training.json``."""
+    import json
+
+    path = Path("runs") / settings.run_id / "training.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    before = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**before, **train_s}, indent=2))
 
 
 def _kind(sample: GeneratedSample) -> str:

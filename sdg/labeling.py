@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -37,6 +38,7 @@ class QualityModels:
     extractor: Path
     labels_used: int
     test_accuracy: dict[str, float]
+    train_s: dict[str, float]
 
 
 def publish(staging: Path, root: Path, kind: str) -> Path:
@@ -52,9 +54,10 @@ def publish(staging: Path, root: Path, kind: str) -> Path:
     return target
 
 
-def train_quality_models(settings: Settings, *, splits: Splits | None = None, extractor_steps: int = 600,
-                         labeler_steps: int = 600, console: Console) -> QualityModels:
-    """Train the contrastive extractor (unlabeled train images) and the labeler (few labels only); deploy both."""
+def train_quality_models(settings: Settings, *, splits: Splits | None = None, extractor_steps: int = 800,
+                         labeler_steps: int = 1500, console: Console) -> QualityModels:
+    """Train the contrastive extractor (unlabeled train images) and the labeler (the few labels, and the unlabeled
+    train images FixMatch-style); deploy both."""
     import numpy as np
     import torch
 
@@ -71,6 +74,7 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
             task = bars.add_task(name, total=total)
             return lambda n: bars.advance(task, n)
 
+        started = time.monotonic()
         e_config = ExtractorConfig(steps=extractor_steps)
         extractor = train_extractor(unlabeled, e_config, progress=bar("extractor (contrastive, no labels)",
                                                                       extractor_steps))
@@ -80,11 +84,14 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
         deploy(extractor.net, staging, extractor_spec(size, channels), calibration=calibration,
                config=extractor_config(e_config, splits.hashes["train"]))
         extractor_dir = publish(staging, root, "extractor")
+        train_s = {"extractor": round(time.monotonic() - started, 1)}
+        started = time.monotonic()
 
         few = splits.labeled("few")
         l_config = replace(LabelerConfig(), steps=labeler_steps, num_classes=splits.reference.num_classes)
-        labeler = train_labeler(few, l_config, init=extractor, progress=bar(f"labeler ({few.budget.n_labels} labels)",
-                                                                           labeler_steps))
+        labeler = train_labeler(few, l_config, init=extractor, unlabeled=splits.unlabeled_images(), progress=bar(
+            f"labeler ({few.budget.n_labels} labels, unlabeled images)", labeler_steps))
+        train_s["labeler"] = round(time.monotonic() - started, 1)
     staging = root / "labeler" / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     deployed = deploy(labeler, staging, labeler_spec(l_config, size, channels), calibration=calibration,
@@ -95,7 +102,7 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
     with torch.no_grad():
         accuracy["torch"] = float((labeler(as_tensor(images)).argmax(1).numpy() == labels).mean())
     labeler_dir = publish(staging, root, "labeler")
-    return QualityModels(labeler_dir, extractor_dir, few.budget.n_labels, accuracy)
+    return QualityModels(labeler_dir, extractor_dir, few.budget.n_labels, accuracy, train_s)
 
 
 def _model_path(settings: Settings, kind: str, given: Path | None, precision: str) -> Path:

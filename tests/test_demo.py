@@ -22,8 +22,7 @@ def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path:
                         state_dir=tmp_path / "state")
     assert not settings.embedded
     out = io.StringIO()
-    tiny = DemoPlan(per_class=2, teacher_steps=20, gan_steps=20, diffusion_steps=5, diffusion_channels=(8, 16),
-                    extractor_steps=30, labeler_steps=30, pump_failure_at_s=5, edge_steps=20, eval_seeds=(0,),
+    tiny = DemoPlan(per_class=2, gan_steps=20, diffusion_steps=5, extractor_steps=30, labeler_steps=30, pump_failure_at_s=5, edge_steps=20, eval_seeds=(0,),
                     eval_synthetic_per_class=3)
     result = run_demo(settings, records_per_topic=20, console=Console(file=out, width=200), plan=tiny)
     growth = result.growth
@@ -58,6 +57,11 @@ def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path:
     # the proof: an edge model from the accepted samples, the label-cost experiment and its report
     assert "label cost on the real test split" in text and "labels_per_class_to_match_real_full" in result.evaluation
     assert result.report is not None and result.report.exists() and result.report.with_suffix(".html").exists()
+    assert "real data: sklearn-digits, 1797 images of 8×8×1, 10 classes" in text
+    import json
+
+    trained = json.loads((tmp_path / "runs" / run_id / "training.json").read_text())
+    assert {"extractor", "labeler", "gan", "diffusion"} <= set(trained) and min(trained.values()) > 0  # edge: if any
     report = result.report.read_text()
     assert "## accuracy against real labels" in report and "## thermal: the demo's pump failure" in report
     assert {a["arm"] for a in result.evaluation["arms"]} >= {"real-full", "real-few", "few+pseudo", "few+synthetic"}

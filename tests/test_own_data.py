@@ -111,7 +111,7 @@ def test_generators_follow_the_data_size_and_channels() -> None:
     diffusion = train_diffusion(data, DiffusionConfig.for_data(16, 3, 10, steps=2, batch_size=8))
     assert len(diffusion.config.channels) == 4  # 16 → 8 → 4 → 2: depth follows the resolution
     assert diffusion([1], [3], steps="2").images.shape == (1, 16, 16, 3)
-    assert DiffusionConfig.for_data(28, 1, 10).channels == (32, 64, 96)  # 28 → 14 → 7
+    assert DiffusionConfig.for_data(28, 1, 10).channels == (16, 32, 64)  # 28 → 14 → 7
     assert DiffusionConfig.for_data(8, 1, 10).channels == (32, 64, 64)  # the digits UNet, unchanged
     with pytest.raises(Exception, match="configured for 1×16"):
         train_gan(data, GanConfig.for_data(16, 1, 10, steps=1))
