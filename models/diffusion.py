@@ -136,7 +136,8 @@ class DiffusionModel:
 
 
 def train_diffusion(data: LabeledData, config: DiffusionConfig = DiffusionConfig(), *, progress: Any = None) -> DiffusionModel:
-    """Train the UNet to predict noise (DDPM objective), dropping the class with ``uncond_prob`` for guidance."""
+    """Train the UNet to predict the noise (or, with ``prediction="sample"``, the clean image) of a noised image
+    (DDPM objective), dropping the class with ``uncond_prob`` for guidance."""
     from models.features import as_tensor
 
     torch.manual_seed(config.seed)

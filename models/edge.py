@@ -36,7 +36,7 @@ class EdgeConfig:
     threshold: float = 0.95  # FixMatch confidence for a pseudo-label
     unlabeled_batch: int = 256
     unlabeled_weight: float = 1.0
-    label_smoothing: float = 0.05  # dropped with unlabeled images when it would cap confidence below ``threshold``
+    label_smoothing: float = 0.05  # without unlabeled images only: it caps confidence below ``threshold``
     num_classes: int = 10
 
 
@@ -79,8 +79,7 @@ def train_edge(images: np.ndarray, labels: np.ndarray, config: EdgeConfig = Edge
     shares = [1.0] if len(pools) == 1 else [1 - config.synthetic_fraction, config.synthetic_fraction]
     counts = [max(1, round(config.batch_size * s)) for s in shares]
     pool_u = as_tensor(unlabeled) if unlabeled is not None and len(unlabeled) else None
-    # smoothing caps a confidence at 1 - label_smoothing (+ its share): kept unless it blocks every pseudo-label
-    smoothing = config.label_smoothing if pool_u is None or config.threshold < 1 - config.label_smoothing else 0.0
+    smoothing = config.label_smoothing if pool_u is None else 0.0
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps)
     for _ in range(config.steps):

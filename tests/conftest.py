@@ -79,7 +79,7 @@ def quality_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sdg.settings import Settings
 
     state = tmp_path_factory.mktemp("quality")
-    train_quality_models(Settings(state_dir=state), extractor_steps=300, labeler_steps=300,
+    train_quality_models(Settings(state_dir=state), extractor_steps=300, labeler_steps=600,
                          console=Console(quiet=True))
     return state
 

@@ -233,3 +233,24 @@ def test_data_flag_selects_the_source(tmp_path: Path) -> None:
     shown = subprocess.run(sdg_command("settings"), cwd=REPO, capture_output=True, text=True, timeout=60,
                            env={**os.environ, "SDG_DATA__SOURCE": "mnist", "SDG_STATE_DIR": str(tmp_path / "state")})
     assert json.loads(shown.stdout[:shown.stdout.rindex("}") + 1])["data"]["source"] == "mnist"
+
+
+def test_samples_tables_written_before_channels_still_take_appends(tmp_path: Path) -> None:
+    from deltalake import write_deltalake
+
+    from processors.lineage import rows_of
+    from schemas.examples import example_sample
+    from schemas.tables import PARTITION_BY, SAMPLES
+    from sdg.history import query, to_sample
+    from streams.delta_sink import DeltaTables
+
+    tables = DeltaTables(tmp_path / "tables")
+    old_schema = pa.schema([f for f in SAMPLES if f.name != "channels"])
+    old = rows_of(example_sample(0, "old-run"), "sdg.samples.raw", 0, 0)["samples"][0]
+    del old["channels"]
+    write_deltalake(tables.path("samples"), pa.Table.from_pylist([old], schema=old_schema), partition_by=PARTITION_BY)
+    new = rows_of(example_sample(1, "new-run"), "sdg.samples.raw", 0, 1)["samples"]
+    tables.append("samples", pa.Table.from_pylist(new, schema=SAMPLES), {}, retries=1)
+    rows = {r["run_id"]: r for r in query(tables, "SELECT * FROM samples").to_pylist()}
+    assert rows["old-run"]["channels"] is None and rows["new-run"]["channels"] == 1
+    assert to_sample(rows["old-run"]).channels == 1  # a row from before reads as grey
