@@ -77,10 +77,23 @@ def warp(x: torch.Tensor, generator: torch.Generator, *, degrees: float = 12.0, 
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def recolour(x: torch.Tensor, generator: torch.Generator, *, grey: float = 0.2) -> torch.Tensor:
+    """Random channel order and, with probability ``grey``, grey, of (N, 3, H, W) images: without it a contrastive
+    extractor learns each image's colours, which tell two views apart best, rather than its shapes."""
+    n = len(x)
+    order = torch.argsort(torch.rand(n, 3, generator=generator), dim=1)
+    x = x[torch.arange(n)[:, None], order]
+    to_grey = (torch.rand(n, generator=generator) < grey)[:, None, None, None]
+    return torch.where(to_grey, x.mean(dim=1, keepdim=True).expand_as(x), x)
+
+
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random shifts, contrast and ink-thickness changes and sensor noise on (N, C, H, W) images in [0, 1]; above
-    8×8 also random rotation, scale and shear (at 8×8 a pixel is too coarse for them)."""
+    8×8 also random rotation, scale and shear (at 8×8 a pixel is too coarse for them); in colour, random channel
+    order and grey."""
     n = len(x)
+    if x.shape[1] == 3:
+        x = recolour(x, generator)
     if min(x.shape[2:]) > 8:
         x = warp(x, generator)
     shifted = shift(x, generator)

@@ -49,6 +49,7 @@ class Arm:
     generator: str | None
     accuracies: list[float]
     real_labels: int  # distinct real labels across the whole pipeline
+    num_classes: int = 10
 
     @property
     def mean(self) -> float:
@@ -60,7 +61,7 @@ class Arm:
 
     @property
     def labels_per_class(self) -> float:
-        return self.real_labels / 10
+        return self.real_labels / self.num_classes
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
                 accuracies.append(accuracy(model, test_x, test_y))
                 progress.advance(task)
             arms.append(Arm(name, k, syn.name if syn else None, accuracies,
-                            distinct_labels(budgets + (syn.budgets if syn else []))))
+                            distinct_labels(budgets + (syn.budgets if syn else [])), reference.num_classes))
     evaluation = _summarize(arms, plan, synthetic, time.monotonic() - started)
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     console.print(evaluation_table(arms, evaluation))
@@ -161,7 +162,8 @@ def _summarize(arms: list[Arm], plan: EvaluationPlan, synthetic: list[Synthetic]
     full = next(a for a in arms if a.name == "real-full")
     matching = [a for a in arms if a.name != "real-full" and a.mean >= full.mean - WITHIN_PT / 100]
     best = min(matching, key=lambda a: (a.real_labels, -a.mean)) if matching else None
-    headline: dict[str, Any] = {"real_full": {"mean": full.mean, "std": full.std, "labels": full.real_labels},
+    headline: dict[str, Any] = {"real_full": {"mean": full.mean, "std": full.std, "labels": full.real_labels,
+                                              "labels_per_class": full.labels_per_class},
                                 "labels_per_class_to_match_real_full": best.labels_per_class if best else None,
                                 "matching_arm": _arm_dict(best) if best else None}
     synthetic_vs_baseline = {}
@@ -208,7 +210,7 @@ def accuracy_curve(evaluation: dict[str, Any], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     full = evaluation["headline"]["real_full"]
     ax.axhspan(100 * (full["mean"] - WITHIN_PT / 100), 100 * full["mean"], color="tab:green", alpha=0.15,
-               label=f"real-full ({full['labels'] / 10:g} labels/class) − {WITHIN_PT} pt")
+               label=f"real-full ({full['labels_per_class']:g} labels/class) − {WITHIN_PT} pt")
     families: dict[str, list[dict[str, Any]]] = {}
     for arm in evaluation["arms"]:
         if arm["arm"] != "real-full":
