@@ -65,7 +65,8 @@ def main() -> None:
 
     splits = make_splits(load_digits_reference())
     with console.status("training a labeler (speed does not depend on training length)"):
-        model = train_labeler(splits.labeled("few"), LabelerConfig(steps=150 if args.quick else 600))
+        model = train_labeler(splits.labeled("few"), LabelerConfig(steps=150 if args.quick else 600),
+                              unlabeled=splits.unlabeled_images())
         folder = Path(tempfile.mkdtemp())
         deployed = deploy(model, folder, labeler_spec(LabelerConfig()), calibration=splits.unlabeled_images()[:512],
                           config={})

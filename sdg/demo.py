@@ -209,11 +209,12 @@ def _ensure_quality_models(settings: Settings, plan: DemoPlan, console: Console,
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
-    """The environment of a processor the demo starts: this process's state, run, broker and real data."""
-    env = {**os.environ, "SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": settings.run_id,
-           "SDG_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_client.bootstrap_servers}
-    for name, value in settings.data.model_dump(exclude_defaults=True).items():
-        env[f"SDG_DATA__{name.upper()}"] = str(value)
+    """The environment of a processor the demo starts: this process's state, run, broker and real data (``--data``
+    wins over the environment's ``SDG_DATA__*``)."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SDG_DATA__")}
+    env |= {"SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": settings.run_id,
+            "SDG_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_client.bootstrap_servers}
+    env |= {f"SDG_DATA__{k.upper()}": str(v) for k, v in settings.data.model_dump().items() if v is not None}
     return env
 
 
