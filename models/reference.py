@@ -59,7 +59,9 @@ class ReferenceSet:
 
     @property
     def channels(self) -> int:
-        return 1 if self.images.ndim == 3 else int(self.images.shape[3])
+        from models.generator import channels_of
+
+        return channels_of(self.images)
 
     @property
     def dark_ink(self) -> bool:
@@ -112,14 +114,13 @@ def _decode(items: list[bytes | Path], size: int | None, where: str) -> np.ndarr
         except (OSError, UnidentifiedImageError) as e:
             raise SdgError(f"{where}: {item if isinstance(item, Path) else 'a row'} is not a readable image: {e}") from e
         opened.append(image)
-    colour = any(i.mode not in GREY_MODES for i in opened) and not all(
-        i.mode in GREY_MODES or _is_grey(np.asarray(i.convert("RGB"))) for i in opened)
+    colour = not all(i.mode in GREY_MODES or _is_grey(np.asarray(i.convert("RGB"))) for i in opened)
     sizes = {i.size for i in opened}
     if size is None:
         if len(sizes) > 1 or any(w != h for w, h in sizes):
             shown = ", ".join(f"{w}×{h}" for w, h in sorted(sizes)[:4])
             raise SdgError(f"{where}: images are {shown}{' …' if len(sizes) > 4 else ''}; set SDG_DATA__IMAGE_SIZE "
-                           "(or --image-size) to resize them all to one square size")
+                           "to resize them all to one square size")
         size = next(iter(sizes))[0]
     arrays = []
     for image in opened:

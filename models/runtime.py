@@ -144,6 +144,16 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, *, input: str
         prepared.unlink(missing_ok=True)
 
 
+def fit_image(image: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """A uint8 image, (H, W) grey or (H, W, C) colour, at size × size with ``channels`` (1: grey, 3: RGB)."""
+    if image.shape[:2] == (size, size) and (image.ndim == 3) == (channels == 3):
+        return image
+    from PIL import Image
+
+    converted = Image.fromarray(image).convert("L" if channels == 1 else "RGB")
+    return np.asarray(converted.resize((size, size), Image.Resampling.BILINEAR))
+
+
 class OnnxModel:
     """An ONNX Runtime session over uint8 images (grey or colour), fed as its ``OnnxSpec`` says."""
 
@@ -176,11 +186,7 @@ class OnnxModel:
         """uint8 (N, H, W) grey or (N, H, W, C) colour → the model's float32 (N, channels, size, size) input."""
         size, channels = self.spec.image_size, self.spec.channels
         if images.shape[1:3] != (size, size) or (images.ndim == 4) != (channels == 3):
-            from PIL import Image
-
-            mode = "L" if channels == 1 else "RGB"
-            images = np.stack([np.asarray(Image.fromarray(i).convert(mode).resize((size, size), Image.Resampling.BILINEAR))
-                               for i in images])
+            images = np.stack([fit_image(i, size, channels) for i in images])
         x = images.astype(np.float32) / 255.0
         if self.spec.invert:
             x = 1.0 - x
@@ -197,4 +203,5 @@ class OnnxModel:
         return out
 
 
-__all__ = ["ModelFileError", "OnnxModel", "OnnxSpec", "export_onnx", "quantize_int8", "seal", "verify_sealed"]
+__all__ = ["ModelFileError", "OnnxModel", "OnnxSpec", "export_onnx", "fit_image", "quantize_int8", "seal",
+           "verify_sealed"]

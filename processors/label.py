@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from models.generator import decode_png
+from models.runtime import fit_image
 from schemas.records import GeneratedSample, Label, LabeledSample
 
 PROCEDURAL = "procedural"
@@ -38,16 +39,6 @@ class Labeler:
     channels: int = 1
 
 
-def _resize(image: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """``image`` at size × size with ``channels`` (1: grey, 3: RGB)."""
-    from PIL import Image
-
-    if image.shape[:2] == (size, size) and (image.ndim == 3) == (channels == 3):
-        return image
-    converted = Image.fromarray(image).convert("L" if channels == 1 else "RGB")
-    return np.asarray(converted.resize((size, size), Image.Resampling.BILINEAR))
-
-
 def _crop(image: np.ndarray, bbox: list[float], size: int, channels: int) -> np.ndarray:
     from PIL import Image
 
@@ -55,7 +46,7 @@ def _crop(image: np.ndarray, bbox: list[float], size: int, channels: int) -> np.
     side = min(max(w, h, 1), 2 * max(image.shape))  # square crop around the box centre, like the reference digits
     cx, cy = x + w // 2, y + h // 2
     box = (cx - side // 2, cy - side // 2, cx - side // 2 + side, cy - side // 2 + side)
-    return _resize(np.asarray(Image.fromarray(image).crop(box)), size, channels)
+    return fit_image(np.asarray(Image.fromarray(image).crop(box)), size, channels)
 
 
 def _inputs(sample: GeneratedSample, size: int, channels: int) -> list[np.ndarray]:
@@ -69,7 +60,7 @@ def _inputs(sample: GeneratedSample, size: int, channels: int) -> list[np.ndarra
     if sample.objects and sample.generator != PROCEDURAL:
         raise ValueError(f"a {sample.generator} sample with {len(sample.objects)} objects: only the "
                          f"{PROCEDURAL} renderer draws scenes")
-    return [_crop(image, o.bbox, size, channels) for o in sample.objects] or [_resize(image, size, channels)]
+    return [_crop(image, o.bbox, size, channels) for o in sample.objects] or [fit_image(image, size, channels)]
 
 
 def _confidence(p: np.ndarray) -> tuple[float, float, float]:
