@@ -5,7 +5,7 @@ consumer group, the same batching and the same checkpoints (flush, then commit, 
 
 - raw relay: consume → produce the same bytes, flush and commit every second (the librdkafka floor);
 - raw codec loop: the same, decoding and re-encoding each record by hand with the Avro codec;
-- runner: ``streams.runner.Runner`` with the pass-through step (decode, validate, call, check, encode).
+- runner: ``streams.runtime.Runner`` with the pass-through step (decode, validate, call, check, encode).
 
 Then it measures end-to-end latency (produce → runner → sink consumer) at a fixed rate below
 saturation. Writes ``bench/results/broker.json``.
@@ -44,7 +44,7 @@ from streams import admin  # noqa: E402
 from streams.catalog import TopicSpec  # noqa: E402
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig  # noqa: E402
 from streams.producer import RecordProducer  # noqa: E402
-from streams.runner import Runner, Step  # noqa: E402
+from streams.runtime import Runner, Step  # noqa: E402
 
 BATCH = 1000
 ROUNDS = 3
@@ -105,7 +105,7 @@ def raw_loop(kafka: KafkaConfig, source: str, sink: str, n: int, codec: RecordCo
 
 
 def runner_loop(kafka: KafkaConfig, source: str, sink: str, n: int) -> float:
-    runner = Runner(Step("bench", source, passthrough, sink), kafka=kafka,
+    runner = Runner(Step("bench", (source,), passthrough, sink=sink), kafka=kafka,
                     config=RunnerConfig(batch_size=BATCH), group=f"runner-{uuid.uuid4().hex}", run_id="bench")
     stats = runner.run(max_idle_s=1.0)  # drains the topic, then stops
     assert stats.consumed == n, stats

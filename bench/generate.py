@@ -37,11 +37,11 @@ from models.gan import GanConfig, train_gan  # noqa: E402
 from models.generator import GeneratorError, sample_grid  # noqa: E402
 from models.reference import load_digits_reference, make_splits  # noqa: E402
 from models.render import ProceduralRenderer  # noqa: E402
-from processors.generate import GenerateConfig, generate, plan_jobs, sink_of  # noqa: E402
+from processors.generate import GenerateConfig, generate, plan_jobs  # noqa: E402
 from streams import admin  # noqa: E402
 from streams.config import RunnerConfig  # noqa: E402
 from streams.producer import RecordProducer  # noqa: E402
-from streams.runner import Runner, Step  # noqa: E402
+from streams.runtime import Runner, Step  # noqa: E402
 
 BATCH = 256
 console = Console()
@@ -61,8 +61,7 @@ def through_processor(kafka, model, n: int) -> float:  # type: ignore[no-untyped
     catalog.put(model)
     group = f"bench-{uuid.uuid4().hex}"
     admin.start_group_at_end(kafka, group, ["sdg.requests"])
-    step = Step("generate", "sdg.requests",
-                lambda job: generate(job, generators=catalog, config=GenerateConfig()), sink_of, returns="many")
+    step = Step("generate", ("sdg.requests",), lambda job: generate(job, generators=catalog, config=GenerateConfig()))
     runner = Runner(step, kafka=kafka, config=RunnerConfig(), group=group, run_id="bench")
     thread = threading.Thread(target=runner.run, kwargs={"max_idle_s": 30})
     thread.start()

@@ -65,11 +65,6 @@ def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: Genera
     return [*samples, load]
 
 
-def sink_of(record: Record) -> str:
-    """Samples go to ``sdg.samples.raw``, the worker's load to ``sdg.telemetry``."""
-    return "sdg.telemetry" if isinstance(record, Reading) else "sdg.samples.raw"
-
-
 def plan_jobs(
     generator: str,
     *,

@@ -9,11 +9,18 @@ real-vs-real baseline at the same n, then decides every sample of the window: ac
 rejected, each with a reason. Multi-object scenes are not
 comparable to the reference set's single digits: they are decided on their labels alone.
 
-Nothing here imports Kafka or faust; ``sdg.quality_app`` runs it as a faust agent with its state in tables.
+``QualityProcessor`` is the stateful step: the runtime re-keys samples by generator version (so one worker
+owns each generator's windows) and hands each one over with its partition's store, where a generator's
+open window is one row per sample (its record bytes), one row per closed window the sliding window still
+spans (its candidates' features) and a small head. In memory a generator's windows are a
+``GeneratorWindows`` with running moments updated per sample; after a restart or a rebalance they are
+rebuilt from the store (the same per-sample scoring and updates, replayed). Nothing here imports Kafka.
 """
 
 from __future__ import annotations
 
+import io
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.generator import decode_png
 from models.quality import Reference, RunningMoments
 from schemas.records import (
-    GeneratedSample,
     Gate,
+    GeneratedSample,
     Label,
     LabeledSample,
     Metrics,
@@ -35,7 +42,9 @@ from schemas.records import (
     SampleDecision,
     Score,
     ScoredSample,
+    now_ms,
 )
+from streams.runtime import Store
 
 Relabel = Callable[[list[GeneratedSample]], list[Label | Exception]]
 """The labeler the gate trusts: samples in, each one's label (or why it cannot be labeled) out."""
@@ -315,10 +324,117 @@ class QualityJudge:
                            "admissible", "scene")
 
 
-def sink_of(record: Record) -> str:
-    """Scored samples, decisions (by decision) and windows each to their topic."""
-    if isinstance(record, SampleDecision):
-        return f"sdg.samples.{record.gate.decision}"
-    if isinstance(record, ScoredSample):
-        return "sdg.samples.scored"
-    return "sdg.quality"
+def _pack_closed(closed: Closed) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, features=closed.features, labels=closed.labels, sample_ids=np.array(sorted(closed.sample_ids)))
+    return buf.getvalue()
+
+
+def _unpack_closed(data: bytes, dim: int) -> Closed:
+    arrays = np.load(io.BytesIO(data))  # no pickles: the changelog is a topic like any other
+    return Closed(RunningMoments(dim).update(arrays["features"]), arrays["features"], arrays["labels"],
+                  frozenset(str(i) for i in arrays["sample_ids"]))
+
+
+def generator_key(record: Record) -> str:
+    """The state key of a labeled sample: its generator and version (``key_by`` of the quality step)."""
+    sample = record.sample  # type: ignore[attr-defined]
+    return f"{sample.generator}@{sample.generator_version}"
+
+
+class QualityProcessor:
+    """The quality step's functions over a partition's ``Store`` of bytes (see the module docstring)."""
+
+    def __init__(self, judge: QualityJudge, *, max_record_bytes: int) -> None:
+        from schemas.codec import RecordCodec
+        from streams.dead_letter import ENVELOPE_BYTES
+
+        self.judge = judge
+        self.codec = RecordCodec()
+        self.max_record_bytes = max_record_bytes
+        # a sample's scored and decided copies add a few hundred bytes to it: a larger one has no room for them
+        self.max_input = max_record_bytes - ENVELOPE_BYTES
+        reference = judge.reference
+        size, channels = reference.image_size, reference.channels
+        blank = np.zeros((1, size, size) if channels == 1 else (1, size, size, channels), np.uint8)
+        self.dim = int(judge.extractor.run(blank).shape[1])  # type: ignore[attr-defined]
+        self.slide = judge.config.slide
+
+    def check(self, record: LabeledSample) -> bytes:
+        """The record's bytes, once its image fits the reference set.
+
+        Raises:
+            RecordTooLarge: no room for its scored and decided copies.
+            ValueError: an image of another size or channel count than the reference set's.
+        """
+        from streams.errors import RecordTooLarge
+
+        data = self.codec.encode(record)
+        if len(data) > self.max_input:
+            raise RecordTooLarge(f"a {len(data):,}-byte record leaves its scored and decided copies no room under "
+                                 f"the {self.max_record_bytes:,}-byte limit (SDG_KAFKA__MAX_RECORD_BYTES)")
+        sample, reference = record.sample, self.judge.reference
+        image = decode_png(sample.image_png, shape=(sample.height, sample.width), channels=sample.channels)
+        size = reference.image_size
+        if image.shape[0] != image.shape[1] or (not sample.objects and image.shape[0] != size):
+            raise ValueError(f"a {image.shape[1]}×{image.shape[0]} image; the reference set is {size}×{size}")
+        if sample.channels != reference.channels:
+            raise ValueError(f"a {sample.channels}-channel image; the reference set has {reference.channels}")
+        return data
+
+    def windows(self, store: Store, generator: str) -> GeneratorWindows:
+        """The generator's windows from the store's cache, or rebuilt from its rows."""
+        if generator in store.cache:
+            return store.cache[generator]
+        name, version = generator.split("@", 1)
+        windows = GeneratorWindows(name, self.dim, self.slide, version=version)
+        head = store.get(f"{generator}|head")
+        if head is not None:
+            state = json.loads(head)
+            windows.seq, opened, count = state["seq"], state["opened_ms"], state["count"]
+            for back in range(self.slide - 1, 0, -1):
+                closed = store.get(f"{generator}|h|{windows.seq - back}")
+                if closed is not None:
+                    windows.remember(_unpack_closed(closed, self.dim))
+            records = [self.codec.decode(store[f"{generator}|{windows.seq}|{i}"]) for i in range(count)]
+            for item in self.judge.assess(records, windows.window_id()) if records else []:  # type: ignore[arg-type]
+                windows.add(item, opened)
+        store.cache[generator] = windows
+        return windows
+
+    def process(self, record: LabeledSample, store: Store) -> list[Record]:
+        """Take one sample into its generator's open window; decide the window when it is due."""
+        data = self.check(record)
+        if record.sample.objects:
+            return self.judge.decide_scene(record)
+        generator = generator_key(record)
+        windows = self.windows(store, generator)
+        [item] = self.judge.assess([record], windows.window_id())
+        store[f"{generator}|{windows.seq}|{len(windows.pending)}"] = data
+        windows.add(item, now_ms())
+        return self._close_if_due(store, generator, windows, now_ms())
+
+    def tick(self, store: Store | None, now: int) -> list[Record]:
+        """Decide the windows that are older than ``max_window_s`` (a generator that stopped still gets judged)."""
+        assert store is not None
+        out: list[Record] = []
+        for key in store.keys():
+            if key.endswith("|head") and json.loads(store[key])["count"]:
+                generator = key[: -len("|head")]
+                out += self._close_if_due(store, generator, self.windows(store, generator), now)
+        return out
+
+    def _close_if_due(self, store: Store, generator: str, windows: GeneratorWindows, now: int) -> list[Record]:
+        out: list[Record] = []
+        if windows.pending and self.judge.due(windows, now):
+            seq, count = windows.seq, len(windows.pending)
+            out = self.judge.close(windows)
+            for i in range(count):
+                del store[f"{generator}|{seq}|{i}"]
+            if self.slide > 1:  # the sliding window spans this one: keep it, drop the one that left the span
+                store[f"{generator}|h|{seq}"] = _pack_closed(windows.history[-1])
+                if f"{generator}|h|{seq - self.slide + 1}" in store:
+                    del store[f"{generator}|h|{seq - self.slide + 1}"]
+        store[f"{generator}|head"] = json.dumps({"seq": windows.seq, "opened_ms": windows.opened_ms,
+                                                 "count": len(windows.pending)}).encode()
+        return out

@@ -1,6 +1,6 @@
 """The thermal processor's logic: per node, telemetry in → alerts and rate caps out.
 
-State per node is a small ``NodeState`` (JSON, kept in a faust table by ``sdg/thermal_app.py``).
+State per node is a small ``NodeState`` (JSON), in the store of a stateful step (``ThermalProcessor``).
 Rules (each an alert with hysteresis: raised once when it trips, cleared once when it recovers):
 
 =================  ==========  ===================================================================
@@ -33,7 +33,8 @@ import math
 from pydantic import BaseModel, ConfigDict, Field
 
 from infra.plant import PRESETS, CoolingPreset, Preset
-from schemas.records import Reading, ThermalAlert, Throttle
+from schemas.records import Reading, Record, ThermalAlert, Throttle, now_ms
+from streams.runtime import Store
 
 SEVERITY = {"bus_overvoltage": "emergency", "die_over_limit": "critical", "flow_loss": "critical",
             "die_predicted": "warning", "coolant_ramp": "warning", "sensor_stale": "warning",
@@ -260,12 +261,38 @@ class ThermalRules:
         return alerts, self._refresh(state, node, now_ms)
 
 
-def dump(state: NodeState) -> str:
-    return state.model_dump_json()
+def dump(state: NodeState) -> bytes:
+    return state.model_dump_json().encode()
 
 
-def load(data: str | bytes | None) -> NodeState:
-    return NodeState.model_validate_json(data) if data else NodeState()
+def load(data: bytes) -> NodeState:
+    return NodeState.model_validate_json(data)
 
 
-__all__ = ["NodeState", "ThermalConfig", "ThermalRules", "dump", "load", "slope_per_s"]
+class ThermalProcessor:
+    """The thermal step's functions over a partition's ``Store`` of ``NodeState`` (telemetry is keyed by node)."""
+
+    def __init__(self, rules: ThermalRules) -> None:
+        self.rules = rules
+
+    def process(self, reading: Reading, store: Store[NodeState]) -> list[Record]:
+        """One reading of a node: its alerts and cap, if any."""
+        node = reading.node_id
+        state = store.get(node) or NodeState()
+        alerts, throttle = self.rules.on_reading(state, reading, now_ms=now_ms())
+        store[node] = state
+        return [*alerts, *([throttle] if throttle is not None else [])]
+
+    def tick(self, store: Store[NodeState] | None, now: int) -> list[Record]:
+        """Every node's periodic check: sensors gone silent, caps due to be re-sent."""
+        assert store is not None
+        out: list[Record] = []
+        for node in store.keys():
+            state = store[node]
+            alerts, throttle = self.rules.on_tick(state, node, now_ms=now)
+            store[node] = state
+            out += [*alerts, *([throttle] if throttle is not None else [])]
+        return out
+
+
+__all__ = ["NodeState", "ThermalConfig", "ThermalProcessor", "ThermalRules", "dump", "load", "slope_per_s"]

@@ -162,22 +162,16 @@ def run_processor(
     group: Annotated[Optional[str], typer.Option(help="Consumer group (default: sdg-<processor>).")] = None,
     data: DataOption = None,
 ) -> None:
-    """Run a stream processor until SIGTERM/SIGINT (finishes its batch, commits, exits 0).
+    """Run a stream processor until SIGTERM/SIGINT (finishes its batch, checkpoints, exits 0).
 
-    Processors: passthrough, generate, label (runner steps, committed by hand), quality (a faust app
-    with its windows in tables) and lineage (the Delta sink, exactly once per table)."""
+    Processors (processors/topology.py): passthrough, generate, label, quality, thermal, plant, lineage, train,
+    all on the one runtime. A broken model, broker or disk stops it with a non-zero exit and commits nothing
+    after its last checkpoint; bad records go to sdg.dlq."""
     from sdg.run_events import run_events
-    from sdg.workers import SERVICES, datasets
+    from sdg.workers import datasets
     from sdg.workers import processor as make_processor
 
     settings = _settings(data)
-    if processor in SERVICES:
-        if source or sink:
-            raise typer.BadParameter(f"{processor} has fixed topics; it takes --group only")
-        inputs, outputs = datasets(processor, settings, source=None, sink=None)
-        with run_events(settings.openlineage, settings.state_dir, job=processor, inputs=inputs, outputs=outputs):
-            SERVICES[processor](settings, group or f"sdg-{processor}")
-        return
     with make_processor(processor, settings, source=source, sink=sink, group=group) as runner:
         inputs, outputs = datasets(processor, settings, source=source, sink=sink)
         with run_events(settings.openlineage, settings.state_dir, job=processor, inputs=inputs, outputs=outputs):

@@ -21,15 +21,21 @@ from rich.progress import Progress
 from rich.table import Table
 
 from schemas.examples import example, example_sample
-from schemas.records import GeneratedSample, QualityWindow, SampleDecision, ThermalAlert, Throttle
+from schemas.records import (
+    GeneratedSample,
+    QualityWindow,
+    SampleDecision,
+    ThermalAlert,
+    Throttle,
+)
 from sdg.report import decisions_table, quality_table
 from sdg.settings import Settings
 from sdg.workers import processor
 from streams import admin
-from streams.catalog import CATALOG, REPLAY_PREFIX
+from streams.catalog import CATALOG, LINEAGE_TOPICS, REPLAY_PREFIX
 from streams.catalog import topic as topic_spec
-from streams.producer import RecordProducer
 from streams.dead_letter import DLQ_TOPIC
+from streams.producer import RecordProducer
 from streams.subscribe import subscribe
 
 # bad input the pass-through must route to the dead-letter topic, each with a reason
@@ -220,7 +226,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def _gate_processors(settings: Settings, plan: DemoPlan, out: Path) -> Iterator[None]:
-    """The label processor (a thread here) and the quality processor (a faust worker process), reading from now on."""
+    """The label processor (a thread here) and the quality processor (a process), reading from now on."""
     kafka = settings.kafka_client
     label_group = f"sdg-demo-label-{settings.run_id}"
     admin.start_group_at_end(kafka, label_group, ["sdg.samples.raw"])
@@ -247,18 +253,16 @@ def _gate_processors(settings: Settings, plan: DemoPlan, out: Path) -> Iterator[
 @contextmanager
 def _lineage_sink(settings: Settings) -> Iterator[None]:
     """The lineage sink (a thread here) recording every stage of this run into the Delta tables."""
-    from sdg.workers import LINEAGE_TOPICS, lineage_sink
-
     group = "sdg-lineage"
-    admin.start_group_at_end(settings.kafka_client, group, LINEAGE_TOPICS)
-    sink = lineage_sink(settings, group)
-    thread = threading.Thread(target=sink.run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        sink.drain()  # everything this run published reaches the tables
-        thread.join()
+    admin.start_group_at_end(settings.kafka_client, group, list(LINEAGE_TOPICS))
+    with processor("lineage", settings, group=group) as sink:
+        thread = threading.Thread(target=sink.run, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            sink.drain()  # everything this run published reaches the tables
+            thread.join()
 
 
 def _lineage_report(settings: Settings, console: Console) -> None:
@@ -278,9 +282,8 @@ def _lineage_report(settings: Settings, console: Console) -> None:
 @contextmanager
 def _thermal_loop(settings: Settings, plan: DemoPlan, out: Path, seen: list) -> Iterator[None]:  # type: ignore[type-arg]
     """The plant (a thread here) modeling the demo's node with a scripted pump failure and repair, the thermal
-    processor (a faust worker process) acting on it, and what they publish about the node collected in ``seen``."""
+    processor (a process) acting on it, and what they publish about the node collected in ``seen``."""
     from infra.plant import ScheduledFault
-    from sdg.telemetry import PlantService
 
     kafka, node = settings.kafka_client, settings.worker.node_id
     faults = [ScheduledFault(at_s=plan.pump_failure_at_s, node_id=node, kind="pump_failure"),
@@ -291,8 +294,6 @@ def _thermal_loop(settings: Settings, plan: DemoPlan, out: Path, seen: list) -> 
     admin.start_group_at_end(kafka, watch, ["sdg.telemetry", "sdg.alerts", "sdg.control"])
     admin.start_group_at_end(kafka, "sdg-thermal", ["sdg.telemetry"])
     env = _child_env(settings)
-    plant = PlantService(config, kafka=kafka, run_id=settings.run_id, group=f"sdg-demo-plant-{settings.run_id}")
-
     stop = threading.Event()
 
     def collect() -> None:
@@ -301,7 +302,9 @@ def _thermal_loop(settings: Settings, plan: DemoPlan, out: Path, seen: list) -> 
             if getattr(received.record, "node_id", None) == node and received.record.run_id == settings.run_id:
                 seen.append(received.record)
 
-    with open(out / "thermal-processor.log", "wb") as log:
+    with open(out / "thermal-processor.log", "wb") as log, \
+            processor("plant", settings.model_copy(update={"plant": config}),
+                      group=f"sdg-demo-plant-{settings.run_id}") as plant:
         thermal = subprocess.Popen([sys.executable, "-m", "sdg", "run", "thermal", "--group", "sdg-thermal"],
                                    env=env, stdout=log, stderr=subprocess.STDOUT)
         threads = [threading.Thread(target=plant.run, daemon=True), threading.Thread(target=collect, daemon=True)]

@@ -1,18 +1,16 @@
-"""Telemetry for people: the plant service loop, a closed-loop simulation of a fault scenario, its plot,
-and the live terminal view (``sdg telemetry watch``)."""
+"""Telemetry for people: a closed-loop simulation of a fault scenario, its plot, and the live terminal view
+(``sdg telemetry watch``). The plant itself runs as a processor (``processors/plant.py``)."""
 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from infra.plant import NodePlant, PlantConfig, ScheduledFault, Utilization
+from infra.plant import NodePlant, ScheduledFault
 from processors.thermal import NodeState, ThermalConfig, ThermalRules
 from schemas.records import PlantFault, Reading, ThermalAlert, Throttle
 
@@ -168,85 +166,6 @@ def plot(trace: Trace, out: Path, *, title: str) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-class PlantService:
-    """Runs the plant for its nodes: generator load from ``sdg.telemetry`` and faults from
-    ``sdg.plant.faults`` in, sensor readings out on ``sdg.telemetry``, ``reading_hz`` per node.
-
-    Readings are stamped in plant time: the wall time the plant started plus the plant seconds since.
-    """
-
-    def __init__(self, config: PlantConfig, *, kafka: Any, run_id: str, group: str = "sdg-plant") -> None:
-        self.config = config
-        self.kafka = kafka
-        self.run_id = run_id
-        self.group = group
-        self.nodes = {n: NodePlant(n, config.cooling, seed=i, noise=config.noise) for i, n in enumerate(config.nodes)}
-        self.busy = {n: Utilization(config.busy_window_s) for n in config.nodes}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self, *, duration_s: float | None = None, handle_signals: bool = False) -> None:
-        from streams.admin import start_group_at_end
-        from streams.producer import RecordProducer
-
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.stop())
-        inputs = ["sdg.telemetry", "sdg.plant.faults"]
-        start_group_at_end(self.kafka, self.group, inputs)  # what happens from now on, not before
-        follower = threading.Thread(target=self._follow, args=(inputs,), name="plant-inputs", daemon=True)
-        follower.start()
-        c = self.config
-        schedule = sorted(c.faults, key=lambda f: f.at_s)
-        started_ms, started = time.time() * 1000, time.monotonic()
-        plant_s, last = 0.0, started
-        with RecordProducer(self.kafka) as producer:
-            while not self._stop.wait(max(0.0, last + 1 / c.reading_hz - time.monotonic())):
-                now = time.monotonic()
-                if duration_s is not None and now - started >= duration_s:
-                    break
-                plant_s += (now - last) * c.time_scale
-                last = now
-                with self._lock:
-                    while schedule and schedule[0].at_s <= plant_s:
-                        f = schedule.pop(0)
-                        self._inject(PlantFault(run_id=self.run_id, node_id=f.node_id, kind=f.kind,
-                                                magnitude=f.magnitude, duration_s=f.duration_s))
-                    for node_id, node in self.nodes.items():
-                        node.step(plant_s - node.t_s, self.busy[node_id].value(now))
-                        reading = node.reading(self.run_id, int(started_ms + plant_s * 1000))
-                        if reading is not None:
-                            producer.send("sdg.telemetry", reading)
-        follower.join(10)
-
-    def _follow(self, topics: list[str]) -> None:
-        from streams.producer import RecordProducer
-        from streams.subscribe import subscribe
-
-        dlq = RecordProducer(self.kafka)
-        dead_letter = partial(dlq.dead_letter, step_id="plant", run_id=self.run_id, wait=True)
-        for received in subscribe(topics, kafka=self.kafka, group=self.group, stop=self._stop,
-                                  dead_letter=dead_letter):
-            record = received.record
-            with self._lock:
-                if isinstance(record, Reading) and record.source == "generator" and record.node_id in self.busy:
-                    self.busy[record.node_id].add(time.monotonic(), (record.batch_ms or 0) / 1000)
-                elif isinstance(record, PlantFault):
-                    try:
-                        self._inject(record)
-                    except ValueError as e:
-                        dead_letter(received.message, e)
-        dlq.close()
-
-    def _inject(self, fault: PlantFault) -> None:
-        if fault.node_id in self.nodes:
-            log.info("plant: %s on %s", fault.kind, fault.node_id)
-            self.nodes[fault.node_id].inject(fault)
 
 
 def watch(kafka: Any, *, node: str | None, duration_s: float | None, console: Any) -> None:

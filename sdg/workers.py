@@ -1,40 +1,48 @@
-"""The stream processors the command line can run, each wired to its topics and runner options."""
+"""Every processor of ``processors.topology`` wired to its function, settings and runtime options.
+
+``processor(name, settings)`` yields the ``Runner`` that ``sdg run <name>`` runs: one runtime for all of them.
+"""
 
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
+from processors.topology import PROCESSORS, ProcessorSpec
 from sdg.settings import Settings
-from streams.delta_sink import DeltaSink
 from streams.errors import ConfigError
-from streams.runner import Runner, Step
-from streams.throttle import ControlListener, RateCap
+from streams.runtime import Runner, Step, state_topics
 
 log = logging.getLogger(__name__)
 
+Wired = tuple[Step, dict[str, Any]]  # the step and the runner's extra options
+
+
+def _step(spec: ProcessorSpec, fn: Any, source: str | None, **options: Any) -> Step:
+    return Step(spec.name, (source,) if source else spec.sources, fn, kind=spec.kind, **options)
+
 
 @contextmanager
-def _passthrough(settings: Settings, source: str | None, sink: str | None, group: str) -> Iterator[Runner]:
+def _passthrough(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
+                 group: str) -> Iterator[Wired]:
     from processors.passthrough import passthrough
 
     if source is None or sink is None:
         raise ConfigError("passthrough needs --source and --sink")
-    yield Runner(Step("passthrough", source, passthrough, sink), kafka=settings.kafka_client,
-                 config=settings.runner, group=group, run_id=settings.run_id)
+    yield _step(spec, passthrough, source, sink=sink), {}
 
 
 @contextmanager
-def _generate(settings: Settings, source: str | None, sink: str | None, group: str) -> Iterator[Runner]:
-    """sdg.requests → sdg.samples.raw (+ load on sdg.telemetry), obeying this node's caps on sdg.control."""
+def _generate(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
+              group: str) -> Iterator[Wired]:
+    """Obeys this node's caps on sdg.control (a listener beside the step)."""
     import torch
 
-    from processors.generate import GenerateConfig, generate, sink_of
+    from processors.generate import GenerateConfig, generate
+    from streams.throttle import ControlListener, RateCap
 
-    if sink is not None:
-        raise ConfigError("generate writes to sdg.samples.raw and sdg.telemetry; it takes no --sink")
     if settings.worker.threads:
         torch.set_num_threads(settings.worker.threads)
     catalog = settings.catalog()
@@ -42,103 +50,126 @@ def _generate(settings: Settings, source: str | None, sink: str | None, group: s
     cap = RateCap(settings.worker.node_id)
     listener = ControlListener(settings.kafka_client, cap).start()
     try:
-        step = Step("generate", source or "sdg.requests",
-                    lambda job: generate(job, generators=catalog, config=config), sink_of, returns="many")
-        yield Runner(step, kafka=settings.kafka_client, config=settings.runner, group=group,
-                     run_id=settings.run_id, rate_cap=cap, cost=lambda job: job.count)
+        step = _step(spec, lambda job: generate(job, generators=catalog, config=config), source, sink=sink)
+        yield step, {"rate_cap": cap, "cost": lambda job: job.count}
     finally:
         listener.stop()
 
 
 @contextmanager
-def _label(settings: Settings, source: str | None, sink: str | None, group: str) -> Iterator[Runner]:
-    """sdg.samples.raw → sdg.samples.labeled, a batch at a time through the ONNX labeler."""
+def _label(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
+           group: str) -> Iterator[Wired]:
     from processors.label import label
     from sdg.labeling import load_labeler
 
     labeler = load_labeler(settings)
-    step = Step("label", source or "sdg.samples.raw", lambda batch: label(batch, labeler=labeler),
-                sink or "sdg.samples.labeled", batched=True)
-    yield Runner(step, kafka=settings.kafka_client, config=settings.runner, group=group, run_id=settings.run_id)
+    yield _step(spec, lambda batch: label(batch, labeler=labeler), source, sink=sink), {}
 
 
-PROCESSORS: dict[str, Callable[[Settings, str | None, str | None, str], AbstractContextManager[Runner]]] = {
-    "passthrough": _passthrough,
-    "generate": _generate,
-    "label": _label,
-}
+@contextmanager
+def _quality(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
+             group: str) -> Iterator[Wired]:
+    from processors.quality import QualityProcessor, generator_key
+    from sdg.labeling import load_judge
+
+    quality = QualityProcessor(load_judge(settings), max_record_bytes=settings.kafka_client.max_record_bytes)
+    yield _step(spec, quality.process, source, key_by=generator_key, punctuate=quality.tick, punctuate_s=1.0), {}
 
 
-def _quality(settings: Settings, group: str) -> None:
-    from sdg.quality_app import run_quality
+@contextmanager
+def _thermal(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
+             group: str) -> Iterator[Wired]:
+    from processors.thermal import ThermalProcessor, ThermalRules, dump, load
 
-    run_quality(settings, app_id=group)
+    thermal = ThermalProcessor(ThermalRules(settings.thermal, run_id=settings.run_id))
+    # old readings steer nothing: a new group starts at the end
+    yield _step(spec, thermal.process, source, load=load, dump=dump, punctuate=thermal.tick, punctuate_s=0.5,
+                start="latest"), {}
 
 
-def lineage_sink(settings: Settings, group: str) -> DeltaSink:
+@contextmanager
+def _plant(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
+           group: str) -> Iterator[Wired]:
+    from processors.plant import PlantProcessor
+    from streams import admin
+
+    admin.start_group_at_end(settings.kafka_client, group, list(spec.sources))  # what happens from now on
+    plant = PlantProcessor(settings.plant, run_id=settings.run_id)
+    yield _step(spec, plant.take, source, punctuate=plant.tick, punctuate_s=1 / settings.plant.reading_hz,
+                start="latest"), {}
+
+
+@contextmanager
+def _lineage(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
+             group: str) -> Iterator[Wired]:
+    yield lineage_step(settings, group), {}
+
+
+def lineage_step(settings: Settings, group: str) -> Step:
     """The Delta sink of every stage, window, reading (downsampled), alert and throttle topic."""
     from processors.lineage import downsampled, rows_of
+    from streams.delta_sink import DeltaSink
 
     fn = downsampled(rows_of, every_s=settings.sink.telemetry_every_s)
-    return DeltaSink(LINEAGE_TOPICS, fn=fn, kafka=settings.kafka_client, tables=settings.delta_tables(),
-                     group=group, run_id=settings.run_id, config=settings.sink)
+    spec = PROCESSORS["lineage"]
+    return Step(spec.name, spec.sources, DeltaSink(fn=fn, tables=settings.delta_tables(), group=group,
+                                                    config=settings.sink), kind="sink")
 
 
-def _lineage(settings: Settings, group: str) -> None:
-    """Every stage, window, reading, alert and throttle topic → the Delta tables, exactly once per table."""
-    stats = lineage_sink(settings, group).run(handle_signals=True)
-    log.info("lineage: %d records, rows %s, %d commits", stats.consumed, stats.rows, stats.commits)
-
-
-def _thermal(settings: Settings, group: str) -> None:
-    from sdg.thermal_app import run_thermal
-
-    run_thermal(settings, app_id=group)
-
-
-def _plant(settings: Settings, group: str) -> None:
-    """The modeled plant of ``SDG_PLANT__NODES``: generator load and faults in, sensor readings out."""
-    from sdg.telemetry import PlantService
-
-    PlantService(settings.plant, kafka=settings.kafka_client, run_id=settings.run_id, group=group).run(
-        handle_signals=True)
-
-
-def _train(settings: Settings, group: str) -> None:
-    """sdg.samples.accepted → an edge model (INT8 ONNX) after every ``train.every`` new samples."""
+@contextmanager
+def _train(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
+           group: str) -> Iterator[Wired]:
     from rich.console import Console
 
-    from sdg.training import run_trainer
+    from processors.train import TrainSink
+    from sdg.training import train_edge_model
 
-    run_trainer(settings, group, console=Console())
+    console = Console()
+
+    def train(records: list[Any]) -> None:
+        trained = train_edge_model(settings, records, console=console)
+        console.print(f"edge {trained.version}: {trained.dataset['samples']} samples, int8 accuracy "
+                      f"{trained.metrics['int8_accuracy']:.1%}, {trained.real_labels} real labels")
+
+    yield _step(spec, TrainSink(train, every=settings.train.every), source, commit=False), {}
 
 
-LINEAGE_TOPICS = ["sdg.samples.raw", "sdg.samples.labeled", "sdg.samples.scored", "sdg.samples.accepted",
-                  "sdg.samples.review", "sdg.samples.rejected", "sdg.quality", "sdg.telemetry", "sdg.alerts",
-                  "sdg.control"]
-
-# processors with a loop of their own (a faust app, a sink with Delta commits): they run in the
-# foreground until SIGTERM; the group is their consumer group (for faust: the app id)
-SERVICES: dict[str, Callable[[Settings, str], None]] = {
-    "quality": _quality,
-    "lineage": _lineage,
-    "thermal": _thermal,
-    "plant": _plant,
-    "train": _train,
+WIRING: dict[str, Callable[[Settings, ProcessorSpec, str | None, str | None, str], ContextManager[Wired]]] = {
+    "passthrough": _passthrough, "generate": _generate, "label": _label, "quality": _quality,
+    "thermal": _thermal, "plant": _plant, "lineage": _lineage, "train": _train,
 }
+assert set(WIRING) == set(PROCESSORS), "every processor of the topology is wired"
 
 
-def processor(
-    name: str, settings: Settings, *, source: str | None, sink: str | None, group: str | None
-) -> AbstractContextManager[Runner]:
-    """A context manager yielding the runner of processor ``name``.
+def spec_of(name: str) -> ProcessorSpec:
+    """Raises ``ConfigError`` for an unknown processor (the message lists the valid ones)."""
+    if name not in PROCESSORS:
+        raise ConfigError(f"unknown processor {name!r}; valid: {', '.join(PROCESSORS)}")
+    return PROCESSORS[name]
+
+
+@contextmanager
+def processor(name: str, settings: Settings, *, source: str | None = None, sink: str | None = None,
+              group: str | None = None) -> Iterator[Runner]:
+    """The runner of processor ``name`` (its state topics created first).
 
     Raises:
-        ConfigError: an unknown processor (the message lists the valid ones) or missing topics.
+        ConfigError: an unknown processor, or a --source/--sink it does not take.
     """
-    if name not in PROCESSORS:
-        raise ConfigError(f"unknown processor {name!r}; valid: {', '.join([*PROCESSORS, *SERVICES])}")
-    return PROCESSORS[name](settings, source, sink, group or f"sdg-{name}")
+    from streams import admin
+
+    spec = spec_of(name)
+    if sink is not None and name not in ("passthrough", "label"):
+        raise ConfigError(f"{name} routes its outputs by record type through the catalog; it takes no --sink")
+    if source is not None and spec.kind in ("stateful", "sink") or name == "plant" and source is not None:
+        raise ConfigError(f"{name} has fixed sources; it takes --group only")
+    group = group or f"sdg-{name}"
+    with WIRING[name](settings, spec, source, sink, group) as (step, options):
+        specs = state_topics(group, step)
+        if specs:
+            admin.create_topics(settings.kafka_client, settings.topics, specs)
+        yield Runner(step, kafka=settings.kafka_client, config=settings.runner, group=group, run_id=settings.run_id,
+                     instance=settings.worker.node_id, **options)
 
 
 def datasets(name: str, settings: Settings, *, source: str | None,
@@ -146,22 +177,11 @@ def datasets(name: str, settings: Settings, *, source: str | None,
     """The (namespace, name) datasets processor ``name`` reads and writes, for its OpenLineage run events."""
     from schemas.tables import TABLES
 
-    topics: dict[str, tuple[list[str], list[str]]] = {
-        "passthrough": ([source or ""], [sink or ""]),
-        "generate": (["sdg.requests", "sdg.control"], ["sdg.samples.raw", "sdg.telemetry"]),
-        "label": (["sdg.samples.raw"], ["sdg.samples.labeled"]),
-        "quality": (["sdg.samples.labeled"], ["sdg.samples.scored", "sdg.samples.accepted", "sdg.samples.review",
-                                              "sdg.samples.rejected", "sdg.quality"]),
-        "lineage": (LINEAGE_TOPICS, []),
-        "thermal": (["sdg.telemetry"], ["sdg.alerts", "sdg.control"]),
-        "plant": (["sdg.telemetry", "sdg.plant.faults"], ["sdg.telemetry"]),
-        "train": (["sdg.samples.accepted"], []),
-    }
+    spec = spec_of(name)
     kafka = f"kafka://{settings.kafka_client.bootstrap_servers.split(',')[0]}"
-    inputs, outputs = topics[name]
-    inputs = [source] if source and name != "passthrough" else inputs
-    outputs = [sink] if sink and name != "passthrough" else outputs
+    inputs = [source] if source else [*spec.sources, *spec.side_inputs]
+    outputs = [sink] if sink else spec.output_topics()
     written = [(kafka, t) for t in outputs]
-    if name == "lineage":
+    if spec.tables:
         written = [(f"file://{Path(settings.delta_tables().root).resolve()}", t) for t in TABLES]
     return [(kafka, t) for t in inputs], written

@@ -1,14 +1,14 @@
-"""Kafka plumbing: topic catalog, admin, producer, processor runner, subscribe API, dead letters, faust wiring.
+"""Kafka plumbing: topic catalog, admin, producer, the processor runtime, subscribe API, dead letters, Delta sink.
 
-Imports neither torch nor faust at import time.
+Imports no torch at import time.
 """
 
 from streams.catalog import CATALOG, TopicSpec, topic
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
+from streams.dead_letter import DLQ_TOPIC
 from streams.errors import BrokerError, ConfigError, StepReturnError, UnknownTopic
 from streams.producer import RecordProducer
-from streams.dead_letter import DLQ_TOPIC
-from streams.runner import Runner, RunStats, Step
+from streams.runtime import Runner, RunStats, Step, Store
 from streams.subscribe import Received, subscribe
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "Runner",
     "RunnerConfig",
     "Step",
+    "Store",
     "StepReturnError",
     "TopicConfig",
     "TopicSpec",

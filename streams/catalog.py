@@ -97,3 +97,30 @@ def topic(name: str) -> TopicSpec:
     if name.startswith(REPLAY_PREFIX) and len(name) > len(REPLAY_PREFIX):
         return TopicSpec(name, "as the source", None, 6, "re-published history", _retention(7))
     raise UnknownTopic(f"unknown topic {name!r}; valid: {', '.join(CATALOG)} or {REPLAY_PREFIX}<name>")
+
+
+LINEAGE_TOPICS = ("sdg.samples.raw", "sdg.samples.labeled", "sdg.samples.scored", "sdg.samples.accepted",
+                  "sdg.samples.review", "sdg.samples.rejected", "sdg.quality", "sdg.telemetry", "sdg.alerts",
+                  "sdg.control")
+"""The topics the lineage sink writes to the Delta tables."""
+
+_BY_TYPE = {spec.value: spec.name for spec in _SPECS if spec.value is not None and spec.value is not SampleDecision}
+
+
+def topics_of(kind: type[Record]) -> list[str]:
+    """The catalog topics that carry records of type ``kind``."""
+    return [spec.name for spec in _SPECS if spec.value is kind]
+
+
+def topic_of(record: Record) -> str:
+    """The catalog topic of a record, by its type (a sample decision by its decision).
+
+    Raises:
+        UnknownTopic: no catalog topic carries records of this type.
+    """
+    if isinstance(record, SampleDecision):
+        return f"sdg.samples.{record.gate.decision}"
+    name = _BY_TYPE.get(type(record))
+    if name is None:
+        raise UnknownTopic(f"no catalog topic carries {record.schema_name}")
+    return name

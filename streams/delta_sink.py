@@ -14,25 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.codec import RecordCodec
-from schemas.errors import UndecodableRecord
 from schemas.records import Record
 from schemas.tables import CHAIN_KEY, GENESIS, PARTITION_BY, TABLES, chain_id, row_hash
-from streams.catalog import topic as topic_spec
-from streams.config import KafkaConfig
-from streams.errors import BrokerError
-from streams.producer import RecordProducer
 
 log = logging.getLogger(__name__)
 STEP_ID = "lineage"
@@ -136,24 +126,22 @@ class DeltaTables:
 
 
 class DeltaSink:
-    """Consumes ``topics`` as ``group`` and appends the rows ``fn`` makes of each record to the tables."""
+    """The sink of a ``sink`` step: appends the rows ``fn`` makes of each record to the tables at each checkpoint.
 
-    def __init__(self, topics: list[str], *, fn: Callable[[Record, str, int, int], dict[str, list[dict[str, Any]]]],
-                 kafka: KafkaConfig, tables: DeltaTables, group: str, run_id: str,
-                 config: SinkConfig = SinkConfig()) -> None:
-        """``fn`` makes the rows of one record read at (topic, partition, offset): ``processors.lineage.rows_of``."""
-        for name in topics:
-            topic_spec(name)
-        self.topics = topics
+    The runtime consumes, decodes and dead-letters; ``write`` buffers a record's rows (skipping tables that
+    already hold it), ``due`` asks for a checkpoint when the buffer is full or old, and ``flush`` writes every
+    table (each with its offsets in the same commit) before the runtime commits the Kafka offsets.
+    """
+
+    def __init__(self, *, fn: Callable[[Record, str, int, int], dict[str, list[dict[str, Any]]]],
+                 tables: DeltaTables, group: str, config: SinkConfig = SinkConfig()) -> None:
+        """``fn`` makes the rows of one record read at (topic, partition, offset): ``processors.lineage.rows_of``;
+        ``group`` is the step's consumer group (it names the offsets each table records)."""
         self.tables = tables
         self.group = group
-        self.run_id = run_id
         self.config = config
         self.fn = fn
-        self.codec = RecordCodec()
         self.stats = SinkStats()
-        self.stopping = threading.Event()
-        self.draining = threading.Event()
         self._next: dict[tuple[str, str], int] = {}  # (table, app id) → next offset the table needs
         self._chains: dict[tuple[Any, ...], tuple[int, str]] = {}
         self._commits: dict[str, int] = {}
@@ -161,60 +149,17 @@ class DeltaSink:
         self._owners: dict[str, list[Any]] = {}  # per table, per buffered row: the message it came from
         self._covered: dict[tuple[str, int], int] = {}  # source partition → next offset once the buffer is written
         self._oldest: float | None = None
-        self._consumer_conf = kafka.librdkafka(**{
-            "group.id": group, "client.id": f"{kafka.client_id}-sink-{uuid.uuid4().hex[:6]}",
-            "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
-        })
-        self.dlq = RecordProducer(kafka, codec=self.codec)
+        self._rejected: list[tuple[Any, Exception]] = []
 
-    def stop(self) -> None:
-        """Flush what is buffered and return, even if more records are waiting."""
-        self.stopping.set()
-
-    def drain(self) -> None:
-        """Write everything there is, then return once a second has passed without new records."""
-        self.draining.set()
-
-    def run(self, *, max_idle_s: float | None = None, handle_signals: bool = False) -> SinkStats:
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: self.stop())
-        consumer = Consumer(self._consumer_conf)
-        assigned: list[float] = []  # the idle clock starts at the first assignment, not at a slow group join
-
-        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
-            assigned.append(time.monotonic())
-            self._forget()
-
-        consumer.subscribe(self.topics, on_assign=on_assign, on_revoke=lambda c, partitions: self._flush(c))
-        idle_since = time.monotonic()
-        try:
-            while not self.stopping.is_set():
-                room = self.config.batch_rows - sum(map(len, self._buffer.values()))
-                messages = consumer.consume(max(1, min(500, room)), 0.2)  # a record makes one row or more
-                now = time.monotonic()
-                for message in messages:
-                    self._take(message)
-                if messages:
-                    idle_since = now
-                buffered = sum(map(len, self._buffer.values()))
-                if buffered >= self.config.batch_rows or (
-                        self._oldest is not None and now - self._oldest >= self.config.max_batch_s):
-                    self._flush(consumer)
-                idle = now - max(idle_since, assigned[0]) if assigned else 0.0
-                if not messages and ((max_idle_s is not None and idle > max_idle_s) or
-                                     (self.draining.is_set() and idle > 1.0)):
-                    break
-            self._flush(consumer)
-        finally:
-            consumer.close()
-            self.dlq.close()
-        return self.stats
-
-    def _forget(self) -> None:
+    def assigned(self) -> None:
         """After a rebalance another member may have written partitions this one had: re-read the tables."""
         self._next.clear()
         self._chains.clear()
+
+    def due(self) -> bool:
+        buffered = sum(map(len, self._buffer.values()))
+        return buffered >= self.config.batch_rows or (
+            self._oldest is not None and time.monotonic() - self._oldest >= self.config.max_batch_s)
 
     def _needs(self, table: str, topic: str, partition: int) -> int:
         key = (table, app_id(self.group, topic, partition))
@@ -222,20 +167,11 @@ class DeltaSink:
             self._next[key] = self.tables.next_offset(table, key[1])
         return self._next[key]
 
-    def _take(self, message: Any) -> None:
-        error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                return
-            raise BrokerError(f"delta sink: consuming {message.topic()}: {error.str()}")
+    def write(self, message: Any, record: Record) -> None:
+        """Buffer the rows of one record (raises on a record ``fn`` cannot make rows of: the runtime's policy)."""
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         self.stats.consumed += 1
-        try:
-            record = topic_spec(topic).check(self.codec.decode(message.value()))
-            rows = self.fn(record, topic, partition, offset)
-        except (UndecodableRecord, ValueError, ArithmeticError) as e:
-            self._dead_letter(message, e)
-            rows = {}
+        rows = self.fn(record, topic, partition, offset)
         wrote = False
         for table, table_rows in rows.items():
             if offset < self._needs(table, topic, partition):
@@ -294,17 +230,17 @@ class DeltaSink:
                     pa.Table.from_pylist([row], schema=schema)
                 except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
                     bad.setdefault(id(owner), (owner, ValueError(f"a row for table {table} does not fit its schema: {e}")))
-        for owner, error in bad.values():
-            self._dead_letter(owner, error)
+        self._rejected += list(bad.values())
         for table in self._buffer:
             kept = [(r, o) for r, o in zip(self._buffer[table], self._owners[table]) if id(o) not in bad]
             self._buffer[table], self._owners[table] = [r for r, _ in kept], [o for _, o in kept]
         return self._build()
 
-    def _flush(self, consumer: Consumer) -> None:
-        """Write every table's buffered rows (each with its offsets in the same commit), then commit Kafka offsets."""
+    def flush(self) -> list[tuple[Any, Exception]]:
+        """Write every table's buffered rows, each with its offsets in the same commit; the records whose rows did
+        not fit a table, with why (the runtime dead-letters them before it commits the Kafka offsets)."""
         if not self._covered:
-            return
+            return []
         for table, (data, metadata) in self._arrow().items():
             versions = {app_id(self.group, t, p): n for (t, p), n in self._covered.items()
                         if n > self._needs(table, t, p)}
@@ -316,16 +252,7 @@ class DeltaSink:
             self._commits[table] = self._commits.get(table, 0) + 1
             if self._commits[table] % self.config.compact_every == 0:
                 self.tables.compact(table)
-        self.dlq.flush()
-        offsets = [TopicPartition(t, p, n) for (t, p), n in self._covered.items()]
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as e:
-            if not e.args[0].retriable():
-                raise BrokerError(f"delta sink: offset commit failed: {e}") from e
-            log.warning("delta sink: offset commit failed (the Delta versions still hold): %s", e)
+        rejected, self._rejected = self._rejected, []
+        self.stats.dead_letters += len(rejected)
         self._buffer, self._owners, self._covered, self._oldest = {}, {}, {}, None
-
-    def _dead_letter(self, message: Any, error: Exception) -> None:
-        self.stats.dead_letters += 1
-        self.dlq.dead_letter(message, error, step_id=STEP_ID, run_id=self.run_id)
+        return rejected

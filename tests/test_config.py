@@ -10,7 +10,7 @@ from schemas.records import GenerationJob, Reading
 from sdg.settings import load_settings, valid_names
 from streams.catalog import CATALOG, topic
 from streams.errors import ConfigError, StepReturnError, UnknownTopic
-from streams.runner import Step
+from streams.runtime import Step
 
 
 def test_catalog_covers_the_design_topics() -> None:
@@ -76,22 +76,20 @@ def test_valid_names_cover_nested_groups() -> None:
     assert {"SDG_KAFKA__BOOTSTRAP_SERVERS", "SDG_BROKER__PORT", "SDG_RUNNER__BATCH_SIZE", "SDG_STATE_DIR"} <= set(names)
 
 
-def test_step_checks_topics_and_return_shapes() -> None:
+def test_step_checks_topics_kinds_and_return_shapes_and_routes_by_record_type() -> None:
     with pytest.raises(UnknownTopic):
-        Step("s", "sdg.nope", passthrough, "sdg.dlq")
+        Step("s", "sdg.nope", passthrough)
+    with pytest.raises(ConfigError, match="kind must be"):
+        Step("s", "sdg.requests", passthrough, kind="window")  # type: ignore[arg-type]
     job = example(GenerationJob, 1, "r")
-    one = Step("one", "sdg.requests", passthrough, "sdg.replay.x")
-    assert one.outputs(job) == [job]
-    with pytest.raises(StepReturnError, match="step one must return one record"):
-        one.outputs(None)
-    optional = Step("opt", "sdg.requests", passthrough, "sdg.replay.x", returns="optional")
-    assert optional.outputs(None) == []
-    many = Step("many", "sdg.requests", passthrough, "sdg.replay.x", returns="many")
-    assert many.outputs([job, job]) == [job, job]
-    with pytest.raises(StepReturnError, match="step many must return a list"):
-        many.outputs(job)
+    step = Step("one", "sdg.requests", passthrough)
+    assert step.outputs(job) == [job] and step.outputs(None) == [] and step.outputs([job, job]) == [job, job]
+    with pytest.raises(StepReturnError, match="step one must return records"):
+        step.outputs("x")
     with pytest.raises(StepReturnError):
-        many.outputs([job, "x"])
-    routed = Step("route", "sdg.requests", passthrough, lambda r: "sdg.requests" if isinstance(r, GenerationJob) else "x")
-    assert routed.sink_of(job) == "sdg.requests"
-    assert routed.sink_of(example(Reading, 1, "r")) == "x"
+        step.outputs([job, "x"])
+    assert step.route(job) == "sdg.requests" and step.route(example(Reading, 1, "r")) == "sdg.telemetry"
+    relay = Step("relay", "sdg.requests", passthrough, sink="sdg.replay.x")
+    assert relay.route(example(Reading, 1, "r")) == "sdg.replay.x"
+    with pytest.raises(StepReturnError, match="sent a Reading to sdg.requests"):
+        Step("bad", "sdg.requests", passthrough, sink="sdg.requests").route(example(Reading, 1, "r"))

@@ -19,7 +19,7 @@ from streams.catalog import CATALOG
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
 from streams.producer import RecordProducer
 from streams.dead_letter import DLQ_TOPIC
-from streams.runner import Runner, Step
+from streams.runtime import Runner, Step
 from streams.subscribe import subscribe
 from tests.conftest import sdg_command
 
@@ -77,7 +77,7 @@ def test_poisoned_records_go_to_the_dlq_while_good_ones_pass(kafka: KafkaConfig,
             raise ValueError(f"no jobs here: {record.job_id}")
         return passthrough(record)
 
-    runner = Runner(Step("picky", source, picky, sink), kafka=kafka, config=FAST, group=f"g-{run_id}", run_id=run_id)
+    runner = Runner(Step("picky", source, picky, sink=sink), kafka=kafka, config=FAST, group=f"g-{run_id}", run_id=run_id)
     stats = runner.run(max_idle_s=3)
     assert stats.consumed == 53
     assert stats.produced[sink] == 50
@@ -218,7 +218,7 @@ def test_unknown_processor_and_topic_fail_at_start(kafka: KafkaConfig) -> None:
 
 def test_runner_thread_stops_on_request(kafka: KafkaConfig, run_id: str, fresh_topic) -> None:
     source, sink = fresh_topic(1), fresh_topic(1)
-    runner = Runner(Step("p", source, passthrough, sink), kafka=kafka, config=FAST, group=f"g-{run_id}", run_id=run_id)
+    runner = Runner(Step("p", source, passthrough, sink=sink), kafka=kafka, config=FAST, group=f"g-{run_id}", run_id=run_id)
     thread = threading.Thread(target=runner.run)
     thread.start()
     time.sleep(1)

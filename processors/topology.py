@@ -1,0 +1,68 @@
+"""The topology as data: one ``ProcessorSpec`` per stream processor.
+
+What each processor reads, what it writes (record types; the catalog says which topics carry them), its
+step kind and its state key. ``sdg run``, the OpenLineage run events, the compose file (checked by a test)
+and the README's processor table read this one table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.records import (
+    GeneratedSample,
+    LabeledSample,
+    QualityWindow,
+    Reading,
+    Record,
+    SampleDecision,
+    ScoredSample,
+    ThermalAlert,
+    Throttle,
+)
+from streams.catalog import LINEAGE_TOPICS, topics_of
+from streams.runtime import Kind
+
+
+@dataclass(frozen=True)
+class ProcessorSpec:
+    """One processor: ``sdg run <name>`` runs it as step ``name`` of the one runtime."""
+
+    name: str
+    kind: Kind
+    sources: tuple[str, ...]
+    outputs: tuple[type[Record], ...]
+    summary: str
+    state_key: str | None = None  # stateful: what the state is kept per
+    side_inputs: tuple[str, ...] = ()  # topics read besides the step's sources (a generator's rate caps)
+    tables: bool = False  # writes the Delta tables
+
+    def output_topics(self) -> list[str]:
+        """The catalog topics of the processor's output types."""
+        return [name for kind in self.outputs for name in topics_of(kind)]
+
+
+SPECS = (
+    ProcessorSpec("passthrough", "map", (), (), "copies --source to --sink as it is (relays, replays)"),
+    ProcessorSpec("generate", "map", ("sdg.requests",), (GeneratedSample, Reading),
+                  "generation jobs → samples, and the node's load readings; obeys its rate caps",
+                  side_inputs=("sdg.control",)),
+    ProcessorSpec("label", "batch_map", ("sdg.samples.raw",), (LabeledSample,),
+                  "labels each batch of samples with the INT8 ONNX labeler"),
+    ProcessorSpec("quality", "stateful", ("sdg.samples.labeled",), (ScoredSample, SampleDecision, QualityWindow),
+                  "scores windows per generator against the real reference and decides every sample",
+                  state_key="generator@version"),
+    ProcessorSpec("thermal", "stateful", ("sdg.telemetry",), (ThermalAlert, Throttle),
+                  "thermal rules and the control law per node: alerts and rate caps", state_key="node_id"),
+    ProcessorSpec("plant", "map", ("sdg.telemetry", "sdg.plant.faults"), (Reading,),
+                  "the modeled coolant/power plant of SDG_PLANT__NODES: load and faults in, readings out"),
+    ProcessorSpec("lineage", "sink", LINEAGE_TOPICS, (),
+                  "every stage, window, reading, alert and cap → the Delta tables, exactly once per table",
+                  tables=True),
+    ProcessorSpec("train", "sink", ("sdg.samples.accepted",), (),
+                  "accepted samples → an INT8 ONNX edge model after every SDG_TRAIN__EVERY new ones"),
+)
+
+PROCESSORS = {spec.name: spec for spec in SPECS}
+
+__all__ = ["PROCESSORS", "SPECS", "ProcessorSpec"]

@@ -1,0 +1,220 @@
+"""The one runtime, in memory (the pipeline tier: no broker, seconds): step kinds, the error policy, dead
+letters of one shape from every kind, and state that comes back after a crash without double counting."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from schemas.codec import RecordCodec
+from schemas.examples import example, example_sample
+from schemas.records import DeadLetter, GenerationJob, Reading, Record
+from streams.dead_letter import DLQ_TOPIC
+from streams.config import RunnerConfig
+from streams.memory import MemoryBroker
+from streams.runtime import Runner, Step, Store
+from processors.passthrough import passthrough
+
+CODEC = RecordCodec()
+OFTEN = RunnerConfig(batch_size=10, commit_interval_s=0.001, poll_timeout_s=0.01)  # a checkpoint after every batch
+SOURCE = "sdg.replay.in"
+SINK = "sdg.replay.out"
+
+
+def drain(runner: Runner, **options: Any) -> Any:
+    return runner.run(max_idle_s=0.3, **options)
+
+
+def letters(broker: MemoryBroker) -> list[DeadLetter]:
+    return broker.records(DLQ_TOPIC)  # type: ignore[return-value]
+
+
+def test_a_map_step_relays_good_records_and_dead_letters_bad_data() -> None:
+    broker = MemoryBroker()
+    good = [example_sample(i, "r") for i in range(20)]
+    for record in good[:10]:
+        broker.send(SOURCE, record)
+    broker.append(SOURCE, b"junk", b"not avro")
+    broker.send(SOURCE, example(GenerationJob, 0, "r"))
+    for record in good[10:]:
+        broker.send(SOURCE, record)
+
+    def picky(record: Record) -> Record:
+        if isinstance(record, GenerationJob):
+            raise ValueError("no jobs here")
+        return record
+
+    stats = drain(broker.runner(Step("picky", SOURCE, picky, sink=SINK), group="g"))
+    assert stats.consumed == 22 and stats.produced[SINK] == 20
+    assert sorted(r.sample_id for r in broker.records(SINK)) == sorted(s.sample_id for s in good)  # type: ignore[attr-defined]
+    by_step = {letter.step_id: letter for letter in letters(broker)}
+    assert set(by_step) == {"decode", "picky"}
+    assert by_step["decode"].original_value == b"not avro" and by_step["picky"].error == "no jobs here"
+    assert sum(broker.committed[("g", SOURCE, p)] for p in range(6) if ("g", SOURCE, p) in broker.committed) == 22
+
+
+def test_a_failing_model_stops_the_step_and_commits_and_dead_letters_nothing() -> None:
+    broker = MemoryBroker()
+    for i in range(30):
+        broker.send(SOURCE, example_sample(i, "r"))
+
+    def broken_model(batch: list[Record]) -> list[Record]:
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : out of memory")
+
+    runner = broker.runner(Step("label", SOURCE, broken_model, kind="batch_map", sink=SINK), group="g")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        drain(runner)
+    assert not broker.committed and not broker.messages(DLQ_TOPIC) and not broker.messages(SINK)
+
+
+def test_a_broken_output_stops_the_step() -> None:
+    broker = MemoryBroker()
+    broker.send(SOURCE, example_sample(0, "r"))
+    with pytest.raises(Exception, match="must return records"):
+        drain(broker.runner(Step("p", SOURCE, lambda record: "a string"), group="g"))
+    assert not broker.committed
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.written: list[Record] = []
+        self.buffer: list[Record] = []
+
+    def write(self, message: Any, record: Record) -> None:
+        if getattr(record, "sample_id", "").endswith("13"):
+            raise ValueError("unlucky sample")
+        self.buffer.append(record)
+
+    def due(self) -> bool:
+        return len(self.buffer) >= 5
+
+    def flush(self) -> list[tuple[Any, Exception]]:
+        self.written += self.buffer
+        self.buffer = []
+        return []
+
+    def assigned(self) -> None:
+        pass
+
+
+def _unlucky(record: Record) -> None:
+    if getattr(record, "sample_id", "").endswith("13"):
+        raise ValueError("unlucky sample")
+
+
+def _by_kind() -> dict[str, Step]:
+    def mapped(record: Record) -> Record:
+        _unlucky(record)
+        return record
+
+    def batched(batch: list[Record]) -> list[Record | Exception]:
+        out: list[Record | Exception] = []
+        for record in batch:
+            try:
+                out.append(mapped(record))
+            except ValueError as e:
+                out.append(e)
+        return out
+
+    def counted(record: Record, store: Store[bytes]) -> list[Record]:
+        _unlucky(record)
+        store["n"] = str(int(store.get("n") or 0) + 1).encode()
+        return []
+
+    return {"map": Step("m", SOURCE, mapped, sink=SINK), "batch_map": Step("b", SOURCE, batched, kind="batch_map", sink=SINK),
+            "stateful": Step("s", SOURCE, counted, kind="stateful"), "sink": Step("k", SOURCE, ListSink(), kind="sink")}
+
+
+def test_dead_letters_have_one_shape_from_every_step_kind() -> None:
+    shapes = {}
+    samples = [example_sample(i, "r") for i in range(20)]
+    for kind, step in _by_kind().items():
+        broker = MemoryBroker()
+        for sample in samples:
+            broker.send(SOURCE, sample)
+        broker.append(SOURCE, b"junk", b"\x00garbage", headers={"trace": b"1"})
+        drain(broker.runner(step, group="g", run_id="r"))
+        got = sorted(letters(broker), key=lambda letter: letter.step_id != "decode")
+        assert [letter.step_id for letter in got] == ["decode", step.step_id], kind
+        shapes[kind] = [letter.model_dump(exclude={"step_id", "created_ms", "partition", "offset"}) for letter in got]
+        assert got[0].headers == {"trace": b"1"} and got[1].error == "unlucky sample"
+    for kind, shape in shapes.items():
+        assert shape == shapes["map"], kind
+
+
+def counter(crash_at: int | None = None) -> Any:
+    seen = []
+
+    def count(record: Record, store: Store[bytes]) -> list[Record]:
+        seen.append(record)
+        if crash_at is not None and len(seen) == crash_at:
+            raise RuntimeError("the disk is gone")
+        key = record.sample_id  # type: ignore[attr-defined]
+        store[key[-1]] = str(int(store.get(key[-1]) or 0) + 1).encode()
+        return []
+
+    return count
+
+
+def test_state_comes_back_after_a_crash_without_double_counting() -> None:
+    broker = MemoryBroker()
+    for i in range(200):
+        broker.send(SOURCE, example_sample(i, "r"))
+    crashing = broker.runner(Step("count", SOURCE, counter(crash_at=150), kind="stateful"), group="g",
+                             config=OFTEN)
+    with pytest.raises(RuntimeError):
+        drain(crashing)
+    assert 0 < sum(broker.committed.values()) < 150  # checkpoints before the crash; what came after is not committed
+    restarted = broker.runner(Step("count", SOURCE, counter(), kind="stateful"), group="g", config=OFTEN)
+    drain(restarted)
+    assert restarted.stats.restored > 0 and restarted.stats.consumed < 200
+    counts: Counter[str] = Counter()
+    for store in restarted.stores.values():
+        counts.update({key: int(store[key]) for key in store.keys()})
+    assert counts == {str(d): 20 for d in range(10)}  # every sample counted once, across the crash
+
+
+def test_thermal_node_state_and_alerts_survive_a_crash() -> None:
+    from processors.thermal import ThermalConfig, ThermalProcessor, ThermalRules, dump, load
+
+    broker = MemoryBroker()
+    base = {"die_c": 20.0, "coolant_c": -40.0, "power_w": 300.0, "bus_v": 400.0, "flow_lpm": 8.0, "pue": 1.05}
+    for i in range(60):
+        die = base["die_c"] + (90.0 if i >= 10 else 0.0) + 0.01 * i  # over the limit from the 10th reading on
+        broker.send("sdg.telemetry", Reading(run_id="r", node_id="node-0", source="plant", ts_ms=1000 * i,
+                                             **{**base, "die_c": die}))
+
+    def step(crash_at: int | None = None) -> Step:
+        thermal = ThermalProcessor(ThermalRules(ThermalConfig(), run_id="r"))
+        seen = [0]
+
+        def process(reading: Reading, store: Store[Any]) -> list[Record]:
+            seen[0] += 1
+            if seen[0] == crash_at:
+                raise MemoryError("out of memory")
+            return thermal.process(reading, store)
+
+        return Step("thermal", "sdg.telemetry", process, kind="stateful", load=load, dump=dump)
+
+    with pytest.raises(MemoryError):
+        drain(broker.runner(step(crash_at=40), group="t", config=OFTEN))
+    assert 10 < sum(broker.committed.values()) < 40
+    drain(broker.runner(step(), group="t", config=OFTEN))
+    raised = [a for a in broker.records("sdg.alerts") if a.rule == "die_over_limit"]  # type: ignore[attr-defined]
+    assert len(raised) == 1 and not raised[0].cleared  # raised once; the restart knew it was active
+
+
+def test_runner_stops_on_request_and_checkpoints() -> None:
+    broker = MemoryBroker()
+    runner = broker.runner(Step("p", SOURCE, passthrough, sink=SINK), group="g")
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    broker.send(SOURCE, example_sample(0, "r"))
+    while not broker.messages(SINK):
+        thread.join(0.01)
+    runner.stop()
+    thread.join(5)
+    assert not thread.is_alive() and sum(broker.committed.values()) == 1
