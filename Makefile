@@ -1,16 +1,24 @@
-# The two commands: `make demo` runs the platform, `make test` runs the test suite.
-# Both create the virtual environment and install everything on first use.
+# The two commands: `make demo` runs the platform, `make test` runs lint, types and the whole test suite.
+# Both create the virtual environment and install everything on first use. `make check` is the quick loop:
+# lint, types and the unit and pipeline tiers (no broker, Delta, Spark or demo tests).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install bench clean
+.PHONY: demo test check lint install bench clean
 
 demo: $(VENV)/.installed
 	$(BIN)/sdg demo
 
-test: $(VENV)/.installed
+test: lint
 	$(BIN)/python -m pytest
+
+check: lint
+	$(BIN)/python -m pytest -m "not integration"
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/broker.py

@@ -51,11 +51,11 @@ def main() -> None:
             model = train_edge(few.images, few.labels, EdgeConfig(steps=steps, seed=seed), unlabeled=unlabeled)
             deployed = deploy(model, Path(tempfile.mkdtemp()), edge_spec(), calibration=unlabeled, config={})
         m = evaluate_deployed(deployed.fp32, deployed.int8, edge_spec(), test_images, test_labels)
-        results[f"seed{seed}"] = {k: m[k] for k in ("fp32_accuracy", "int8_accuracy", "accuracy_drop_pt",
-                                                    "fp32_bytes", "int8_bytes", "checks")}
-        checks.add_row(str(seed), f"{m['fp32_accuracy']:.2%}", f"{m['int8_accuracy']:.2%}",
-                       f"{m['accuracy_drop_pt']:.2f}", f"{m['int8_bytes'] / 1024:.0f}",
-                       ", ".join(name for name, ok in m["checks"].items() if ok) or "failed")
+        results[f"seed{seed}"] = {k: m.as_dict()[k] for k in ("fp32_accuracy", "int8_accuracy", "accuracy_drop_pt",
+                                                              "fp32_bytes", "int8_bytes", "checks")}
+        checks.add_row(str(seed), f"{m.fp32_accuracy:.2%}", f"{m.int8_accuracy:.2%}",
+                       f"{m.accuracy_drop_pt:.2f}", f"{m.int8_bytes / 1024:.0f}",
+                       ", ".join(name for name, ok in m.checks.items() if ok) or "failed")
     console.print(checks)
 
     images = to_uint8(np.tile(test_images, (2, 1, 1)))

@@ -3,7 +3,7 @@
 For batches of 100, 1,000 and 10,000 rows:
 - bare: the same rows (a ``samples`` and a ``lineage`` row per generated sample), already built,
   appended with ``write_deltalake`` in a loop, one commit per table per batch;
-- sink: the samples through the embedded broker (6 partitions) into ``DeltaSink`` (consume, decode, rows, hash
+- sink: the samples through the embedded broker (6 partitions) into a ``DeltaSink`` step of the runtime (consume, decode, rows, hash
   chain, one commit per table per batch carrying the Kafka offsets as app-transaction versions,
   offset commit), timed from its start until every row is in the tables.
 
@@ -35,7 +35,7 @@ from schemas.tables import PARTITION_BY, TABLES, row_hash  # noqa: E402
 from streams import admin  # noqa: E402
 from streams.catalog import TopicSpec  # noqa: E402
 from streams.config import TopicConfig  # noqa: E402
-from streams.delta_sink import DeltaSink, DeltaTables, SinkConfig  # noqa: E402
+from streams.delta_sink import DeltaTables, SinkConfig, delta_runner  # noqa: E402
 from streams.producer import RecordProducer  # noqa: E402
 
 console = Console()
@@ -69,11 +69,12 @@ def through_sink(kafka, samples: list, batch: int) -> float:  # type: ignore[no-
         for sample in samples:
             producer.send(topic, sample)
     tables = DeltaTables(Path(tempfile.mkdtemp()))
-    sink = DeltaSink([topic], fn=rows_of, kafka=kafka, tables=tables, group=f"bench-{uuid.uuid4().hex[:6]}",
+    sink = delta_runner([topic], fn=rows_of, kafka=kafka, tables=tables, group=f"bench-{uuid.uuid4().hex[:6]}",
                      run_id="bench",
                      config=SinkConfig(batch_rows=batch, max_batch_s=5.0, compact_every=10_000))
     start = time.perf_counter()
-    stats = sink.run(max_idle_s=1.0)
+    sink.run(max_idle_s=1.0)
+    stats = sink.step.fn.stats
     elapsed = time.perf_counter() - start - 1.0  # minus the idle second that ends the run
     assert stats.rows == {"samples": len(samples), "lineage": len(samples)}, stats.rows
     through_sink.rows_per_commit = 2 * len(samples) / stats.commits  # type: ignore[attr-defined]

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from models.generator import Generator, GeneratorError, ModelRegistry
+from models.generator import Generator, GeneratorError, ModelRegistry, TrainedGenerator
 
 KINDS = ("gan", "diffusion", "procedural")
+TRAINABLE = ("gan", "diffusion")
+
+
+def trainer(kind: str, image_size: int, channels: int, num_classes: int,
+            **overrides: Any) -> tuple[Callable[..., TrainedGenerator], Any]:
+    """The training function of a trainable generator kind and its config for the data (``overrides``: steps, seed).
+
+    Raises:
+        GeneratorError: ``kind`` is not trainable.
+    """
+    if kind == "gan":
+        from models.gan import GanConfig, train_gan
+
+        return train_gan, GanConfig.for_data(image_size, channels, num_classes, **overrides)
+    if kind == "diffusion":
+        from models.diffusion import DiffusionConfig, train_diffusion
+
+        return train_diffusion, DiffusionConfig.for_data(image_size, channels, num_classes, **overrides)
+    raise GeneratorError(f"unknown trainable generator {kind!r}; valid: {', '.join(TRAINABLE)}")
 
 
 class GeneratorCatalog:

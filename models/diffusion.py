@@ -41,7 +41,7 @@ class DiffusionConfig:
     prediction: str = "epsilon"  # or "sample": the UNet predicts the clean image (diffusers' prediction_type)
 
     @classmethod
-    def for_data(cls, image_size: int, image_channels: int, num_classes: int, **overrides: Any) -> "DiffusionConfig":
+    def for_data(cls, image_size: int, image_channels: int, num_classes: int, **overrides: Any) -> DiffusionConfig:
         """A UNet whose depth follows the resolution: one level per even halving down to 2×2, at most four levels
         (8×8: 32-64-64; 28×28: 16-32-64; 32×32: 16-32-64-64). Above 8×8 the widths start at 16 and batches hold
         32 images (148 ms a step at 28×28 on 2 cores, where 32-64-64 at 128 images takes 1.3 s), and the UNet
@@ -126,7 +126,7 @@ class DiffusionModel:
         return {"kind": KIND, "config": json.loads(json.dumps(asdict(self.config))), "label_budgets": self.label_budgets}
 
     @classmethod
-    def from_checkpoint(cls, version: str, weights: bytes, config: dict[str, Any]) -> "DiffusionModel":
+    def from_checkpoint(cls, version: str, weights: bytes, config: dict[str, Any]) -> DiffusionModel:
         values = dict(config["config"])
         values["channels"] = tuple(values["channels"])
         c = DiffusionConfig(**values)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +73,9 @@ def train_edge(images: np.ndarray, labels: np.ndarray, config: EdgeConfig = Edge
     if synthetic is not None and len(synthetic[0]):
         pools.append((as_tensor(synthetic[0]), torch.as_tensor(synthetic[1], dtype=torch.long)))
     shape = pools[0][0].shape
-    model = SmallCnn(config.num_classes, width=config.width, image_size=tuple(shape[2:]), channels=shape[1])
+    model = SmallCnn(config.num_classes, width=config.width, image_size=(shape[2], shape[3]), channels=shape[1])
     if init is not None:  # a trunk of the same shape, e.g. the contrastive extractor's
-        model.trunk.load_state_dict(init.trunk.state_dict())
+        model.trunk.load_state_dict(init.trunk.state_dict())  # type: ignore[union-attr]
     shares = [1.0] if len(pools) == 1 else [1 - config.synthetic_fraction, config.synthetic_fraction]
     counts = [max(1, round(config.batch_size * s)) for s in shares]
     pool_u = as_tensor(unlabeled) if unlabeled is not None and len(unlabeled) else None
@@ -121,11 +121,35 @@ def edge_spec(image_size: int = 8, channels: int = 1, num_classes: int = 10) -> 
                     image_size=image_size, channels=channels, classes=tuple(range(num_classes)))
 
 
+@dataclass(frozen=True)
+class EdgeMetrics:
+    """An edge model's exports measured on the real test split."""
+
+    fp32_accuracy: float
+    fp32_bytes: int
+    int8_accuracy: float
+    int8_bytes: int
+    int8_b1_p50_ms: float
+    int8_b1_p99_ms: float
+    int8_b256_images_per_s: float
+
+    @property
+    def accuracy_drop_pt(self) -> float:
+        return 100 * (self.fp32_accuracy - self.int8_accuracy)
+
+    @property
+    def checks(self) -> dict[str, bool]:
+        """Size under 2 MB, INT8 accuracy at most 0.5 points below fp32."""
+        return {"size_under_2mb": self.int8_bytes < 2 * 1024 * 1024, "int8_drop_at_most_0.5pt": self.accuracy_drop_pt <= 0.5}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "accuracy_drop_pt": self.accuracy_drop_pt, "checks": self.checks}
+
+
 def evaluate_deployed(fp32: Path, int8: Path, spec: OnnxSpec, images: np.ndarray, labels: np.ndarray, *,
-                      threads: int = 1) -> dict[str, Any]:
+                      threads: int = 1) -> EdgeMetrics:
     """Accuracy of both exports on a real test split (images in [0, 1] or uint8), the INT8 file's size, its
-    batch-1 latency (p50/p99 ms) and batch-256 throughput, and the checks: size under 2 MB, accuracy drop at
-    most 0.5 points."""
+    batch-1 latency (p50/p99 ms) and batch-256 throughput."""
     out: dict[str, Any] = {}
     if images.dtype != np.uint8:  # ONNX models in the platform take uint8 pixels
         images = np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
@@ -144,9 +168,6 @@ def evaluate_deployed(fp32: Path, int8: Path, spec: OnnxSpec, images: np.ndarray
     start, rounds = time.perf_counter(), 20
     for _ in range(rounds):
         model.run(batch)
-    out |= {"int8_b1_p50_ms": float(np.percentile(single, 50)), "int8_b1_p99_ms": float(np.percentile(single, 99)),
-            "int8_b256_images_per_s": 256 * rounds / (time.perf_counter() - start)}
-    out["accuracy_drop_pt"] = 100 * (out["fp32_accuracy"] - out["int8_accuracy"])
-    out["checks"] = {"size_under_2mb": out["int8_bytes"] < 2 * 1024 * 1024,
-                     "int8_drop_at_most_0.5pt": out["accuracy_drop_pt"] <= 0.5}
-    return out
+    return EdgeMetrics(**out, int8_b1_p50_ms=float(np.percentile(single, 50)),
+                       int8_b1_p99_ms=float(np.percentile(single, 99)),
+                       int8_b256_images_per_s=256 * rounds / (time.perf_counter() - start))

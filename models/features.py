@@ -130,7 +130,7 @@ def train_extractor(images: np.ndarray, config: ExtractorConfig = ExtractorConfi
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     x_all = as_tensor(images)
-    model = FeatureExtractor(config, image_size=tuple(x_all.shape[2:]), channels=x_all.shape[1])
+    model = FeatureExtractor(config, image_size=(x_all.shape[2], x_all.shape[3]), channels=x_all.shape[1])
     projection = nn.Sequential(nn.ReLU(), nn.Linear(FEATURE_DIM, FEATURE_DIM))
     optimizer = torch.optim.Adam([*model.parameters(), *projection.parameters()], lr=config.lr)
     for _ in range(config.steps):

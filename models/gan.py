@@ -41,7 +41,7 @@ class GanConfig:
     beta1: float = 0.5  # Adam's first moment decay
 
     @classmethod
-    def for_data(cls, image_size: int, channels: int, num_classes: int, **overrides: Any) -> "GanConfig":
+    def for_data(cls, image_size: int, channels: int, num_classes: int, **overrides: Any) -> GanConfig:
         if image_size <= 8 and channels == 1:
             return cls(image_size=image_size, channels=channels, num_classes=num_classes, **overrides)
         # EMA over the last ~100 steps: a slower one still averages in the first, shapeless generators
@@ -185,7 +185,7 @@ class GanModel:
         return {"kind": KIND, "config": asdict(self.config), "label_budgets": self.label_budgets}
 
     @classmethod
-    def from_checkpoint(cls, version: str, weights: bytes, config: dict[str, Any]) -> "GanModel":
+    def from_checkpoint(cls, version: str, weights: bytes, config: dict[str, Any]) -> GanModel:
         c = GanConfig(**config["config"])
         generator = _networks(c)[0]
         generator.load_state_dict(load_safetensors(weights))

@@ -50,6 +50,14 @@ class Generator(Protocol):
     def __call__(self, seeds: Sequence[int], classes: Sequence[int], **params: str) -> GeneratorOutput: ...
 
 
+class TrainedGenerator(Generator, Protocol):
+    """A generator with learned weights: what the model registry saves and loads."""
+
+    def weights(self) -> bytes: ...
+
+    def checkpoint_config(self) -> dict[str, Any]: ...
+
+
 def check_request(model: Generator, seeds: Sequence[int], classes: Sequence[int]) -> None:
     """Refuse mismatched seeds and classes, and classes the model does not know, before any heavy work."""
     if len(seeds) != len(classes):

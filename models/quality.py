@@ -26,7 +26,7 @@ class RunningMoments:
         self.total = np.zeros(dim)
         self.outer = np.zeros((dim, dim))
 
-    def update(self, x: np.ndarray) -> "RunningMoments":
+    def update(self, x: np.ndarray) -> RunningMoments:
         """Add one vector (d,) or a batch (n, d)."""
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         self.n += len(x)
@@ -34,7 +34,7 @@ class RunningMoments:
         self.outer += x.T @ x
         return self
 
-    def __add__(self, other: "RunningMoments") -> "RunningMoments":
+    def __add__(self, other: RunningMoments) -> RunningMoments:
         merged = RunningMoments(len(self.total))
         merged.n, merged.total, merged.outer = self.n + other.n, self.total + other.total, self.outer + other.outer
         return merged
@@ -138,7 +138,7 @@ class Reference:
 
     @classmethod
     def build(cls, splits: Splits, features: Any, *, extractor: str, extractor_hash: str, k: int = 5,
-              seed: int = 0) -> "Reference":
+              seed: int = 0) -> Reference:
         """``features`` maps uint8 images (N, H, W[, C]) to (N, d) features (the extractor's ``run``)."""
         images = np.floor(splits.reference.images * 255 + 0.5).astype(np.uint8)
         labels = splits.reference.labels

@@ -17,7 +17,7 @@ import io
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -102,18 +102,18 @@ def load_mnist_reference() -> ReferenceSet:
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
-def _decode(items: list[bytes | Path], size: int | None, where: str) -> np.ndarray:
+def _decode(items: Sequence[bytes | Path], size: int | None, where: str) -> np.ndarray:
     """Encoded images → floats in [0, 1]: (N, H, W) when every image is grey, else (N, H, W, 3)."""
     from PIL import Image, UnidentifiedImageError
 
     opened = []
     for item in items:
         try:
-            image = Image.open(io.BytesIO(item) if isinstance(item, bytes) else item)
-            image.load()
+            file = Image.open(io.BytesIO(item) if isinstance(item, bytes) else item)
+            file.load()
         except (OSError, UnidentifiedImageError) as e:
             raise SdgError(f"{where}: {item if isinstance(item, Path) else 'a row'} is not a readable image: {e}") from e
-        opened.append(image)
+        opened.append(file)
     colour = not all(i.mode in GREY_MODES or _is_grey(np.asarray(i.convert("RGB"))) for i in opened)
     sizes = {i.size for i in opened}
     if size is None:
@@ -123,8 +123,8 @@ def _decode(items: list[bytes | Path], size: int | None, where: str) -> np.ndarr
                            "to resize them all to one square size")
         size = next(iter(sizes))[0]
     arrays = []
-    for image in opened:
-        image = image.convert("RGB" if colour else "L")
+    for file in opened:
+        image = file.convert("RGB" if colour else "L")
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.LANCZOS)
         arrays.append(np.asarray(image, dtype=np.float32) / 255.0)

@@ -88,7 +88,7 @@ class OnnxSpec:
     classes: tuple[int, ...] | None = None
 
     @classmethod
-    def read(cls, path: Path) -> "OnnxSpec":
+    def read(cls, path: Path) -> OnnxSpec:
         try:
             data = json.loads(path.read_text())
             data["scale"] = tuple(data.get("scale", (0.0, 1.0)))

@@ -8,6 +8,7 @@ and the README's processor table read this one table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from schemas.records import (
     GeneratedSample,
@@ -64,5 +65,7 @@ SPECS = (
 )
 
 PROCESSORS = {spec.name: spec for spec in SPECS}
+ProcessorName = Literal["passthrough", "generate", "label", "quality", "thermal", "plant", "lineage", "train"]
+assert get_args(ProcessorName) == tuple(PROCESSORS), "ProcessorName lists the processors of SPECS"
 
-__all__ = ["PROCESSORS", "SPECS", "ProcessorSpec"]
+__all__ = ["PROCESSORS", "SPECS", "ProcessorName", "ProcessorSpec"]

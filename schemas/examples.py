@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from typing import Callable
 
 from schemas.records import (
     Conditioning,
@@ -54,7 +55,7 @@ def example(record_type: type[Record], i: int, run_id: str) -> Record:
                   extractor="example", extractor_hash="0" * 16)
     metrics = Metrics(n=100, fid=3.0, precision=0.8, recall=0.8, density=1.0, coverage=0.9)
     node = f"example-node-{i % 4}"  # no real node: example caps and faults must not reach a worker
-    builders = {
+    builders: dict[type[Record], Callable[[], Record]] = {
         GenerationJob: lambda: GenerationJob(run_id=run_id, job_id=f"{run_id}-j{i:06d}", generator="example",
                                              classes=list(range(10)), seed_start=i * 100, count=100),
         GeneratedSample: lambda: sample,

@@ -88,7 +88,7 @@ class Annotation(_Part):
     mask_png: bytes | None = None
 
     @model_validator(mode="after")
-    def _box(self) -> "Annotation":
+    def _box(self) -> Annotation:
         x, y, w, h = self.bbox
         if not (w > 0 and h > 0 and abs(x) <= MAX_SIDE and abs(y) <= MAX_SIDE and w <= MAX_SIDE and h <= MAX_SIDE):
             raise ValueError(f"bbox {self.bbox}: width and height must be > 0 and every value within ±{MAX_SIDE}")
@@ -120,7 +120,7 @@ class GeneratedSample(Record):
     objects: list[Annotation] = Field(default_factory=list, max_length=1024)
 
     @model_validator(mode="after")
-    def _objects_inside(self) -> "GeneratedSample":
+    def _objects_inside(self) -> GeneratedSample:
         for o in self.objects:
             x, y, w, h = o.bbox
             if x >= self.width or y >= self.height or x + w <= 0 or y + h <= 0:

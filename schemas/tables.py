@@ -194,7 +194,7 @@ def verify_chain(rows: list[dict[str, Any]], heads: dict[str, tuple[int, str]] |
     for row in rows:
         chains.setdefault(tuple(row[k] for k in CHAIN_KEY), []).append(row)
     last = {"|".join(map(str, chain)): max(members, key=lambda r: r["seq"]) for chain, members in chains.items()}
-    for cid, (seq, digest) in sorted((heads or {}).items()):
+    for cid, (seq, _digest) in sorted((heads or {}).items()):
         end = last.get(cid)
         if end is None or end["seq"] < seq:
             return ChainBreak(tuple(cid.split("|")), seq, None, f"truncated: the writer recorded seq {seq}, the "

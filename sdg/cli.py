@@ -7,13 +7,16 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from processors.topology import ProcessorName
 from schemas.errors import SdgError
+from schemas.records import QualityWindow, SampleDecision
+from sdg.history import ExportFormat
 from sdg.settings import Settings, load_settings
 from streams import admin
 from streams.catalog import CATALOG
@@ -156,7 +159,7 @@ def subscribe(
 
 @app.command("run")
 def run_processor(
-    processor: str,
+    processor: Annotated[ProcessorName, typer.Argument(help="The processor (processors/topology.py).")],
     source: Annotated[Optional[str], typer.Option(help="Topic to consume (default: the processor's).")] = None,
     sink: Annotated[Optional[str], typer.Option(help="Topic to produce to (default: the processor's).")] = None,
     group: Annotated[Optional[str], typer.Option(help="Consumer group (default: sdg-<processor>).")] = None,
@@ -182,7 +185,7 @@ def run_processor(
 
 @app.command("train-generator")
 def train_generator(
-    kind: Annotated[str, typer.Argument(help="gan or diffusion")],
+    kind: Annotated[Literal["gan", "diffusion"], typer.Argument(help="The generator to train.")],
     labels_per_class: Annotated[Optional[int], typer.Option(help="Train on K real labels per class (default: the whole train split).")] = None,
     pseudo_labels: Annotated[bool, typer.Option(help="With --labels-per-class: add unlabeled train images, labeled by a semi-supervised teacher trained on the K labels (dual pseudo training).")] = False,
     steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the model's).")] = None,
@@ -228,6 +231,8 @@ def quality(
     latest: dict[tuple[str, int | None, str], Any] = {}
     for received in records("sdg.quality", kafka=_settings().kafka_client, from_beginning=True, idle_timeout_s=3):
         window = received.record
+        if not isinstance(window, QualityWindow):
+            continue
         if (run is None or window.run_id == run) and (classes or window.class_label is None):
             latest[(window.generator, window.class_label, window.kind)] = window
     if not latest:
@@ -338,17 +343,16 @@ def replay(
 @app.command("export")
 def export_dataset(
     out: Annotated[Path, typer.Argument(help="Output folder.")],
-    fmt: Annotated[str, typer.Option("--format", help="coco, yolo, imagefolder or parquet.")] = "imagefolder",
-    decision: Annotated[Optional[str], typer.Option(help="Only samples with this decision.")] = "accepted",
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="The dataset layout.")] = "imagefolder",
+    decision: Annotated[Optional[Literal["accepted", "review", "rejected"]],
+                        typer.Option(help="Only samples with this decision.")] = "accepted",
     as_of: Annotated[Optional[int], typer.Option("--as-of", help="Delta version of the samples table.")] = None,
     run: Annotated[Optional[str], typer.Option(help="Only samples of this run.")] = None,
     generator: Annotated[Optional[str], typer.Option(help="Only this generator.")] = None,
 ) -> None:
     """Export a dataset version from the Delta history, with a manifest of the versions and hashes it came from."""
-    from sdg.history import EXPORT_FORMATS, export, select_samples
+    from sdg.history import export, select_samples
 
-    if fmt not in EXPORT_FORMATS:
-        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
     tables = _settings().delta_tables()
     filters = {"decision": decision, "run": run, "generator": generator}
     rows = select_samples(tables, as_of=as_of, run=run, generator=generator, decision=decision)
@@ -378,7 +382,7 @@ def verify(
 
 @app.command()
 def plan(
-    generator: Annotated[str, typer.Option(help="gan, diffusion or procedural")],
+    generator: Annotated[Literal["gan", "diffusion", "procedural"], typer.Option(help="The generator.")],
     per_class: Annotated[int, typer.Option(help="Samples per class.")] = 100,
     classes: Annotated[str, typer.Option(help="Comma-separated classes.")] = "0,1,2,3,4,5,6,7,8,9",
     seed: Annotated[int, typer.Option(help="Plan seed: the same seed names the same samples.")] = 0,
@@ -432,17 +436,18 @@ def train_edge(
 
     settings = _settings(data)
     records = [r.record for r in subscribe("sdg.samples.accepted", kafka=settings.kafka_client, from_beginning=True,
-                                           idle_timeout_s=5) if run is None or r.record.run_id == run]
+                                           idle_timeout_s=5)
+               if isinstance(r.record, SampleDecision) and (run is None or r.record.run_id == run)]
     if not records:
         console.print("no accepted samples" + (f" in run {run}" if run else ""))
         raise typer.Exit(1)
     trained = train_edge_model(settings, records, console=console)
     m = trained.metrics
-    console.print(f"edge {trained.version} on {trained.dataset['samples']} accepted samples "
-                  f"({trained.real_labels} real labels behind it): real test accuracy fp32 {m['fp32_accuracy']:.1%}, "
-                  f"int8 {m['int8_accuracy']:.1%}, {m['int8_bytes'] / 1024:.0f} KB, batch-1 p50 "
-                  f"{m['int8_b1_p50_ms']:.3f} ms, {m['int8_b256_images_per_s']:,.0f} images/s at batch 256; "
-                  f"checks {m['checks']} → {trained.folder}")
+    console.print(f"edge {trained.version} on {trained.dataset.samples} accepted samples "
+                  f"({trained.real_labels} real labels behind it): real test accuracy fp32 {m.fp32_accuracy:.1%}, "
+                  f"int8 {m.int8_accuracy:.1%}, {m.int8_bytes / 1024:.0f} KB, batch-1 p50 "
+                  f"{m.int8_b1_p50_ms:.3f} ms, {m.int8_b256_images_per_s:,.0f} images/s at batch 256; "
+                  f"checks {m.checks} → {trained.folder}")
 
 
 @app.command()
@@ -479,8 +484,8 @@ def telemetry_watch(
 
 @telemetry_app.command("fault")
 def telemetry_fault(
-    kind: Annotated[str, typer.Argument(help="pump-failure, coolant-ramp, over-voltage, sensor-dropout, "
-                                             "stuck-sensor or repair")],
+    kind: Annotated[Literal["pump-failure", "coolant-ramp", "over-voltage", "sensor-dropout", "stuck-sensor", "repair"],
+                    typer.Argument(help="The fault, or a repair.")],
     node: Annotated[str, typer.Option(help="The node.")] = "node-0",
     magnitude: Annotated[Optional[float], typer.Option(help="Flow fraction (pump-failure, 0.05), °C/min "
                                                             "(coolant-ramp, 5), volts (over-voltage, 540).")] = None,
@@ -494,7 +499,8 @@ def telemetry_fault(
 
     settings = _settings()
     try:
-        fault = PlantFault(run_id=settings.run_id, node_id=node, kind=kind.replace("-", "_"), magnitude=magnitude,
+        fault = PlantFault(run_id=settings.run_id, node_id=node, kind=kind.replace("-", "_"),  # type: ignore[arg-type]
+                           magnitude=magnitude,
                            duration_s=duration)
     except ValidationError as e:
         raise typer.BadParameter(str(e.errors()[0]["msg"])) from e

@@ -22,7 +22,9 @@ from rich.table import Table
 
 from schemas.examples import example, example_sample
 from schemas.records import (
+    DeadLetter,
     GeneratedSample,
+    GenerationJob,
     QualityWindow,
     SampleDecision,
     ThermalAlert,
@@ -63,7 +65,7 @@ class DemoPlan:
     pump_failure_at_s: float = 20.0  # plant seconds after the plant starts; repaired 240 plant seconds later
 
     @classmethod
-    def for_data(cls, image_size: int) -> "DemoPlan":
+    def for_data(cls, image_size: int) -> DemoPlan:
         """Above 8×8 a training step costs 5–10× more on 2 cores: fewer steps and samples, so that a first run
         on MNIST (28×28), all training included, stays within 20 minutes."""
         if image_size <= 8:
@@ -113,11 +115,12 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console, pl
             task = progress.add_task("publishing", total=records_per_topic * len(CATALOG))
             for spec in CATALOG.values():
                 for i in range(records_per_topic):
+                    assert spec.value is not None  # the catalog names a type for each of its topics
                     record = example_sample(i, run_id) if spec.value is GeneratedSample else example(spec.value, i, run_id)
                     producer.send(spec.name, record)
                     progress.advance(task)
                 published[spec.name] = records_per_topic
-            wrong_type = producer.codec.encode(example(CATALOG["sdg.requests"].value, 0, run_id))
+            wrong_type = producer.codec.encode(example(GenerationJob, 0, run_id))
             for bad in [*POISON, wrong_type]:
                 producer.send_bytes("sdg.samples.raw", b"poison", bad)
         published["sdg.samples.raw"] += len(POISON) + 1
@@ -143,7 +146,7 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console, pl
                       f"{sum(runner.stats.dead_letters.values())} to {DLQ_TOPIC}")
         for received in subscribe(DLQ_TOPIC, kafka=kafka, from_beginning=True, idle_timeout_s=3):
             letter = received.record
-            if letter.run_id == run_id and letter.step_id != "example":
+            if isinstance(letter, DeadLetter) and letter.run_id == run_id and letter.step_id != "example":
                 console.print(f"  dead letter from {letter.topic}[{letter.partition}]@{letter.offset} "
                               f"({len(letter.original_value or b'')} bytes kept): {letter.error}")
         generated, grids, decisions, windows, accepted, versions = _generation(settings, plan, console)
@@ -162,8 +165,7 @@ def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console, tra
     labeler also uses, plus the unlabeled train images pseudo-labeled by the labeler (trained
     semi-supervised on those labels), so the whole demo costs 100 real labels.
     """
-    from models.diffusion import DiffusionConfig, train_diffusion
-    from models.gan import GanConfig, train_gan
+    from models.catalog import trainer
     from models.generator import ModelRegistry, sample_grid, to_uint8
     from sdg.labeling import load_labeler
     from sdg.training import pseudo_labeled
@@ -171,23 +173,20 @@ def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console, tra
     registry = ModelRegistry(settings.models_dir)
     reference = settings.reference()
     shape = (reference.image_size, reference.channels, reference.num_classes)
-    trainers = {
-        "gan": (train_gan, GanConfig.for_data(*shape, steps=plan.gan_steps)),
-        "diffusion": (train_diffusion, DiffusionConfig.for_data(*shape, steps=plan.diffusion_steps)),
-    }
     data = None
-    for kind, (train, config) in trainers.items():
+    for kind, steps in (("gan", plan.gan_steps), ("diffusion", plan.diffusion_steps)):
+        train, config = trainer(kind, *shape, steps=steps)
         if registry.versions(kind):
             console.print(f"{kind}: using the trained model in {settings.models_dir / kind}")
             continue
         if data is None:
             labeler = load_labeler(settings).model
-            data, pseudo = pseudo_labeled(settings.splits(), teacher=lambda x: labeler.run(to_uint8(x)))
+            data, pseudo = pseudo_labeled(settings.splits(), teacher=lambda x: labeler.run(to_uint8(x)))  # noqa: B023
             console.print(f"labeler as teacher: pseudo-labeled {pseudo} unlabeled train images")
         started = time.monotonic()
         with Progress(console=console) as progress:
             task = progress.add_task(f"training {kind} on the few labels and the pseudo-labels", total=config.steps)
-            model = train(data, config, progress=lambda n: progress.advance(task, n))
+            model = train(data, config, progress=lambda n, t=task: progress.advance(t, n))
         train_s[kind] = round(time.monotonic() - started, 1)
         labels = [c for c in range(reference.num_classes) for _ in range(10)]
         version = registry.save(kind, model.weights(), model.checkpoint_config(),
@@ -360,8 +359,8 @@ def _proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDecision], v
             update={"steps": plan.edge_steps})}), trainable, console=console)
         m = trained.metrics
         console.print(f"edge model {trained.version} on {len(trainable)} accepted samples: real test accuracy "
-                      f"int8 {m['int8_accuracy']:.1%} (fp32 {m['fp32_accuracy']:.1%}), "
-                      f"{m['int8_bytes'] / 1024:.0f} KB, {trained.real_labels} real labels behind it")
+                      f"int8 {m.int8_accuracy:.1%} (fp32 {m.fp32_accuracy:.1%}), "
+                      f"{m.int8_bytes / 1024:.0f} KB, {trained.real_labels} real labels behind it")
         _record_training(settings, {"edge": round(time.monotonic() - started, 1)})
     evaluation_plan = EvaluationPlan(ks=(10,), seeds=plan.eval_seeds, steps=plan.edge_steps,
                                      synthetic_per_class=plan.eval_synthetic_per_class, generators=tuple(versions))

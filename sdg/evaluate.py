@@ -114,9 +114,9 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
     full = base.labeled("train")
     jobs: list[tuple[str, int | None, Synthetic | None, bool]] = [("real-full", None, None, False)]
     jobs += [("synthetic-only", None, s, False) for s in synthetic]
-    for k in plan.ks:
-        jobs += [("real-few", k, None, False), ("few+pseudo", k, None, True)]
-        jobs += [(name, k, s, pseudo) for s in synthetic
+    for per_class in plan.ks:
+        jobs += [("real-few", per_class, None, False), ("few+pseudo", per_class, None, True)]
+        jobs += [(name, per_class, s, pseudo) for s in synthetic
                  for name, pseudo in (("few+synthetic", False), ("few+synthetic+pseudo", True))]
     arms: list[Arm] = []
     started = time.monotonic()

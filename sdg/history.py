@@ -7,14 +7,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from models.generator import png_bytes
 from schemas.errors import SdgError
 from schemas.tables import DERIVED_TABLES, TABLES, ChainBreak, chain_id, verify_chain
 from streams.delta_sink import DeltaTables
 
-EXPORT_FORMATS = ("imagefolder", "yolo", "coco", "parquet")
+ExportFormat = Literal["imagefolder", "yolo", "coco", "parquet"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 
 class HistoryError(SdgError):

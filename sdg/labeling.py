@@ -27,6 +27,7 @@ from processors.quality import QualityJudge
 from schemas.records import GeneratedSample, Label
 from sdg.settings import Settings
 
+
 def extractor_spec(image_size: int = 8, channels: int = 1) -> OnnxSpec:
     return OnnxSpec(name="sdg-contrastive", kind="features", output="features", image_size=image_size,
                     channels=channels)

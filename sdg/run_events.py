@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -57,7 +57,7 @@ def run_events(config: OpenLineageConfig, state_dir: Path, *, job: str, inputs: 
     run = Run(runId=str(uuid.uuid4()))
 
     def emit(state: RunState) -> None:
-        client.emit(RunEvent(eventType=state, eventTime=datetime.now(timezone.utc).isoformat(), run=run,
+        client.emit(RunEvent(eventType=state, eventTime=datetime.now(UTC).isoformat(), run=run,
                              job=Job(namespace=NAMESPACE, name=job), producer=PRODUCER,
                              inputs=[InputDataset(namespace=ns, name=name) for ns, name in inputs],
                              outputs=[OutputDataset(namespace=ns, name=name) for ns, name in outputs]))

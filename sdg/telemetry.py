@@ -148,7 +148,8 @@ def plot(trace: Trace, out: Path, *, title: str) -> Path:
     colors = {"emergency": "purple", "critical": "red", "warning": "orange", "info": "grey"}
     rules = sorted({a.rule for _, a in trace.alerts})
     end = trace.t_s[-1] if trace.t_s else 0.0
-    spans, raised = [], {}
+    spans: list[tuple[str, str, float, float]] = []
+    raised: dict[str, float] = {}
     for t, alert in trace.alerts:  # (rule, severity, raised at, cleared at)
         if alert.cleared:
             spans.append((alert.rule, alert.severity, raised.pop(alert.rule, t), t))

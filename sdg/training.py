@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -12,8 +12,10 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from models.edge import EdgeMetrics
 from models.generator import GeneratorError, ModelRegistry, sample_grid
 from models.reference import LabeledData, Splits, distinct_labels
+from schemas.records import SampleDecision
 from sdg.settings import Settings
 
 
@@ -64,23 +66,14 @@ def train_generator(settings: Settings, kind: str, *, labels_per_class: int | No
         data, pseudo = pseudo_labeled(splits)
     else:
         data = splits.labeled("few")
-    if kind == "gan":
-        from models.gan import GanConfig
-        from models.gan import train_gan as train
+    from models.catalog import trainer
 
-        config = GanConfig.for_data(reference.image_size, reference.channels, reference.num_classes, seed=seed)
-    else:
-        from models.diffusion import DiffusionConfig  # type: ignore[assignment]
-        from models.diffusion import train_diffusion as train
-
-        config = DiffusionConfig.for_data(reference.image_size, reference.channels,  # type: ignore[assignment]
-                                          reference.num_classes, seed=seed)
-    if steps is not None:
-        config = replace(config, steps=steps)
+    train, config = trainer(kind, reference.image_size, reference.channels, reference.num_classes, seed=seed,
+                            **({} if steps is None else {"steps": steps}))
     columns = (TextColumn(f"training {kind}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(kind, total=config.steps)
-        model = train(data, config, progress=lambda n: progress.advance(task, n))  # type: ignore[arg-type]
+        model = train(data, config, progress=lambda n: progress.advance(task, n))
     labels = [c for c in range(reference.num_classes) for _ in range(10)]
     grid = sample_grid(model(list(range(len(labels))), labels).images, labels)
     checkpoint = model.checkpoint_config()
@@ -91,15 +84,25 @@ def train_generator(settings: Settings, kind: str, *, labels_per_class: int | No
 
 
 @dataclass(frozen=True)
+class TrainingSet:
+    """What an edge model was trained on: the accepted single-object samples, by class and by generator."""
+
+    samples: int
+    sample_ids_sha256: str
+    per_class: dict[str, int]
+    per_generator: dict[str, int]
+
+
+@dataclass(frozen=True)
 class EdgeTrained:
     version: str
     folder: Path
-    metrics: dict[str, object]
-    dataset: dict[str, object]
+    metrics: EdgeMetrics
+    dataset: TrainingSet
     real_labels: int
 
 
-def accepted_dataset(records: list[object], channels: int = 1) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+def accepted_dataset(records: Sequence[SampleDecision], channels: int = 1) -> tuple[np.ndarray, np.ndarray, TrainingSet]:
     """Images (N, H, W[, C]) in [0, 1] and the pipeline's own labels of accepted single-object samples, and what
     they are."""
     import hashlib
@@ -107,19 +110,17 @@ def accepted_dataset(records: list[object], channels: int = 1) -> tuple[np.ndarr
 
     from models.generator import decode_png
 
-    kept = [r for r in records if not r.sample.objects]  # type: ignore[attr-defined]
-    images = np.stack([decode_png(r.sample.image_png, channels=channels)  # type: ignore[attr-defined]
-                       for r in kept]).astype(np.float32) / 255.0
-    labels = np.array([r.label.label for r in kept])  # type: ignore[attr-defined]
-    ids = sorted(r.sample.sample_id for r in kept)  # type: ignore[attr-defined]
-    dataset = {"samples": len(kept), "sample_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
-               "per_class": {str(k): v for k, v in sorted(Counter(labels.tolist()).items())},
-               "per_generator": dict(Counter(f"{r.sample.generator}@{r.sample.generator_version}"  # type: ignore[attr-defined]
-                                             for r in kept))}
+    kept = [r for r in records if not r.sample.objects]
+    images = np.stack([decode_png(r.sample.image_png, channels=channels) for r in kept]).astype(np.float32) / 255.0
+    labels = np.array([r.label.label for r in kept])
+    ids = sorted(r.sample.sample_id for r in kept)
+    dataset = TrainingSet(len(kept), hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+                          {str(k): v for k, v in sorted(Counter(labels.tolist()).items())},
+                          dict(Counter(f"{r.sample.generator}@{r.sample.generator_version}" for r in kept)))
     return images, labels, dataset
 
 
-def train_edge_model(settings: Settings, records: list[object], *, console: Console) -> EdgeTrained:
+def train_edge_model(settings: Settings, records: Sequence[SampleDecision], *, console: Console) -> EdgeTrained:
     """Train the edge classifier on accepted samples (plus the few real labels and, FixMatch-style, the unlabeled
     real images), deploy fp32 and INT8 ONNX, check it on the real test split and record it in the models table."""
     import json
@@ -138,7 +139,7 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
     few, unlabeled = splits.labeled("few"), splits.unlabeled_images()
     registry = ModelRegistry(settings.models_dir)
     budgets = labeler_budgets(settings)
-    for name in dataset["per_generator"]:  # type: ignore[union-attr]
+    for name in dataset.per_generator:
         kind, version = name.split("@")
         if kind in ("gan", "diffusion"):
             budgets += registry.load_files(kind, version)[2].get("label_budgets", [])
@@ -155,57 +156,29 @@ def train_edge_model(settings: Settings, records: list[object], *, console: Cons
     staging = settings.models_dir / "edge" / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     deploy(model, staging, spec, calibration=unlabeled,
-           config={"kind": "edge", "config": config.__dict__, "dataset": dataset, "label_budgets": budgets})
+           config={"kind": "edge", "config": config.__dict__, "dataset": asdict(dataset), "label_budgets": budgets})
     folder = publish(staging, settings.models_dir, "edge")  # named by its content hash, checked on every load
     version = verify_sealed(folder)
     deployed = Deployed(folder, folder / "fp32.onnx", folder / "int8.onnx")
     test_x, test_y = splits.test_set()
     metrics = evaluate_deployed(deployed.fp32, deployed.int8, spec, test_x, test_y)
     real_labels = distinct_labels(budgets)
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (folder / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
     report = Path("runs") / settings.run_id / f"edge-{version}.json"  # the run's record of this model
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps({"version": version, "path": str(folder), "dataset": dataset, "metrics": metrics,
+    report.write_text(json.dumps({"version": version, "path": str(folder), "dataset": asdict(dataset), "metrics": metrics.as_dict(),
                                   "real_labels": real_labels, "label_budgets": [
                                       {k: v for k, v in b.items() if k != "indices"} for b in budgets]}, indent=2))
     tables = settings.delta_tables()
     samples = tables.open("samples")
     now = int(time.time() * 1000)
     row = {"run_id": settings.run_id, "date": time.strftime("%Y-%m-%d", time.gmtime(now / 1000)), "created_ms": now,
-           "kind": "edge", "version": version, "path": str(folder), "dataset_json": json.dumps(dataset),
+           "kind": "edge", "version": version, "path": str(folder), "dataset_json": json.dumps(asdict(dataset)),
            "samples_version": samples.version() if samples is not None else None,
-           "metrics_json": json.dumps(metrics), "label_budgets_json": json.dumps(budgets), "real_labels": real_labels}
+           "metrics_json": json.dumps(metrics.as_dict()), "label_budgets_json": json.dumps(budgets), "real_labels": real_labels}
     import pyarrow as pa
     from deltalake import write_deltalake
 
     write_deltalake(tables.path("models"), pa.Table.from_pylist([row], schema=MODELS), mode="append",
                     partition_by=["run_id", "date"])
     return EdgeTrained(version, folder, metrics, dataset, real_labels)
-
-
-def run_trainer(settings: Settings, group: str, *, console: Console) -> None:
-    """Follow ``sdg.samples.accepted`` and retrain the edge model after every ``train.every`` new samples; a
-    sample whose image cannot be read goes to the dead-letter topic."""
-    from models.generator import decode_png
-    from streams.producer import RecordProducer
-    from streams.subscribe import subscribe
-
-    records: list[object] = []
-    fresh = 0
-    dlq = RecordProducer(settings.kafka_client)
-    dead_letter = partial(dlq.dead_letter, step_id="train", run_id=settings.run_id, wait=True)
-    for received in subscribe("sdg.samples.accepted", kafka=settings.kafka_client, group=group, from_beginning=True,
-                              dead_letter=dead_letter):
-        sample = received.record.sample  # type: ignore[attr-defined]
-        try:
-            decode_png(sample.image_png, shape=(sample.height, sample.width), channels=sample.channels)
-        except ValueError as e:
-            dead_letter(received.message, e)
-            continue
-        records.append(received.record)
-        fresh += 1
-        if fresh >= settings.train.every:
-            trained = train_edge_model(settings, records, console=console)
-            console.print(f"edge {trained.version}: {trained.dataset['samples']} samples, int8 accuracy "
-                          f"{trained.metrics['int8_accuracy']:.1%}, {trained.real_labels} real labels")
-            fresh = 0

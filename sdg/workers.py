@@ -128,8 +128,8 @@ def _train(settings: Settings, spec: ProcessorSpec, source: str | None, sink: st
 
     def train(records: list[Any]) -> None:
         trained = train_edge_model(settings, records, console=console)
-        console.print(f"edge {trained.version}: {trained.dataset['samples']} samples, int8 accuracy "
-                      f"{trained.metrics['int8_accuracy']:.1%}, {trained.real_labels} real labels")
+        console.print(f"edge {trained.version}: {trained.dataset.samples} samples, int8 accuracy "
+                      f"{trained.metrics.int8_accuracy:.1%}, {trained.real_labels} real labels")
 
     yield _step(spec, TrainSink(train, every=settings.train.every), source, commit=False), {}
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import Record
 from schemas.tables import CHAIN_KEY, GENESIS, PARTITION_BY, TABLES, chain_id, row_hash
+from streams.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 STEP_ID = "lineage"
@@ -256,3 +257,14 @@ class DeltaSink:
         self.stats.dead_letters += len(rejected)
         self._buffer, self._owners, self._covered, self._oldest = {}, {}, {}, None
         return rejected
+
+
+def delta_runner(topics: list[str], *, fn: Callable[[Record, str, int, int], dict[str, list[dict[str, Any]]]],
+                 kafka: KafkaConfig, tables: DeltaTables, group: str, run_id: str,
+                 config: SinkConfig = SinkConfig(), step_id: str = "lineage") -> Any:
+    """A runner of a ``DeltaSink`` step over ``topics`` (``runner.step.fn.stats`` holds the rows written)."""
+    from streams.config import RunnerConfig
+    from streams.runtime import Runner, Step
+
+    step = Step(step_id, tuple(topics), DeltaSink(fn=fn, tables=tables, group=group, config=config), kind="sink")
+    return Runner(step, kafka=kafka, config=RunnerConfig(), group=group, run_id=run_id)

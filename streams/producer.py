@@ -10,7 +10,7 @@ from schemas.codec import RecordCodec
 from schemas.records import Record
 from streams.catalog import topic as topic_spec
 from streams.config import KafkaConfig
-from streams.dead_letter import DLQ_TOPIC, dead_letter, record_bytes
+from streams.dead_letter import record_bytes
 from streams.errors import BrokerError, ConfigError, RecordTooLarge
 
 
@@ -75,17 +75,6 @@ class RecordProducer:
             raise RecordTooLarge(f"a {size:,}-byte record for {topic}; at most {self.max_record_bytes:,} bytes "
                                  "(SDG_KAFKA__MAX_RECORD_BYTES)")
 
-    def dead_letter(self, message: Message, error: BaseException, *, step_id: str, run_id: str,
-                    wait: bool = False) -> None:
-        """Send the consumed ``message`` that step ``step_id`` could not take to the dead-letter topic; ``wait``
-        until it is delivered (for loops that commit the message's offset right after)."""
-        self.send(DLQ_TOPIC, dead_letter(
-            run_id=run_id, step_id=step_id, error=error, topic=message.topic(), partition=message.partition(),
-            offset=message.offset(), key=message.key(), value=message.value(),
-            headers={k: v or b"" for k, v in message.headers() or []}, max_record_bytes=self.max_record_bytes))
-        if wait:
-            self.flush()
-
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued record is acknowledged.
 
@@ -106,7 +95,7 @@ class RecordProducer:
         finally:
             self._producer.close()
 
-    def __enter__(self) -> "RecordProducer":
+    def __enter__(self) -> RecordProducer:
         return self
 
     def __exit__(self, *exc: Any) -> None:

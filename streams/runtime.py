@@ -66,7 +66,7 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (UndecodableRecord, RecordTooLarg
 """What bad data raises (pydantic's ValidationError and UnicodeDecodeError are ValueErrors)."""
 
 
-def data_error(error: BaseException, record: Record | None, step: "Step") -> Policy:
+def data_error(error: BaseException, record: Record | None, step: Step) -> Policy:
     """The default error policy: bad data goes to the dead-letter topic; a broken model, broker or disk raises."""
     return "dead_letter" if isinstance(error, DATA_ERRORS) else "raise"
 
@@ -181,7 +181,7 @@ class Step:
     punctuate_s: float = 1.0
     start: Literal["earliest", "latest"] = "earliest"
     commit: bool = True
-    on_error: Callable[[BaseException, Record | None, "Step"], Policy] = data_error
+    on_error: Callable[[BaseException, Record | None, Step], Policy] = data_error
 
     def __post_init__(self) -> None:
         if isinstance(self.sources, str):
@@ -223,12 +223,12 @@ def key_bytes(record: Record) -> bytes | None:
     return key.encode() if isinstance(key, str) else key
 
 
-def changelog_topic(group: str, step: Step) -> str:
-    return f"{group}-{step.step_id}-changelog"
+def changelog_topic(group: str, step_id: str) -> str:
+    return f"{group}-{step_id}-changelog"
 
 
-def repartition_topic(group: str, step: Step) -> str:
-    return f"{group}-{step.step_id}-by-key"
+def repartition_topic(group: str, step_id: str) -> str:
+    return f"{group}-{step_id}-by-key"
 
 
 def state_topics(group: str, step: Step) -> list[TopicSpec]:
@@ -236,10 +236,10 @@ def state_topics(group: str, step: Step) -> list[TopicSpec]:
     if step.kind != "stateful":
         return []
     partitions = topic_spec(step.sources[0]).partitions
-    specs = [TopicSpec(changelog_topic(group, step), "state key", None, partitions,
+    specs = [TopicSpec(changelog_topic(group, step.step_id), "state key", None, partitions,
                        f"the state of step {step.step_id} (group {group})", {"cleanup.policy": "compact"})]
     if step.key_by is not None:
-        specs.append(TopicSpec(repartition_topic(group, step), "state key", topic_spec(step.sources[0]).value,
+        specs.append(TopicSpec(repartition_topic(group, step.step_id), "state key", topic_spec(step.sources[0]).value,
                                partitions, f"the input of step {step.step_id}, keyed by state",
                                {"cleanup.policy": "delete", "retention.ms": str(24 * 3600 * 1000)}))
     return specs
@@ -318,8 +318,8 @@ class Runner:
         self._done: dict[tuple[str, int], int] = {}  # next offset to commit per partition: processed records only
         self._committed: dict[tuple[str, int], int] = {}
         stateful = step.kind == "stateful"
-        self._changelog = changelog_topic(group, step) if stateful else None
-        self._repartition = repartition_topic(group, step) if step.key_by is not None else None
+        self._changelog = changelog_topic(group, step.step_id) if stateful else None
+        self._repartition = repartition_topic(group, step.step_id) if step.key_by is not None else None
         if io is None:
             if kafka is None:
                 raise ConfigError(f"step {step.step_id}: a runner needs Kafka settings or an io")
@@ -437,26 +437,32 @@ class Runner:
 
     # --- records -------------------------------------------------------------------------------------------
 
-    def _fail(self, message: Message | None, error: BaseException, record: Record | None = None,
-              step_id: str | None = None) -> None:
+    def _fail(self, message: Message | None, error: BaseException, record: Record | None = None) -> None:
         """Apply the error policy: dead-letter ``message`` or raise."""
         if message is None or self.step.on_error(error, record, self.step) == "raise":
             raise error
         headers = {k: v or b"" for k, v in message.headers() or []}
-        letter = dead_letter(run_id=self.run_id, step_id=step_id or self.step.step_id, error=error,
+        letter = dead_letter(run_id=self.run_id, step_id=self.step.step_id, error=error,
                              topic=message.topic(), partition=message.partition(), offset=message.offset(),
                              key=message.key(), value=message.value(), headers=headers,
                              max_record_bytes=self.io.max_record_bytes)
         self.io.send(DLQ_TOPIC, key_bytes(letter), self.codec.encode(letter))
-        self.stats.dead_letters[step_id or self.step.step_id] += 1
+        self.stats.dead_letters[type(error).__name__] += 1
 
     def _decode(self, message: Message) -> Record | None:
-        """The message's record; None after handing an undecodable or wrong-type one to the error policy."""
+        """The message's record; None after handing an undecodable or wrong-type one to the error policy (as
+        one whose key is not its state key, on the repartition topic: anyone who can write there is a producer)."""
         try:
-            return topic_spec(message.topic() if message.topic() != self._repartition else self.step.sources[0]
-                              ).check(self.codec.decode(message.value()))
+            if message.topic() != self._repartition:
+                return topic_spec(message.topic()).check(self.codec.decode(message.value()))
+            record = topic_spec(self.step.sources[0]).check(self.codec.decode(message.value()))
+            assert self.step.key_by is not None
+            if message.key() != self.step.key_by(record).encode():
+                raise UndecodableRecord(f"key {message.key()!r} is not the record's state key "
+                                        f"{self.step.key_by(record)!r}")
+            return record
         except UndecodableRecord as e:
-            self._fail(message, e, step_id="decode")
+            self._fail(message, e)
             return None
 
     def _produce(self, message: Message | None, result: Any) -> None:
@@ -616,7 +622,7 @@ class KafkaIO:
         first = self._consumer.poll(timeout_s)
         if first is None:
             return []
-        out = []
+        out: list[Any] = []
         for message in [first, *self._consumer.consume(max_records - 1, 0)]:
             error = message.error()
             if error is None:
@@ -631,11 +637,11 @@ class KafkaIO:
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int | None = None,
              headers: dict[str, bytes] | None = None) -> None:
-        extra = {} if partition is None else {"partition": partition}
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery,
-                                       headers=list(headers.items()) if headers else None, **extra)
+                                       partition=-1 if partition is None else partition,  # -1: by key
+                                       headers=list(headers.items()) if headers else None)
                 break
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain
@@ -712,7 +718,8 @@ class KafkaIO:
             while wait > 0 and not stopping.is_set():
                 extra = self._consumer.poll(min(wait, 0.1))
                 if extra is not None and extra.error() is None:  # from a partition assigned meanwhile: later
-                    self._consumer.seek(TopicPartition(extra.topic(), extra.partition(), extra.offset()))
+                    self._consumer.seek(TopicPartition(str(extra.topic()), extra.partition() or 0,
+                                                       extra.offset() or 0))
                 wait = wait_s()
         finally:
             self._consumer.resume(assignment)

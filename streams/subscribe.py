@@ -111,10 +111,8 @@ def subscribe(
                     consumer.store_offsets(message)
                 continue
             count += 1
-            yield Received(
-                message.topic(), message.partition(), message.offset(), message.key(), message.timestamp()[1], record,
-                message,
-            )
+            yield Received(str(message.topic()), message.partition() or 0, message.offset() or 0, message.key(),
+                           message.timestamp()[1], record, message)
             if group is not None:
                 consumer.store_offsets(message)
     finally:

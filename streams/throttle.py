@@ -97,7 +97,7 @@ class ControlListener:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"control-{cap.node_id}", daemon=True)
 
-    def start(self) -> "ControlListener":
+    def start(self) -> ControlListener:
         self._consumer.subscribe([CONTROL_TOPIC])
         self._thread.start()
         return self
@@ -110,10 +110,12 @@ class ControlListener:
         try:
             while not self._stop.is_set():
                 message = self._consumer.poll(0.1)
-                if message is None or (message.error() and message.error().code() == KafkaError._PARTITION_EOF):
+                if message is None:
                     continue
-                if message.error():
-                    log.error("control listener: %s", message.error().str())
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.error("control listener: %s", error.str())
                     continue
                 try:
                     record = self.codec.decode(message.value())

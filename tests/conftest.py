@@ -19,6 +19,14 @@ from streams.catalog import TopicSpec
 from streams.config import KafkaConfig, TopicConfig
 
 REPO = Path(__file__).resolve().parents[1]
+INTEGRATION_FIXTURES = {"broker", "kafka", "fresh_topic"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the broker is an integration test (Delta, Spark and demo tests are marked in place)."""
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 JARS = REPO / ".sdg" / "kafka" / "jars"  # shared with `sdg broker install`: resolved once per machine
 
 

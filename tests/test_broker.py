@@ -17,6 +17,8 @@ from streams.producer import RecordProducer
 from streams.subscribe import subscribe
 from tests.conftest import JARS, broker_config, sdg_command
 
+pytestmark = pytest.mark.integration  # the broker, Delta tables or Spark
+
 
 def _cli_env(state: Path, config: BrokerConfig) -> dict[str, str]:
     return {**os.environ, "SDG_STATE_DIR": str(state), "SDG_BROKER__PORT": str(config.port),

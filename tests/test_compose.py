@@ -8,9 +8,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from processors.topology import PROCESSORS
 from sdg.cli import app
-from sdg.workers import PROCESSORS
-from sdg.workers import SERVICES as SDG_SERVICES
 from sdg.settings import valid_names
 from streams.catalog import topic
 
@@ -47,7 +46,7 @@ def test_sdg_service_commands_are_valid(name: str) -> None:
     command = SDG[name]["command"]
     assert command[0] == "sdg"
     if command[1] == "run":
-        assert command[2] in PROCESSORS or command[2] in SDG_SERVICES
+        assert command[2] in PROCESSORS
         options = dict(zip(command[3::2], command[4::2]))
         for name in ("--source", "--sink"):
             if name in options:
@@ -59,4 +58,4 @@ def test_sdg_service_commands_are_valid(name: str) -> None:
 
 def test_every_processor_has_a_service() -> None:
     run = {s["command"][2] for s in SDG.values() if s["command"][1] == "run"}
-    assert run == set(PROCESSORS) | set(SDG_SERVICES)
+    assert run == set(PROCESSORS)

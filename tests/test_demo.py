@@ -6,13 +6,14 @@ import io
 from pathlib import Path
 
 import pytest
-
 from rich.console import Console
 
 from sdg.demo import POISON, DemoPlan, run_demo
 from sdg.settings import Settings
 from streams.catalog import CATALOG
 from streams.config import KafkaConfig
+
+pytestmark = pytest.mark.integration  # the broker, Delta tables or Spark
 
 
 def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path: Path,

@@ -49,9 +49,9 @@ def test_deployed_int8_edge_model_is_checked_against_fp32(tmp_path: Path) -> Non
     model = train_edge(train.images, train.labels, EdgeConfig(steps=200))
     deployed = deploy(model, tmp_path, edge_spec(), calibration=SPLITS.unlabeled_images()[:128], config={})
     metrics = evaluate_deployed(deployed.fp32, deployed.int8, edge_spec(), *SPLITS.test_set())
-    assert metrics["fp32_accuracy"] > 0.85 and abs(metrics["accuracy_drop_pt"]) < 5
-    assert metrics["checks"]["size_under_2mb"] and metrics["int8_bytes"] < metrics["fp32_bytes"]
-    assert metrics["int8_b1_p50_ms"] > 0 and metrics["int8_b256_images_per_s"] > 0
+    assert metrics.fp32_accuracy > 0.85 and abs(metrics.accuracy_drop_pt) < 5
+    assert metrics.checks["size_under_2mb"] and metrics.int8_bytes < metrics.fp32_bytes
+    assert metrics.int8_b1_p50_ms > 0 and metrics.int8_b256_images_per_s > 0
 
 
 def _accepted(state: Path, run_id: str) -> list[SampleDecision]:
@@ -64,6 +64,7 @@ def _accepted(state: Path, run_id: str) -> list[SampleDecision]:
         update={"label": s.conditioning.class_label})}) for s in samples]
 
 
+@pytest.mark.integration  # writes the Delta tables
 def test_edge_model_from_accepted_samples_is_recorded_with_its_labels(quality_state: Path, run_id: str,
                                                                       tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,8 +72,8 @@ def test_edge_model_from_accepted_samples_is_recorded_with_its_labels(quality_st
     settings = Settings(state_dir=quality_state, tables_dir=tmp_path / "tables", run_id=run_id,
                         train=TrainConfig(steps=30))
     trained = train_edge_model(settings, _accepted(quality_state, run_id), console=Console(quiet=True))
-    assert (trained.folder / "int8.onnx").exists() and trained.dataset["samples"] == 60
-    assert trained.dataset["per_class"] == {str(c): 6 for c in range(10)}
+    assert (trained.folder / "int8.onnx").exists() and trained.dataset.samples == 60
+    assert trained.dataset.per_class == {str(c): 6 for c in range(10)}
     # the labeler's 100 labels and the same 100 few labels again: counted once; procedural costs none
     assert trained.real_labels == 100
     rows = DeltaTable(str(tmp_path / "tables" / "models")).to_pyarrow_table().to_pylist()

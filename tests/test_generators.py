@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import time
 import importlib.metadata
+import time
 from pathlib import Path
 
 import numpy as np

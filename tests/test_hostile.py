@@ -38,15 +38,15 @@ from schemas.errors import UndecodableRecord
 from schemas.examples import example
 from schemas.records import Annotation, GeneratedSample, Label, LabeledSample, Reading
 from sdg.labeling import load_labeler
-from sdg.quality_app import internal_topic
 from sdg.settings import Settings
-from sdg.workers import lineage_sink, processor
+from sdg.workers import processor
 from streams import admin
 from streams.catalog import TopicSpec
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
 from streams.dead_letter import DLQ_TOPIC
-from streams.delta_sink import DeltaSink, DeltaTables
+from streams.delta_sink import DeltaTables, delta_runner
 from streams.producer import RecordProducer
+from streams.runtime import repartition_topic
 from tests.conftest import REPO, await_decisions, collect, sdg_command
 
 CODEC = RecordCodec()
@@ -122,7 +122,7 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
     quality_group = f"quality-{run_id}"
     admin.start_group_at_end(kafka, group, ["sdg.samples.raw"])
     admin.start_group_at_end(kafka, quality_group, ["sdg.samples.labeled"])
-    admin.create_topics(kafka, TopicConfig(), [TopicSpec(internal_topic(quality_group), "generator", None, 6, "test", {})])
+    admin.create_topics(kafka, TopicConfig(), [TopicSpec(repartition_topic(quality_group, "quality"), "generator", None, 6, "test", {})])
     env = {**os.environ, "SDG_STATE_DIR": str(quality_state), "SDG_RUN_ID": run_id,
            "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
            "SDG_QUALITY__WINDOW_SIZE": "20", "SDG_QUALITY__MAX_WINDOW_S": "2"}
@@ -152,8 +152,8 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
                 producer.send_bytes("sdg.samples.labeled", b"nan", forge(
                     LabeledSample(run_id=run_id, sample=good, label=forged_label),
                     label={**forged_label.model_dump(), "margin": float("nan")}))
-                producer.send_bytes(internal_topic(quality_group), b"probe@0000", b"\x00garbage")
-                producer.send_bytes(internal_topic(quality_group), b"\xff\xfe", CODEC.encode(
+                producer.send_bytes(repartition_topic(quality_group, "quality"), b"probe@0000", b"\x00garbage")
+                producer.send_bytes(repartition_topic(quality_group, "quality"), b"\xff\xfe", CODEC.encode(
                     LabeledSample(run_id=run_id, sample=good, label=forged_label)))
                 for sample in after:
                     producer.send("sdg.samples.raw", sample)
@@ -174,10 +174,11 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
     by_step: dict[str, list] = {}
     for letter in letters:
         by_step.setdefault(letter.step_id, []).append(letter)
-    decode_errors = " | ".join(d.error for d in by_step["decode"])
+    undecodable = [d for d in by_step["label"] if d.error_type == "UndecodableRecord"]
+    decode_errors = " | ".join(d.error for d in undecodable)
     for what, (data, reason) in raw_bad.items():
         assert reason in decode_errors, what
-        assert data in {d.original_value for d in by_step["decode"]}, what
+        assert data in {d.original_value for d in undecodable}, what
     label_errors = " | ".join(d.error for d in by_step["label"])
     for what, (_, reason) in label_bad.items():
         assert reason in label_errors, what
@@ -186,13 +187,12 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
     assert too_large.original_size == len(big_bytes)
     assert too_large.original_sha256 == hashlib.sha256(big_bytes).hexdigest()
     assert big_bytes.startswith(too_large.original_value) and len(too_large.original_value) < len(big_bytes)
-    route = {d.original_key: d for d in by_step["quality.route"]}
-    assert route[b"big"].error_type == "RecordTooLarge" and route[b"big"].truncated
-    assert "finite" in route[b"nan"].error or "less than or equal" in route[b"nan"].error
-    assert "the reference set is 8×8" in route[mixed_size.sample_id.encode()].error
-    judged = {d.original_key: d for d in by_step["quality.judge"]}
-    assert judged[b"probe@0000"].original_value == b"\x00garbage"
-    assert "<generator>@<version>" in judged[b"\xff\xfe"].error
+    quality = {d.original_key: d for d in by_step["quality"]}
+    assert quality[b"big"].error_type == "RecordTooLarge" and quality[b"big"].truncated
+    assert "finite" in quality[b"nan"].error or "less than or equal" in quality[b"nan"].error
+    assert "the reference set is 8×8" in quality[mixed_size.sample_id.encode()].error
+    assert quality[b"probe@0000"].original_value == b"\x00garbage"
+    assert "is not the record's state key" in quality[b"\xff\xfe"].error
 
     # the Delta sink: every record of the run, the hostile ones to the DLQ; tables stay readable everywhere
     with RecordProducer(kafka) as producer:
@@ -200,8 +200,8 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
     tables = tmp_path / "tables"
     sink_settings = settings.model_copy(update={"state_dir": tmp_path, "tables_dir": tables})
     sink_group = f"lineage-{uuid.uuid4().hex[:6]}"
-    sink = lineage_sink(sink_settings, sink_group)
-    sink.run(max_idle_s=3)
+    with processor("lineage", sink_settings, group=sink_group) as sink:
+        sink.run(max_idle_s=3)
     sink_letters = [d for d in collect(DLQ_TOPIC, kafka, run_id) if d.step_id == "lineage"]
     assert b"wrong-type" in {d.original_key for d in sink_letters}
     assert {data for data, _ in raw_bad.values()} <= {d.original_value for d in sink_letters}
@@ -214,8 +214,9 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
     assert exported.returncode == 0, exported.stderr
     samples = pl.read_delta(str(tables / "samples")).filter(pl.col("run_id") == run_id)
     assert set(samples["sample_id"]) >= {s.sample_id for s in stream}
-    again = lineage_sink(sink_settings, sink_group).run(max_idle_s=2)  # a restarted sink reads its tables back
-    assert again.rows == {}
+    with processor("lineage", sink_settings, group=sink_group) as again:  # a restarted sink reads its tables back
+        again.run(max_idle_s=2)
+    assert again.step.fn.stats.rows == {}
 
 
 def test_a_row_that_does_not_fit_its_table_is_dead_lettered_and_the_rest_written(
@@ -234,9 +235,9 @@ def test_a_row_that_does_not_fit_its_table_is_dead_lettered_and_the_rest_written
             out["samples"][0]["width"] = 2 ** 40
         return out
 
-    sink = DeltaSink([topic], fn=rows, kafka=kafka, tables=DeltaTables(tmp_path), group=f"g-{run_id}", run_id=run_id)
-    stats = sink.run(max_idle_s=2)
-    assert stats.dead_letters == 1
+    sink = delta_runner([topic], fn=rows, kafka=kafka, tables=DeltaTables(tmp_path), group=f"g-{run_id}", run_id=run_id)
+    sink.run(max_idle_s=2)
+    assert sink.step.fn.stats.dead_letters == 1
     written = pl.read_delta(str(tmp_path / "samples"))
     assert sorted(written["kafka_offset"]) == [0, 1, 3, 4]
     assert sorted(pl.read_delta(str(tmp_path / "lineage"))["kafka_offset"]) == [0, 1, 3, 4]

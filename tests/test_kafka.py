@@ -17,8 +17,8 @@ from schemas.records import RECORD_TYPES, DeadLetter, GenerationJob
 from streams import admin
 from streams.catalog import CATALOG
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
-from streams.producer import RecordProducer
 from streams.dead_letter import DLQ_TOPIC
+from streams.producer import RecordProducer
 from streams.runtime import Runner, Step
 from streams.subscribe import subscribe
 from tests.conftest import sdg_command
@@ -86,10 +86,11 @@ def test_poisoned_records_go_to_the_dlq_while_good_ones_pass(kafka: KafkaConfig,
     letters = [r.record for r in _read(kafka, DLQ_TOPIC, run_id) if r.record.topic == source]
     assert len(letters) == 3
     by_key = {letter.original_key: letter for letter in letters}
-    assert by_key[b"p-bytes"].original_value == b"garbage" and by_key[b"p-bytes"].step_id == "decode"
+    assert by_key[b"p-bytes"].original_value == b"garbage" and by_key[b"p-bytes"].error_type == "UndecodableRecord"
     assert "not an Avro single-object record" in by_key[b"p-bytes"].error
     assert by_key[b"p-null"].original_value is None and "no value" in by_key[b"p-null"].error
-    job = next(letter for letter in letters if letter.step_id == "picky")
+    assert {letter.step_id for letter in letters} == {"picky"}
+    job = next(letter for letter in letters if letter.error_type == "ValueError")
     assert job.error_type == "ValueError" and "no jobs here" in job.error
     assert job.original_value and job.offset >= 0
     assert all(isinstance(letter, DeadLetter) for letter in letters)

@@ -22,6 +22,8 @@ from streams.config import KafkaConfig
 from streams.producer import RecordProducer
 from tests.conftest import REPO, sdg_command
 
+pytestmark = pytest.mark.integration  # the broker, Delta tables or Spark
+
 N = 600
 
 
@@ -144,14 +146,14 @@ def test_sdg_verify_on_a_table_the_sink_wrote_and_then_tampered(kafka: KafkaConf
     from deltalake import write_deltalake
 
     from schemas.tables import LINEAGE
-    from streams.delta_sink import DeltaSink, DeltaTables, SinkConfig
+    from streams.delta_sink import DeltaTables, SinkConfig, delta_runner
 
     topic = fresh_topic()
     with RecordProducer(kafka) as producer:
         for i in range(30):
             producer.send(topic, example_sample(i, run_id))
     tables = DeltaTables(tmp_path / "tables")
-    sink = DeltaSink([topic], fn=rows_of, kafka=kafka, tables=tables, group=f"v-{run_id}", run_id=run_id,
+    sink = delta_runner([topic], fn=rows_of, kafka=kafka, tables=tables, group=f"v-{run_id}", run_id=run_id,
                      config=SinkConfig(batch_rows=10))
     sink.run(max_idle_s=3)
     env = {**os.environ, "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "SDG_STATE_DIR": str(tmp_path)}
@@ -180,7 +182,7 @@ def test_query_reads_the_tables_the_sink_wrote_now_and_as_of_a_version(kafka: Ka
     import polars as pl
 
     from sdg.history import query
-    from streams.delta_sink import DeltaSink, DeltaTables, SinkConfig
+    from streams.delta_sink import DeltaTables, SinkConfig, delta_runner
 
     topic = fresh_topic()
     tables = DeltaTables(tmp_path / "tables")
@@ -188,7 +190,7 @@ def test_query_reads_the_tables_the_sink_wrote_now_and_as_of_a_version(kafka: Ka
         with RecordProducer(kafka) as producer:
             for i in range(start, start + (15 if start == 0 else 25)):
                 producer.send(topic, example_sample(i, run_id))
-        DeltaSink([topic], fn=rows_of, kafka=kafka, tables=tables, group=f"q-{run_id}", run_id=run_id,
+        delta_runner([topic], fn=rows_of, kafka=kafka, tables=tables, group=f"q-{run_id}", run_id=run_id,
                   config=SinkConfig(batch_rows=1000, max_batch_s=60)).run(max_idle_s=2)  # one commit a run
     counted = query(tables, "SELECT stage, count(*) AS n FROM lineage GROUP BY stage").to_pylist()
     assert counted == [{"stage": "generated", "n": 40}]
@@ -207,7 +209,7 @@ def test_replay_a_past_version_and_regenerate_from_provenance(kafka: KafkaConfig
     from processors.generate import GenerateConfig, generate, plan_jobs
     from schemas.records import GeneratedSample
     from sdg.history import select_samples
-    from streams.delta_sink import DeltaSink, DeltaTables, SinkConfig
+    from streams.delta_sink import DeltaTables, SinkConfig, delta_runner
     from streams.subscribe import subscribe
 
     catalog = GeneratorCatalog(tmp_path / "models")
@@ -220,7 +222,7 @@ def test_replay_a_past_version_and_regenerate_from_provenance(kafka: KafkaConfig
             for record in generate(job, generators=catalog, config=GenerateConfig()):
                 if isinstance(record, GeneratedSample):
                     producer.send(source, record)
-        DeltaSink([source], fn=rows_of, kafka=kafka, tables=tables, group=f"r-{run_id}", run_id=run_id,
+        delta_runner([source], fn=rows_of, kafka=kafka, tables=tables, group=f"r-{run_id}", run_id=run_id,
                   config=SinkConfig(batch_rows=1000, max_batch_s=60)).run(max_idle_s=2)
     first = select_samples(tables, as_of=0, run=run_id)
     assert len(first) == 15 and len(select_samples(tables, run=run_id)) == 30
@@ -249,7 +251,7 @@ def test_exports_load(fmt: str, kafka: KafkaConfig, run_id: str, tmp_path: Path,
     from models.render import ProceduralRenderer
     from processors.generate import GenerateConfig, generate, plan_jobs
     from schemas.records import GeneratedSample
-    from streams.delta_sink import DeltaSink, DeltaTables
+    from streams.delta_sink import DeltaTables, delta_runner
 
     catalog = GeneratorCatalog(tmp_path / "models")
     catalog.put(ProceduralRenderer())
@@ -269,7 +271,7 @@ def test_exports_load(fmt: str, kafka: KafkaConfig, run_id: str, tmp_path: Path,
                 producer.send(source, decision)
                 accepted += i % 2 == 0
     tables = DeltaTables(tmp_path / "tables")
-    DeltaSink([source], fn=rows_of, kafka=kafka, tables=tables, group=f"e-{run_id}",
+    delta_runner([source], fn=rows_of, kafka=kafka, tables=tables, group=f"e-{run_id}",
               run_id=run_id).run(max_idle_s=2)
     out = tmp_path / fmt
     env = {**os.environ, "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "SDG_STATE_DIR": str(tmp_path)}

@@ -125,23 +125,24 @@ def test_piped_tables_keep_whole_names() -> None:
 def _pipeline(settings: Settings, kafka: KafkaConfig, per_class: int) -> dict:
     """Generate with all three generators, label, gate and record lineage; returns the decisions by sample id."""
     from processors.generate import plan_jobs
-    from sdg.workers import LINEAGE_TOPICS, lineage_sink, processor
+    from sdg.workers import processor
+    from streams.catalog import LINEAGE_TOPICS
     from streams.producer import RecordProducer
 
     run_id = settings.run_id
     for group, topics in ((f"g-{run_id}", ["sdg.requests"]), (f"l-{run_id}", ["sdg.samples.raw"]),
-                          (f"q-{run_id}", ["sdg.samples.labeled"]), (f"s-{run_id}", LINEAGE_TOPICS)):
+                          (f"q-{run_id}", ["sdg.samples.labeled"]), (f"s-{run_id}", list(LINEAGE_TOPICS))):
         admin.start_group_at_end(kafka, group, topics)
     env = {**os.environ, "SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": run_id,
            "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "SDG_DATA__SOURCE": settings.data.source,
            "SDG_QUALITY__WINDOW_SIZE": "50", "SDG_QUALITY__MAX_WINDOW_S": "2"}
     quality = subprocess.Popen(sdg_command("run", "quality", "--group", f"q-{run_id}"), cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    sink = lineage_sink(settings, f"s-{run_id}")
     jobs = [job for kind in ("gan", "diffusion", "procedural")
             for job in plan_jobs(kind, classes=list(range(10)), per_class=per_class, seed=1, run_id=run_id)]
-    with processor("generate", settings, source=None, sink=None, group=f"g-{run_id}") as generate, \
-            processor("label", settings, source=None, sink=None, group=f"l-{run_id}") as label:
+    with processor("generate", settings, group=f"g-{run_id}") as generate, \
+            processor("label", settings, group=f"l-{run_id}") as label, \
+            processor("lineage", settings, group=f"s-{run_id}") as sink:
         threads = [threading.Thread(target=r.run, daemon=True) for r in (generate, label, sink)]
         for thread in threads:
             thread.start()
@@ -235,6 +236,7 @@ def test_data_flag_selects_the_source(tmp_path: Path) -> None:
     assert json.loads(shown.stdout[:shown.stdout.rindex("}") + 1])["data"]["source"] == "mnist"
 
 
+@pytest.mark.integration  # writes the Delta tables
 def test_samples_tables_written_before_channels_still_take_appends(tmp_path: Path) -> None:
     from deltalake import write_deltalake
 

@@ -19,9 +19,10 @@ from sdg.settings import Settings
 from sdg.workers import processor
 from streams import admin
 from streams.config import KafkaConfig, RunnerConfig
-from streams.producer import RecordProducer
 from streams.dead_letter import DLQ_TOPIC
+from streams.producer import RecordProducer
 from tests.conftest import REPO, await_decisions, collect, sdg_command
+
 
 def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: str, quality_state: Path) -> None:
     splits = make_splits(load_digits_reference())
@@ -62,7 +63,7 @@ def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: 
     assert sorted(r.sample.sample_id for r in labeled if isinstance(r, LabeledSample) and r.sample.sample_id in kinds) \
         == sorted(kinds)
     letters = [d for d in collect(DLQ_TOPIC, kafka, run_id) if d.step_id != "example"]
-    assert sorted(d.step_id for d in letters) == ["decode", "label", *["quality.route"] * 3]
+    assert sorted(d.step_id for d in letters) == ["label", "label", *["quality"] * 3]
     reasons = " | ".join(d.error for d in letters if d.step_id == "quality.route")
     for reason in ("not an Avro single-object record", "carries LabeledSample, not QualityWindow", "is not a PNG"):
         assert reason in reasons

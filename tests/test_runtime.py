@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
+from processors.passthrough import passthrough
 from schemas.codec import RecordCodec
 from schemas.examples import example, example_sample
 from schemas.records import DeadLetter, GenerationJob, Reading, Record
-from streams.dead_letter import DLQ_TOPIC
 from streams.config import RunnerConfig
+from streams.dead_letter import DLQ_TOPIC
 from streams.memory import MemoryBroker
 from streams.runtime import Runner, Step, Store
-from processors.passthrough import passthrough
 
 CODEC = RecordCodec()
 OFTEN = RunnerConfig(batch_size=10, commit_interval_s=0.001, poll_timeout_s=0.01)  # a checkpoint after every batch
@@ -50,9 +50,10 @@ def test_a_map_step_relays_good_records_and_dead_letters_bad_data() -> None:
     stats = drain(broker.runner(Step("picky", SOURCE, picky, sink=SINK), group="g"))
     assert stats.consumed == 22 and stats.produced[SINK] == 20
     assert sorted(r.sample_id for r in broker.records(SINK)) == sorted(s.sample_id for s in good)  # type: ignore[attr-defined]
-    by_step = {letter.step_id: letter for letter in letters(broker)}
-    assert set(by_step) == {"decode", "picky"}
-    assert by_step["decode"].original_value == b"not avro" and by_step["picky"].error == "no jobs here"
+    by_type = {letter.error_type: letter for letter in letters(broker)}
+    assert set(by_type) == {"UndecodableRecord", "ValueError"}
+    assert all(letter.step_id == "picky" for letter in by_type.values())
+    assert by_type["UndecodableRecord"].original_value == b"not avro" and by_type["ValueError"].error == "no jobs here"
     assert sum(broker.committed[("g", SOURCE, p)] for p in range(6) if ("g", SOURCE, p) in broker.committed) == 22
 
 
@@ -137,9 +138,10 @@ def test_dead_letters_have_one_shape_from_every_step_kind() -> None:
             broker.send(SOURCE, sample)
         broker.append(SOURCE, b"junk", b"\x00garbage", headers={"trace": b"1"})
         drain(broker.runner(step, group="g", run_id="r"))
-        got = sorted(letters(broker), key=lambda letter: letter.step_id != "decode")
-        assert [letter.step_id for letter in got] == ["decode", step.step_id], kind
-        shapes[kind] = [letter.model_dump(exclude={"step_id", "created_ms", "partition", "offset"}) for letter in got]
+        got = sorted(letters(broker), key=lambda letter: letter.error_type)
+        assert [letter.error_type for letter in got] == ["UndecodableRecord", "ValueError"], kind
+        assert {letter.step_id for letter in got} == {step.step_id}
+        shapes[kind] = [letter.model_dump(exclude={"step_id", "created_ms"}) for letter in got]
         assert got[0].headers == {"trace": b"1"} and got[1].error == "unlucky sample"
     for kind, shape in shapes.items():
         assert shape == shapes["map"], kind

@@ -19,9 +19,11 @@ from schemas.records import Gate, LabeledSample, SampleDecision
 from sdg.history import query, verify_lineage
 from sdg.spark import SparkConfig, compact, session, write_generator_stats
 from streams.config import KafkaConfig
-from streams.delta_sink import DeltaSink, DeltaTables, SinkConfig
+from streams.delta_sink import DeltaTables, SinkConfig, delta_runner
 from streams.producer import RecordProducer
 from tests.conftest import REPO, sdg_command
+
+pytestmark = pytest.mark.integration  # the broker, Delta tables or Spark
 
 DECISIONS = ("accepted", "accepted", "review", "rejected")
 
@@ -37,7 +39,7 @@ def _send(producer: RecordProducer, topic: str, run_id: str, indices: range) -> 
 
 
 def _sink(kafka: KafkaConfig, topic: str, tables: DeltaTables, run_id: str) -> None:
-    DeltaSink([topic], fn=rows_of, kafka=kafka, tables=tables, group=f"spark-{run_id}", run_id=run_id,
+    delta_runner([topic], fn=rows_of, kafka=kafka, tables=tables, group=f"spark-{run_id}", run_id=run_id,
               config=SinkConfig(batch_rows=30, max_batch_s=60, compact_every=1000)).run(max_idle_s=3)
 
 
