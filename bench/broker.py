@@ -79,7 +79,7 @@ def raw_loop(kafka: KafkaConfig, source: str, sink: str, n: int, codec: RecordCo
     producer = Producer(kafka.librdkafka(**{"enable.idempotence": True, "linger.ms": 5, "acks": "all"}))
     consumer.subscribe([source])
     done = 0
-    start = None
+    start: float | None = None
     last_checkpoint = time.perf_counter()
     while done < n:
         first = consumer.poll(0.1)  # the runner's batching: one record, then what is already fetched
@@ -98,6 +98,7 @@ def raw_loop(kafka: KafkaConfig, source: str, sink: str, n: int, codec: RecordCo
             producer.flush()
             consumer.commit(asynchronous=False)
             last_checkpoint = time.perf_counter()
+    assert start is not None
     elapsed = time.perf_counter() - start
     consumer.close()
     producer.close()
@@ -141,7 +142,7 @@ def latency(kafka: KafkaConfig, rate: int, seconds: float, payload: int) -> list
         while len(latencies) < len(records):
             first = sink_consumer.poll(0.05)
             for m in [first, *sink_consumer.consume(BATCH - 1, 0)] if first is not None else []:
-                index = int(m.key().rpartition(b"-s")[2])  # the runner keys records by sample_id
+                index = int((m.key() or b"").rpartition(b"-s")[2])  # the runner keys records by sample_id
                 latencies.append((time.perf_counter() - sent[index]) * 1000)
             if len(sent) == len(records):
                 deadline = deadline or time.perf_counter() + 30

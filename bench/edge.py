@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.label import latency, throughput  # noqa: E402
 from models.edge import EdgeConfig, edge_spec, evaluate_deployed, train_edge  # noqa: E402
-from models.generator import to_uint8  # noqa: E402
+from models.image import to_uint8  # noqa: E402
 from models.labeler import deploy  # noqa: E402
 from models.reference import load_digits_reference, make_splits  # noqa: E402
 from models.runtime import OnnxModel  # noqa: E402

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,8 @@ from infra.broker import BrokerConfig, EmbeddedBroker  # noqa: E402
 from models.catalog import GeneratorCatalog  # noqa: E402
 from models.diffusion import DiffusionConfig, DiffusionModel, train_diffusion  # noqa: E402
 from models.gan import GanConfig, train_gan  # noqa: E402
-from models.generator import GeneratorError, sample_grid  # noqa: E402
+from models.generator import GeneratorError  # noqa: E402
+from models.image import sample_grid  # noqa: E402
 from models.reference import load_digits_reference, make_splits  # noqa: E402
 from models.render import ProceduralRenderer  # noqa: E402
 from processors.generate import GenerateConfig, generate, plan_jobs  # noqa: E402
@@ -76,7 +78,9 @@ def through_processor(kafka, model, n: int) -> float:  # type: ignore[no-untyped
         time.sleep(0.05)
     runner.stop()
     thread.join()
-    return runner.stats.produced["sdg.samples.raw"] / (runner.stats.last_batch_s - runner.stats.first_batch_s)
+    first, last = runner.stats.first_batch_s, runner.stats.last_batch_s
+    assert first is not None and last is not None
+    return runner.stats.produced["sdg.samples.raw"] / (last - first)
 
 
 def agreement_with_conditioning(model, splits, n: int = 1000) -> float:  # type: ignore[no-untyped-def]
@@ -119,7 +123,7 @@ def main() -> None:
     torch.manual_seed(0)
     splits = make_splits(load_digits_reference())
     registry = GeneratorCatalog(ROOT / ".sdg" / "models")  # the models `make demo` trained, when there
-    models = {}
+    models: dict[str, Any] = {}
     with console.status("loading or briefly training the generators"):
         for name, train in (("gan", lambda: train_gan(splits.labeled("train"), GanConfig(steps=200))),
                             ("diffusion", lambda: train_diffusion(splits.labeled("train"), DiffusionConfig(steps=30)))):
@@ -154,9 +158,9 @@ def main() -> None:
             table.add_row(name, f"{b:,.0f}", f"{p:,.0f}", f"{p / b:.2f}", f"{agreement:.1%}")
         with console.status("diffusion: stock DDIMPipeline"):
             stock = stock_pipeline(models["diffusion"], sizes["diffusion"])
-        ours = results["diffusion_bare_samples_per_s"]
+        ours = float(results["diffusion_bare_samples_per_s"])  # type: ignore[arg-type]
         results.update({"diffusion_stock_pipeline_samples_per_s": round(stock, 1),
-                        "diffusion_sampler_vs_stock_pipeline_ratio": round(float(ours) / stock, 3)})  # type: ignore[arg-type]
+                        "diffusion_sampler_vs_stock_pipeline_ratio": round(ours / stock, 3)})
     finally:
         broker.stop()
     console.print(table)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.corruption import mixed_stream  # noqa: E402
-from models.generator import to_uint8  # noqa: E402
+from models.image import to_uint8  # noqa: E402
 from models.labeler import LabelerConfig, deploy, labeler_spec, train_labeler  # noqa: E402
 from models.reference import load_digits_reference, make_splits  # noqa: E402
 from models.runtime import OnnxModel  # noqa: E402

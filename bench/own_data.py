@@ -33,7 +33,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.generator import sample_grid, to_uint8  # noqa: E402
+from models.image import sample_grid, to_uint8  # noqa: E402
 from models.quality import Reference, RunningMoments  # noqa: E402
 from models.reference import DataConfig  # noqa: E402
 from models.render import ProceduralRenderer, RenderConfig  # noqa: E402

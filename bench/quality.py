@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from models.catalog import GeneratorCatalog  # noqa: E402
 from models.corruption import mixed_stream  # noqa: E402
-from models.generator import GeneratorError, to_uint8  # noqa: E402
+from models.generator import GeneratorError  # noqa: E402
+from models.image import to_uint8  # noqa: E402
 from models.quality import RunningMoments, fid, prdc  # noqa: E402
 from models.reference import load_digits_reference, make_splits  # noqa: E402
 from processors.generate import GenerateConfig, generate, plan_jobs  # noqa: E402

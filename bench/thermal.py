@@ -85,7 +85,7 @@ class Arrivals:
             record = codec.decode(message.value())
             if isinstance(record, Throttle) and "coolant " in record.reason:
                 coolant = record.reason.split("coolant ", 1)[1].split(" ", 1)[0]
-                self.seen.setdefault((message.topic(), record.node_id, coolant), []).append(at)
+                self.seen.setdefault((str(message.topic()), record.node_id, coolant), []).append(at)
 
     def wait(self, key: tuple[str, str, str], after: float, timeout_s: float = 30) -> float:
         """When the first control record for ``key`` arrived after ``after`` (perf_counter)."""
@@ -150,9 +150,9 @@ def latency(kafka: KafkaConfig, arrivals: Arrivals, relay_topic: str, seconds: f
     producer.flush()
     out: dict[str, list[float]] = {"thermal": [], "relay": []}
     warm = start + WARMUP_S  # the first seconds warm the nodes' state and the processor's clients
-    for sent_at, node, value in [e for e in events if e[0] >= warm]:
-        out["thermal"].append((arrivals.wait(("sdg.control", node, value), sent_at) - sent_at) * 1000)
-        out["relay"].append((arrivals.wait((relay_topic, node, value), sent_at) - sent_at) * 1000)
+    for sent_at, name, value in [e for e in events if e[0] >= warm]:
+        out["thermal"].append((arrivals.wait(("sdg.control", name, value), sent_at) - sent_at) * 1000)
+        out["relay"].append((arrivals.wait((relay_topic, name, value), sent_at) - sent_at) * 1000)
     return out
 
 
@@ -174,7 +174,7 @@ def throughput(kafka: KafkaConfig, arrivals: Arrivals, relay_topic: str, n: int)
     return rates
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 

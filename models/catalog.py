@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from models.generator import Generator, GeneratorError, ModelRegistry, TrainedGenerator
+from models.generator import Generator, GeneratorError, TrainedGenerator
+from models.registry import ModelRegistry
 
 KINDS = ("gan", "diffusion", "procedural")
 TRAINABLE = ("gan", "diffusion")

@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from models.generator import png_bytes, to_uint8
+from models.image import png_bytes, to_uint8
 from models.reference import Splits
 from schemas.identity import sample_id
 from schemas.records import Conditioning, GeneratedSample

@@ -15,7 +15,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from models.generator import GeneratorError, GeneratorOutput, check_request, seeded_normal, to_uint8
+from models.generator import GeneratorError, GeneratorOutput, check_request, seeded_normal
+from models.image import to_uint8
 from models.reference import LabeledData
 
 KIND = "diffusion"

@@ -13,7 +13,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from models.generator import GeneratorError, GeneratorOutput, check_request, seeded_normal, to_uint8
+from models.generator import GeneratorError, GeneratorOutput, check_request, seeded_normal
+from models.image import to_uint8
 from models.reference import LabeledData
 
 KIND = "gan"

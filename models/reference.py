@@ -59,7 +59,7 @@ class ReferenceSet:
 
     @property
     def channels(self) -> int:
-        from models.generator import channels_of
+        from models.image import channels_of
 
         return channels_of(self.images)
 

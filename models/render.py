@@ -18,7 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.generator import Annotated, GeneratorError, GeneratorOutput, check_request, content_version, to_uint8
+from models.generator import Annotated, GeneratorError, GeneratorOutput, check_request
+from models.image import to_uint8
+from models.registry import content_version
 
 KIND = "procedural"
 FONT_FILES = (

@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass
 
 from models.catalog import GeneratorCatalog
-from models.generator import GeneratorError, channels_of, png_bytes
+from models.generator import GeneratorError
+from models.image import channels_of, png_bytes
 from schemas.identity import sample_id
 from schemas.records import Annotation, Conditioning, GeneratedSample, GenerationJob, Reading, Record
 

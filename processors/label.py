@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from models.generator import decode_png
+from models.image import decode_png
 from models.runtime import fit_image
 from schemas.records import GeneratedSample, Label, LabeledSample
 

@@ -24,12 +24,12 @@ import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.generator import decode_png
+from models.image import decode_png
 from models.quality import Reference, RunningMoments
 from schemas.records import (
     Gate,
@@ -45,6 +45,13 @@ from schemas.records import (
     now_ms,
 )
 from streams.runtime import Store
+
+
+class Extractor(Protocol):
+    """The feature extractor the gate measures with: uint8 images (N, H, W[, C]) → features (N, d)."""
+
+    def run(self, images: np.ndarray) -> np.ndarray: ...
+
 
 Relabel = Callable[[list[GeneratedSample]], list[Label | Exception]]
 """The labeler the gate trusts: samples in, each one's label (or why it cannot be labeled) out."""
@@ -168,7 +175,7 @@ class GeneratorWindows:
 class QualityJudge:
     """Scores samples and windows and decides samples against one ``Reference`` (one extractor, one real set)."""
 
-    def __init__(self, reference: Reference, extractor: object, config: QualityConfig, *,
+    def __init__(self, reference: Reference, extractor: Extractor, config: QualityConfig, *,
                  relabel: Relabel | None = None) -> None:
         """``extractor`` maps uint8 images (N, H, W) to features (N, d) with ``run`` (an ``OnnxModel``);
         ``relabel`` is the labeler that re-checks every label a record brings (the deployed processor always
@@ -202,7 +209,7 @@ class QualityJudge:
     def assess(self, records: list[LabeledSample], window_id: str) -> list[Pending]:
         """Features, per-sample score and per-sample rejection of each record (its label re-checked)."""
         images = np.stack([decode_png(r.sample.image_png, channels=self.reference.channels) for r in records])
-        features = self.extractor.run(images)  # type: ignore[attr-defined]
+        features = self.extractor.run(images)
         realism, nn_distance, memorization = self.reference.per_sample(features, images)
         out = []
         for i, (record, refused) in enumerate(self.checked(records)):
@@ -357,7 +364,7 @@ class QualityProcessor:
         reference = judge.reference
         size, channels = reference.image_size, reference.channels
         blank = np.zeros((1, size, size) if channels == 1 else (1, size, size, channels), np.uint8)
-        self.dim = int(judge.extractor.run(blank).shape[1])  # type: ignore[attr-defined]
+        self.dim = int(judge.extractor.run(blank).shape[1])
         self.slide = judge.config.slide
 
     def check(self, record: LabeledSample) -> bytes:
@@ -382,6 +389,12 @@ class QualityProcessor:
             raise ValueError(f"a {sample.channels}-channel image; the reference set has {reference.channels}")
         return data
 
+    def route(self, record: LabeledSample) -> str:
+        """The state key of a sample the gate can take (``key_by``: a record it cannot take is refused at the
+        source, with its own topic, offset and key); raises like ``check``."""
+        self.check(record)
+        return generator_key(record)
+
     def windows(self, store: Store, generator: str) -> GeneratorWindows:
         """The generator's windows from the store's cache, or rebuilt from its rows."""
         if generator in store.cache:
@@ -403,8 +416,9 @@ class QualityProcessor:
         return windows
 
     def process(self, record: LabeledSample, store: Store) -> list[Record]:
-        """Take one sample into its generator's open window; decide the window when it is due."""
-        data = self.check(record)
+        """Take one sample into its generator's open window; decide the window when it is due (``route`` checked
+        it: the runtime runs it on the source record and again on the repartition topic's copy)."""
+        data = self.codec.encode(record)
         if record.sample.objects:
             return self.judge.decide_scene(record)
         generator = generator_key(record)

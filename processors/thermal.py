@@ -32,7 +32,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infra.plant import PRESETS, CoolingPreset, Preset
+from infra.plant import PRESETS, CoolingPreset, Preset, die_step
 from schemas.records import Reading, Record, ThermalAlert, Throttle, now_ms
 from streams.runtime import Store
 
@@ -101,15 +101,6 @@ def slope_per_s(points: list[tuple[int, float]]) -> float:
     if var == 0:
         return 0.0
     return 1000.0 * sum((t - mean_t) * (v - mean_v) for t, v in points) / var
-
-
-def predict_die(die_c: float, coolant_c: float, coolant_slope: float, power_w: float, horizon_s: float,
-                preset: CoolingPreset) -> float:
-    """The die temperature ``horizon_s`` ahead: its first-order response to the present power, with the
-    coolant moving along its trend."""
-    coolant = coolant_c + coolant_slope * horizon_s
-    steady = coolant + preset.r_th * power_w
-    return steady + (die_c - steady) * math.exp(-horizon_s / preset.tau_s)
 
 
 TREND_POINTS = 20
@@ -182,7 +173,8 @@ class ThermalRules:
                               die < p.die_limit_c - c.hysteresis_c, die, p.die_limit_c,
                               f"die {die:.1f} °C over the {p.die_limit_c:.1f} °C limit")
         coolant_slope = slope_per_s(state.coolant)
-        predicted = predict_die(die, coolant, coolant_slope, reading.power_w or 0.0, c.horizon_s, p)
+        # the plant's own physics, the coolant moved along its trend: the die's response to the present power
+        predicted = die_step(die, coolant + coolant_slope * c.horizon_s, reading.power_w or 0.0, c.horizon_s, p)
         alerts += self._alert(state, node, "die_predicted", die <= p.die_limit_c < predicted,
                               predicted < p.die_limit_c - c.hysteresis_c, predicted, p.die_limit_c,
                               f"die {die:.1f} °C heading for {predicted:.1f} °C within {c.horizon_s:.0f} s")

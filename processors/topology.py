@@ -21,6 +21,7 @@ from schemas.records import (
     ThermalAlert,
     Throttle,
 )
+from schemas.tables import TABLES
 from streams.catalog import LINEAGE_TOPICS, topics_of
 from streams.runtime import Kind
 
@@ -36,7 +37,7 @@ class ProcessorSpec:
     summary: str
     state_key: str | None = None  # stateful: what the state is kept per
     side_inputs: tuple[str, ...] = ()  # topics read besides the step's sources (a generator's rate caps)
-    tables: bool = False  # writes the Delta tables
+    tables: tuple[str, ...] = ()  # the Delta tables it writes
 
     def output_topics(self) -> list[str]:
         """The catalog topics of the processor's output types."""
@@ -59,13 +60,29 @@ SPECS = (
                   "the modeled coolant/power plant of SDG_PLANT__NODES: load and faults in, readings out"),
     ProcessorSpec("lineage", "sink", LINEAGE_TOPICS, (),
                   "every stage, window, reading, alert and cap → the Delta tables, exactly once per table",
-                  tables=True),
+                  tables=tuple(TABLES)),
     ProcessorSpec("train", "sink", ("sdg.samples.accepted",), (),
-                  "accepted samples → an INT8 ONNX edge model after every SDG_TRAIN__EVERY new ones"),
+                  "accepted samples → an INT8 ONNX edge model (model registry) after every SDG_TRAIN__EVERY new ones",
+                  tables=("models",)),
 )
 
 PROCESSORS = {spec.name: spec for spec in SPECS}
 ProcessorName = Literal["passthrough", "generate", "label", "quality", "thermal", "plant", "lineage", "train"]
 assert get_args(ProcessorName) == tuple(PROCESSORS), "ProcessorName lists the processors of SPECS"
 
-__all__ = ["PROCESSORS", "SPECS", "ProcessorName", "ProcessorSpec"]
+
+
+def markdown() -> str:
+    """The table as Markdown (the README's processor table is this, checked by a test)."""
+    lines = ["| processor | kind | reads | writes | state per | what it does |", "|---|---|---|---|---|---|"]
+    for spec in SPECS:
+        reads = ", ".join(f"`{t}`" for t in (*spec.sources, *spec.side_inputs)) or "`--source`"
+        writes = ", ".join([*(f"`{t}`" for t in spec.output_topics()), *(f"table `{t}`" for t in spec.tables)])
+        lines.append(f"| `{spec.name}` | {spec.kind} | {reads} | {writes or '`--sink`'} | {spec.state_key or '-'} | {spec.summary} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown())
+
+__all__ = ["PROCESSORS", "SPECS", "ProcessorName", "ProcessorSpec", "markdown"]

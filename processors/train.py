@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from models.generator import decode_png
+from models.image import decode_png
 from schemas.records import Record, SampleDecision
 
 

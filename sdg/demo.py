@@ -166,11 +166,11 @@ def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console, tra
     semi-supervised on those labels), so the whole demo costs 100 real labels.
     """
     from models.catalog import trainer
-    from models.generator import ModelRegistry, sample_grid, to_uint8
+    from models.image import sample_grid, to_uint8
     from sdg.labeling import load_labeler
     from sdg.training import pseudo_labeled
 
-    registry = ModelRegistry(settings.models_dir)
+    registry = settings.registry()
     reference = settings.reference()
     shape = (reference.image_size, reference.channels, reference.num_classes)
     data = None
@@ -373,7 +373,7 @@ def _generation(
 ) -> tuple[dict[str, int], dict[str, Path], dict[str, Counter[str]], list[QualityWindow], list[SampleDecision],
            list[str]]:
     """Plan a mix of all three generators; generate, label and gate them; show what arrived and what passed."""
-    from models.generator import decode_png, sample_grid
+    from models.image import decode_png, sample_grid
     from processors.generate import plan_jobs
 
     train_s: dict[str, float] = {}  # seconds per model trained in this run

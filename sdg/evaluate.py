@@ -75,11 +75,10 @@ class Synthetic:
 
 def synthetic_sets(settings: Any, plan: EvaluationPlan, console: Console) -> list[Synthetic]:
     """Samples of each generator, kept where the labeler agrees with the conditioning (the gate's first test)."""
-    from models.generator import ModelRegistry
     from sdg.labeling import labeler_budgets, load_labeler
 
     labeler, labeler_labels = load_labeler(settings), labeler_budgets(settings)
-    catalog, registry = settings.catalog(), ModelRegistry(settings.models_dir)
+    catalog, registry = settings.catalog(), settings.registry()
     wanted = plan.generators or tuple([f"{kind}@{v}" for kind in ("gan", "diffusion") for v in registry.versions(kind)]
                                       + ["procedural"])
     out = []
@@ -103,7 +102,7 @@ def synthetic_sets(settings: Any, plan: EvaluationPlan, console: Console) -> lis
 def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: Console) -> dict[str, Any]:
     """Train every arm, write ``evaluation.json`` and the report into ``out``; returns the evaluation."""
     from models.edge import EdgeConfig, accuracy, train_edge
-    from models.generator import sample_grid
+    from models.image import sample_grid
 
     out.mkdir(parents=True, exist_ok=True)
     reference = settings.reference()

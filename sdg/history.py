@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from models.generator import png_bytes
+from models.image import png_bytes
 from schemas.errors import SdgError
 from schemas.tables import DERIVED_TABLES, TABLES, ChainBreak, chain_id, verify_chain
 from streams.delta_sink import DeltaTables

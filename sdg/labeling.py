@@ -10,7 +10,6 @@ longer match it is refused on load. A user's own ONNX model replaces the labeler
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from models.generator import GeneratorError
 from models.reference import Splits
-from models.runtime import OnnxModel, OnnxSpec, seal, verify_sealed
+from models.runtime import OnnxModel, OnnxSpec
 from processors.label import Labeler
 from processors.quality import QualityJudge
 from schemas.records import GeneratedSample, Label
@@ -42,19 +41,6 @@ class QualityModels:
     train_s: dict[str, float]
 
 
-def publish(staging: Path, root: Path, kind: str) -> Path:
-    """Seal a freshly written model folder, move it to ``root/kind/<content version>`` and mark it the latest."""
-    version = seal(staging)
-    target = root / kind / version
-    if target.exists():
-        shutil.rmtree(staging)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(target)
-    (root / kind / "LATEST").write_text(version)
-    return target
-
-
 def train_quality_models(settings: Settings, *, splits: Splits | None = None, extractor_steps: int = 800,
                          labeler_steps: int = 1500, console: Console) -> QualityModels:
     """Train the contrastive extractor (unlabeled train images) and the labeler (the few labels, and the unlabeled
@@ -68,7 +54,7 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
     splits = splits or settings.splits()
     size, channels = splits.reference.image_size, splits.reference.channels
     unlabeled = splits.reference.images[splits.train]  # images only: no label of the train split is read
-    root = settings.models_dir
+    registry = settings.registry()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bars:
         def bar(name: str, total: int) -> Callable[[int], None]:
@@ -80,11 +66,10 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
         extractor = train_extractor(unlabeled, e_config, progress=bar("extractor (contrastive, no labels)",
                                                                       extractor_steps))
         calibration = splits.unlabeled_images()[:512]
-        staging = root / "extractor" / ".staging"
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = registry.staging("extractor")
         deploy(extractor.net, staging, extractor_spec(size, channels), calibration=calibration,
                config=extractor_config(e_config, splits.hashes["train"]))
-        extractor_dir = publish(staging, root, "extractor")
+        extractor_dir = registry.publish(staging, "extractor")
         train_s = {"extractor": round(time.monotonic() - started, 1)}
         started = time.monotonic()
 
@@ -93,8 +78,7 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
         labeler = train_labeler(few, l_config, init=extractor, unlabeled=splits.unlabeled_images(), progress=bar(
             f"labeler ({few.budget.n_labels} labels, unlabeled images)", labeler_steps))
         train_s["labeler"] = round(time.monotonic() - started, 1)
-    staging = root / "labeler" / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = registry.staging("labeler")
     deployed = deploy(labeler, staging, labeler_spec(l_config, size, channels), calibration=calibration,
                       config=labeler_config(l_config, few, extractor_dir.name))
     images, labels = splits.test_set()
@@ -102,20 +86,13 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
     accuracy = {p.stem: float((OnnxModel(p).run(u8).argmax(1) == labels).mean()) for p in (deployed.fp32, deployed.int8)}
     with torch.no_grad():
         accuracy["torch"] = float((labeler(as_tensor(images)).argmax(1).numpy() == labels).mean())
-    labeler_dir = publish(staging, root, "labeler")
+    labeler_dir = registry.publish(staging, "labeler")
     return QualityModels(labeler_dir, extractor_dir, few.budget.n_labels, accuracy, train_s)
 
 
 def _model_path(settings: Settings, kind: str, given: Path | None, precision: str) -> Path:
     """The user's own model file, or the registry's latest ``kind`` after checking it against its content hash."""
-    if given is not None:
-        return given
-    latest = settings.models_dir / kind / "LATEST"
-    if not latest.exists():
-        raise GeneratorError(f"no {kind} in {settings.models_dir}; train one with `sdg train-labeler`")
-    folder = settings.models_dir / kind / latest.read_text().strip()
-    verify_sealed(folder)
-    return folder / f"{precision}.onnx"
+    return given if given is not None else settings.registry().onnx(kind, precision)
 
 
 def load_labeler(settings: Settings) -> Labeler:

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from infra.broker import BrokerConfig, EmbeddedBroker
 from infra.plant import PlantConfig
 from models.reference import DataConfig, ReferenceSet, Splits, load_reference, make_splits
+from models.registry import ModelRegistry
 from processors.quality import QualityConfig
 from processors.thermal import ThermalConfig
 from schemas.records import RunId
@@ -119,6 +120,10 @@ class Settings(BaseSettings):
     def splits(self, labels_per_class: int = 10, seed: int = 0) -> Splits:
         """The real data's fixed, seeded splits (train, test, and the few labels per class)."""
         return make_splits(self.reference(), labels_per_class=labels_per_class, seed=seed)
+
+    def registry(self) -> ModelRegistry:
+        """The model registry of this data set (every kind: generators, labeler, extractor, edge)."""
+        return ModelRegistry(self.models_dir)
 
     def catalog(self) -> Any:
         """The generators of this data set: its trained GAN and diffusion models, and the procedural renderer

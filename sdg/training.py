@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -13,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from models.edge import EdgeMetrics
-from models.generator import GeneratorError, ModelRegistry, sample_grid
+from models.generator import GeneratorError
+from models.image import sample_grid
 from models.reference import LabeledData, Splits, distinct_labels
 from schemas.records import SampleDecision
 from sdg.settings import Settings
@@ -79,7 +79,7 @@ def train_generator(settings: Settings, kind: str, *, labels_per_class: int | No
     checkpoint = model.checkpoint_config()
     checkpoint["training"] = {"images": int(len(data.images)), "pseudo_labeled": pseudo,
                               "reference_splits": splits.hashes}
-    version = ModelRegistry(settings.models_dir).save(kind, model.weights(), checkpoint, grid)
+    version = settings.registry().save(kind, model.weights(), checkpoint, grid)
     return Trained(version, data.budget.n_labels, settings.models_dir / kind / version / "samples.png")
 
 
@@ -108,7 +108,7 @@ def accepted_dataset(records: Sequence[SampleDecision], channels: int = 1) -> tu
     import hashlib
     from collections import Counter
 
-    from models.generator import decode_png
+    from models.image import decode_png
 
     kept = [r for r in records if not r.sample.objects]
     images = np.stack([decode_png(r.sample.image_png, channels=channels) for r in kept]).astype(np.float32) / 255.0
@@ -130,14 +130,14 @@ def train_edge_model(settings: Settings, records: Sequence[SampleDecision], *, c
     from models.labeler import Deployed, deploy
     from models.runtime import verify_sealed
     from schemas.tables import MODELS
-    from sdg.labeling import labeler_budgets, publish
+    from sdg.labeling import labeler_budgets
 
     steps, real_few, pseudo = settings.train.steps, settings.train.real_few, settings.train.pseudo
     splits = settings.splits()
     reference = splits.reference
     images, labels, dataset = accepted_dataset(records, reference.channels)
     few, unlabeled = splits.labeled("few"), splits.unlabeled_images()
-    registry = ModelRegistry(settings.models_dir)
+    registry = settings.registry()
     budgets = labeler_budgets(settings)
     for name in dataset.per_generator:
         kind, version = name.split("@")
@@ -153,11 +153,10 @@ def train_edge_model(settings: Settings, records: Sequence[SampleDecision], *, c
         model = train_edge(few.images if real_few else few.images[:0], few.labels if real_few else few.labels[:0], config,
                            synthetic=(images, labels), unlabeled=unlabeled if pseudo else None,
                            progress=lambda n: progress.advance(task, n))
-    staging = settings.models_dir / "edge" / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = registry.staging("edge")
     deploy(model, staging, spec, calibration=unlabeled,
            config={"kind": "edge", "config": config.__dict__, "dataset": asdict(dataset), "label_budgets": budgets})
-    folder = publish(staging, settings.models_dir, "edge")  # named by its content hash, checked on every load
+    folder = registry.publish(staging, "edge")  # named by its content hash, checked on every load
     version = verify_sealed(folder)
     deployed = Deployed(folder, folder / "fp32.onnx", folder / "int8.onnx")
     test_x, test_y = splits.test_set()

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 from processors.topology import PROCESSORS, ProcessorSpec
+from schemas.records import Record
 from sdg.settings import Settings
 from streams.errors import ConfigError
-from streams.runtime import Runner, Step, state_topics
+from streams.runtime import Policy, Runner, Step, data_error, state_topics
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def _generate(settings: Settings, spec: ProcessorSpec, source: str | None, sink:
     """Obeys this node's caps on sdg.control (a listener beside the step)."""
     import torch
 
+    from models.generator import GeneratorError
     from processors.generate import GenerateConfig, generate
     from streams.throttle import ControlListener, RateCap
 
@@ -49,8 +51,13 @@ def _generate(settings: Settings, spec: ProcessorSpec, source: str | None, sink:
     config = GenerateConfig(node_id=settings.worker.node_id, max_count=settings.worker.max_job_count)
     cap = RateCap(settings.worker.node_id)
     listener = ControlListener(settings.kafka_client, cap).start()
+    def on_error(error: BaseException, record: Record | None, step: Step) -> Policy:
+        """A job the generators cannot serve (an unknown generator or version, too many samples) is bad data."""
+        return "dead_letter" if isinstance(error, GeneratorError) else data_error(error, record, step)
+
     try:
-        step = _step(spec, lambda job: generate(job, generators=catalog, config=config), source, sink=sink)
+        step = _step(spec, lambda job: generate(job, generators=catalog, config=config), source, sink=sink,
+                     on_error=on_error)
         yield step, {"rate_cap": cap, "cost": lambda job: job.count}
     finally:
         listener.stop()
@@ -69,11 +76,11 @@ def _label(settings: Settings, spec: ProcessorSpec, source: str | None, sink: st
 @contextmanager
 def _quality(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
              group: str) -> Iterator[Wired]:
-    from processors.quality import QualityProcessor, generator_key
+    from processors.quality import QualityProcessor
     from sdg.labeling import load_judge
 
     quality = QualityProcessor(load_judge(settings), max_record_bytes=settings.kafka_client.max_record_bytes)
-    yield _step(spec, quality.process, source, key_by=generator_key, punctuate=quality.tick, punctuate_s=1.0), {}
+    yield _step(spec, quality.process, source, key_by=quality.route, punctuate=quality.tick, punctuate_s=1.0), {}
 
 
 @contextmanager
@@ -82,9 +89,9 @@ def _thermal(settings: Settings, spec: ProcessorSpec, source: str | None, sink: 
     from processors.thermal import ThermalProcessor, ThermalRules, dump, load
 
     thermal = ThermalProcessor(ThermalRules(settings.thermal, run_id=settings.run_id))
-    # old readings steer nothing: a new group starts at the end
+    # old readings steer nothing: a new group starts at the end; caps are out when their transaction commits
     yield _step(spec, thermal.process, source, load=load, dump=dump, punctuate=thermal.tick, punctuate_s=0.5,
-                start="latest"), {}
+                start="latest", commit_interval_s=0.05), {}
 
 
 @contextmanager
@@ -175,13 +182,10 @@ def processor(name: str, settings: Settings, *, source: str | None = None, sink:
 def datasets(name: str, settings: Settings, *, source: str | None,
              sink: str | None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The (namespace, name) datasets processor ``name`` reads and writes, for its OpenLineage run events."""
-    from schemas.tables import TABLES
-
     spec = spec_of(name)
     kafka = f"kafka://{settings.kafka_client.bootstrap_servers.split(',')[0]}"
     inputs = [source] if source else [*spec.sources, *spec.side_inputs]
     outputs = [sink] if sink else spec.output_topics()
-    written = [(kafka, t) for t in outputs]
-    if spec.tables:
-        written = [(f"file://{Path(settings.delta_tables().root).resolve()}", t) for t in TABLES]
+    tables = f"file://{Path(settings.delta_tables().root).resolve()}"
+    written = [*((kafka, t) for t in outputs), *((tables, t) for t in spec.tables)]
     return [(kafka, t) for t in inputs], written

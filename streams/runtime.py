@@ -161,11 +161,14 @@ class Step:
         fn: ``map``: record → record | list | None; ``batch_map``: records → one record, list, None or exception
             per record; ``stateful``: (record, store) → list of records; ``sink``: a ``Sink``.
         sink: A topic every output goes to, instead of the catalog's topic for its type (relays, replays).
-        key_by: ``stateful``: the state key of a record, when it is not the source topic's key.
+        key_by: ``stateful``: the state key of a record, when it is not the source topic's key; it may raise to refuse a
+            record (the error policy sees it with the source record), and runs again on the repartition topic's copy.
         load, dump: ``stateful``: a state value from and to its changelog bytes (default: bytes as they are).
         punctuate: Called every ``punctuate_s`` (with each partition's store for a stateful step, else None).
         start: Where a new consumer group starts: ``earliest`` or ``latest`` (old readings steer nothing).
         commit: False: never commit offsets (a step that rebuilds what it needs from the whole topic at start).
+        commit_interval_s: Seconds between checkpoints, instead of the runner's (a stateful step's outputs are
+            visible when its transaction commits: a control loop checkpoints often).
         on_error: The error policy: (error, record or None, step) → ``"dead_letter"`` or ``"raise"``.
     """
 
@@ -181,6 +184,7 @@ class Step:
     punctuate_s: float = 1.0
     start: Literal["earliest", "latest"] = "earliest"
     commit: bool = True
+    commit_interval_s: float | None = None
     on_error: Callable[[BaseException, Record | None, Step], Policy] = data_error
 
     def __post_init__(self) -> None:
@@ -361,6 +365,7 @@ class Runner:
         self.io.subscribe(topics, on_assign, self._on_revoke)
         log.info("step %s: consuming %s", self.step.step_id, ", ".join(topics))
         idle_since = last_checkpoint = last_punctuate = time.monotonic()
+        interval = self.step.commit_interval_s or self.config.commit_interval_s
         failed = True
         try:
             while not self.stopping.is_set():
@@ -377,8 +382,7 @@ class Runner:
                 if self.step.punctuate is not None and now - last_punctuate >= self.step.punctuate_s:
                     self._punctuate()
                     last_punctuate = now
-                if (self.step.fn.due() if self.step.kind == "sink" else
-                        now - last_checkpoint >= self.config.commit_interval_s):
+                if self.step.fn.due() if self.step.kind == "sink" else now - last_checkpoint >= interval:
                     self._checkpoint()
                     last_checkpoint = now
                 idle = now - max(idle_since, assigned[0]) if assigned else 0.0
@@ -457,13 +461,13 @@ class Runner:
                 return topic_spec(message.topic()).check(self.codec.decode(message.value()))
             record = topic_spec(self.step.sources[0]).check(self.codec.decode(message.value()))
             assert self.step.key_by is not None
-            if message.key() != self.step.key_by(record).encode():
-                raise UndecodableRecord(f"key {message.key()!r} is not the record's state key "
-                                        f"{self.step.key_by(record)!r}")
+            key = self.step.key_by(record)
+            if message.key() != key.encode():
+                raise UndecodableRecord(f"key {message.key()!r} is not the record's state key {key!r}")
             return record
-        except UndecodableRecord as e:
+        except Exception as e:  # undecodable, of another type, or refused by key_by: the policy decides
             self._fail(message, e)
-            return None
+        return None
 
     def _produce(self, message: Message | None, result: Any) -> None:
         """Route, encode and size-check every output first: all or nothing."""
@@ -531,11 +535,15 @@ class Runner:
         """Send a source record on, as it is, to the repartition topic under its state key."""
         assert self.step.key_by is not None and self._repartition is not None
         try:
-            key = self.step.key_by(record)
+            key = self.step.key_by(record).encode()
+            size = len(key) + len(message.value() or b"")
+            if size > self.io.max_record_bytes:
+                raise RecordTooLarge(f"a {size:,}-byte record; at most {self.io.max_record_bytes:,} bytes "
+                                     "(SDG_KAFKA__MAX_RECORD_BYTES)")
         except Exception as e:
             self._fail(message, e, record)
             return
-        self.io.send(self._repartition, key.encode(), message.value())
+        self.io.send(self._repartition, key, message.value())
 
     def _batch(self, messages: list[Message]) -> None:
         """Decode every message, call the batched function once, produce each record's outputs."""
@@ -739,5 +747,5 @@ class KafkaIO:
                 self._producer.flush(10)
 
 
-__all__ = ["DATA_ERRORS", "IO", "KafkaIO", "Message", "RunStats", "Runner", "Sink", "Step", "Store",
+__all__ = ["DATA_ERRORS", "IO", "KafkaIO", "Message", "Policy", "RunStats", "Runner", "Sink", "Step", "Store",
            "changelog_topic", "data_error", "repartition_topic", "state_topics"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from models.gan import GanConfig, train_gan
-from models.generator import ModelRegistry
 from models.reference import load_digits_reference, make_splits
+from models.registry import ModelRegistry
 from processors.generate import plan_jobs
 from schemas.records import GenerationJob, Throttle
 from sdg.settings import Settings, WorkerConfig

@@ -14,8 +14,10 @@ import torch
 from models.catalog import GeneratorCatalog
 from models.diffusion import DiffusionConfig, train_diffusion
 from models.gan import GanConfig, GanModel, train_gan
-from models.generator import GeneratorError, ModelRegistry, decode_png
+from models.generator import GeneratorError
+from models.image import decode_png
 from models.reference import LabelAccountingError, Splits, check_budget, load_digits_reference, load_folder, make_splits
+from models.registry import ModelRegistry
 from models.render import ProceduralRenderer
 from processors.generate import GenerateConfig, generate, plan_jobs
 from schemas.records import GeneratedSample, GenerationJob, Reading
@@ -203,7 +205,7 @@ def test_table_reference(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from models.generator import png_bytes
+    from models.image import png_bytes
     from models.reference import load_table
 
     images = [np.full((8, 8), 17 * i, dtype=np.uint8) for i in range(4)]

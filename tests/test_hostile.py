@@ -30,7 +30,7 @@ from confluent_kafka import Producer
 from PIL import Image
 
 from models.corruption import mixed_stream
-from models.generator import decode_png, png_bytes
+from models.image import decode_png, png_bytes
 from models.reference import load_digits_reference, make_splits
 from models.runtime import ModelFileError
 from schemas.codec import MAGIC, RecordCodec, registry

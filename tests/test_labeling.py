@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from models.corruption import mixed_stream
-from models.generator import to_uint8
+from models.image import to_uint8
 from models.quality import RunningMoments
 from models.reference import load_digits_reference, make_splits
 from models.render import ProceduralRenderer

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from models.generator import decode_png, png_bytes
+from models.image import decode_png, png_bytes
 from models.reference import DataConfig, load_reference
 from models.render import ProceduralRenderer, RenderConfig
 from schemas.errors import SdgError

@@ -64,10 +64,10 @@ def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: 
         == sorted(kinds)
     letters = [d for d in collect(DLQ_TOPIC, kafka, run_id) if d.step_id != "example"]
     assert sorted(d.step_id for d in letters) == ["label", "label", *["quality"] * 3]
-    reasons = " | ".join(d.error for d in letters if d.step_id == "quality.route")
+    reasons = " | ".join(d.error for d in letters if d.step_id == "quality")
     for reason in ("not an Avro single-object record", "carries LabeledSample, not QualityWindow", "is not a PNG"):
         assert reason in reasons
-    assert {d.original_value for d in letters if d.step_id == "quality.route"} >= {b"\x00garbage for the quality processor"}
+    assert {d.original_value for d in letters if d.step_id == "quality"} >= {b"\x00garbage for the quality processor"}
 
     assert set(decided) == set(kinds)  # every sample decided exactly once per topic set, none lost
     outcome = Counter((kinds[s], d.gate.decision) for s, d in decided.items())

@@ -1,5 +1,5 @@
 """The plant model against its closed forms, the thermal rules, and the closed loop: in simulation and
-through the real broker (plant, faust thermal processor and a generator worker as processes)."""
+through the real broker (plant, thermal processor and a generator worker as processes)."""
 
 from __future__ import annotations
 
@@ -60,10 +60,10 @@ def test_plant_settles_at_the_steady_state_and_pue_adds_up(preset: str, flow: fl
     assert reading is not None and reading.power_w == pytest.approx(reading.bus_v * reading.current_a)
 
 
-def _plant_reading(ts_s: float, **values: float) -> Reading:
+def _plant_reading(ts_s: float, node: str = "n", **values: float) -> Reading:
     base = {"die_c": -130.0, "coolant_c": -178.0, "power_w": 700.0, "bus_v": 400.0, "current_a": 1.75,
             "flow_lpm": 40.0, "pue": 1.07}
-    return Reading(run_id="r", node_id="n", source="plant", ts_ms=int(ts_s * 1000), **{**base, **values})
+    return Reading(run_id="r", node_id=node, source="plant", ts_ms=int(ts_s * 1000), **{**base, **values})
 
 
 def test_rules_have_hysteresis_and_the_cap_follows_the_allowed_power() -> None:
@@ -222,3 +222,54 @@ def test_pump_failure_is_throttled_in_time_through_the_broker(kafka: KafkaConfig
     for process in processes:
         output = process.stdout.read().decode()  # type: ignore[union-attr]
         assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
+
+
+def test_thermal_node_state_comes_back_after_a_kill_9(kafka: KafkaConfig, run_id: str, tmp_path: Path) -> None:
+    """The node's state lives in the step's changelog: a thermal processor killed with an alert active and started
+    again knows the alert is active (no second alert) and clears it once."""
+    node, group = f"node-{uuid.uuid4().hex[:6]}", f"thermal-{run_id}"
+    env = {**os.environ, "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "SDG_STATE_DIR": str(tmp_path),
+           "SDG_RUN_ID": run_id}
+    admin.start_group_at_end(kafka, group, ["sdg.telemetry"])
+    observer = _Observer(kafka, node)
+    hot = CRYO.die_limit_c + 5
+    clock = [0.0]
+
+    def feed(die_c: float, seconds: float) -> None:
+        with RecordProducer(kafka) as producer:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                clock[0] += 0.5
+                producer.send("sdg.telemetry", _plant_reading(clock[0], node, die_c=die_c))
+                producer.flush()
+                time.sleep(0.1)
+
+    def start() -> subprocess.Popen:  # type: ignore[type-arg]
+        return subprocess.Popen(sdg_command("run", "thermal", "--group", group), cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    started = time.monotonic()
+    first = start()
+    try:
+        deadline = time.monotonic() + 60
+        while not observer.since(started, ThermalAlert, rule="die_over_limit"):
+            assert time.monotonic() < deadline and first.poll() is None, "no die_over_limit alert"
+            feed(hot, 1.0)
+        feed(hot, 2.0)  # a checkpoint or two: the state with the active alert is committed
+        first.kill()
+        first.wait(30)
+        second = start()
+        try:
+            feed(hot, 8.0)  # the restarted processor reads on, with the node's state from the changelog
+            feed(CRYO.die_limit_c - 20, 1.0)
+            observer.wait(started, ThermalAlert, 60, rule="die_over_limit", cleared=True)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            output = second.communicate(timeout=60)[0].decode()
+        assert second.returncode == 0, output[-3000:]
+    finally:
+        observer.stopped.set()
+        if first.poll() is None:
+            first.kill()
+    alerts = observer.since(started, ThermalAlert, rule="die_over_limit")
+    assert [a.cleared for a in alerts] == [False, True]  # raised once before the kill, cleared once after it
