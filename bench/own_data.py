@@ -38,7 +38,6 @@ from models.quality import Reference, RunningMoments  # noqa: E402
 from models.reference import DataConfig  # noqa: E402
 from models.render import ProceduralRenderer, RenderConfig  # noqa: E402
 from models.runtime import OnnxModel  # noqa: E402
-from sdg.labeling import load_labeler  # noqa: E402
 from sdg.settings import Settings  # noqa: E402
 
 console = Console()
@@ -87,7 +86,7 @@ def measure(name: str, source: str, work: Path) -> dict[str, object]:
     splits = settings.splits()
     reference = splits.reference
     test_x, test_y = splits.test_set()
-    labeler = load_labeler(settings)
+    labeler = settings.labeler()
     accuracy = float((labeler.model.run(to_uint8(test_x)).argmax(1) == test_y).mean())
     extractor_dir = settings.models_dir / "extractor" / (settings.models_dir / "extractor" / "LATEST").read_text()
     extractor = OnnxModel(extractor_dir / "fp32.onnx")

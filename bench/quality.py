@@ -40,9 +40,9 @@ from processors.generate import GenerateConfig, generate, plan_jobs  # noqa: E40
 from processors.label import label  # noqa: E402
 from processors.quality import GeneratorWindows, QualityConfig  # noqa: E402
 from schemas.records import GeneratedSample, QualityWindow, SampleDecision  # noqa: E402
-from sdg.labeling import load_judge, load_labeler, train_quality_models  # noqa: E402
 from sdg.report import quality_table  # noqa: E402
 from sdg.settings import Settings  # noqa: E402
+from sdg.training import train_quality_models  # noqa: E402
 
 console = Console()
 
@@ -60,7 +60,7 @@ def main() -> None:
     state = Path(tempfile.mkdtemp())
     models = train_quality_models(Settings(state_dir=state), splits=splits, console=console)
     settings = Settings(state_dir=state, quality=QualityConfig(window_size=500))
-    judge, labeler = load_judge(settings, splits), load_labeler(settings)
+    judge, labeler = settings.judge(splits), settings.labeler()
     results: dict[str, object] = {"labeler_test_accuracy": models.test_accuracy, "labeler_labels": models.labels_used}
 
     # per-sample window update and window close

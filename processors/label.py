@@ -8,12 +8,13 @@ labeler: each object of a scene is cropped from its box and classified.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from models.image import decode_png
-from models.runtime import fit_image
+from models.runtime import ModelFileError, OnnxModel, fit_image
 from schemas.records import GeneratedSample, Label, LabeledSample
 
 PROCEDURAL = "procedural"
@@ -37,6 +38,20 @@ class Labeler:
     classes: tuple[int, ...]
     image_size: int = 8
     channels: int = 1
+
+    @classmethod
+    def load(cls, path: Path, *, threads: int = 1) -> Labeler:
+        """The classifier at ``path``: an ONNX model with its ``.json`` description (the registry's or a user's).
+
+        Raises:
+            ModelFileError: a model that cannot be loaded, or one described as something else than a classifier.
+        """
+        model = OnnxModel(path, threads=threads)
+        if model.spec.kind != "classifier":
+            raise ModelFileError(f"{model.path} is described as {model.spec.kind}, not a classifier")
+        classes = model.spec.classes or tuple(range(int(model.session.get_outputs()[0].shape[1])))
+        return cls(name=model.spec.name, model=model, classes=classes, image_size=model.spec.image_size,
+                   channels=model.spec.channels)
 
 
 def _crop(image: np.ndarray, bbox: list[float], size: int, channels: int) -> np.ndarray:

@@ -31,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.image import decode_png
 from models.quality import Reference, RunningMoments
+from models.reference import Splits
+from processors.label import Labeler
 from schemas.records import (
     Gate,
     GeneratedSample,
@@ -186,6 +188,22 @@ class QualityJudge:
         self.relabel = relabel
         self.review_realism = reference.realism_quantiles["q01"]
         self.reject_realism = self.review_realism * config.reject_realism_factor
+
+    @classmethod
+    def load(cls, extractor: Path, splits: Splits, config: QualityConfig, labeler: Labeler) -> QualityJudge:
+        """The judge over ``splits`` (its real reference set) with the extractor at ``extractor`` (an ONNX model
+        with its description), re-checking every label with ``labeler``."""
+        from models.runtime import OnnxModel
+        from processors.label import label
+
+        model = OnnxModel(extractor, threads=config.threads)
+        reference = Reference.build(splits, model.run, extractor=model.spec.name, extractor_hash=model.version,
+                                    k=config.k)
+
+        def relabel(samples: list[GeneratedSample]) -> list[Label | Exception]:
+            return [r if isinstance(r, Exception) else r.label for r in label(samples, labeler=labeler)]
+
+        return cls(reference, model, config, relabel=relabel)
 
     def checked(self, records: list[LabeledSample]) -> list[tuple[LabeledSample, str | None]]:
         """Each record with the label the gate's labeler gives its sample, and why the record's own label is

@@ -209,7 +209,7 @@ def train_labeler(
     data: DataOption = None,
 ) -> None:
     """Train the quality feature extractor (no labels) and the labeler (few labels); deploy both as fp32 and INT8 ONNX."""
-    from sdg.labeling import train_quality_models
+    from sdg.training import train_quality_models
 
     settings = _settings(data)
     result = train_quality_models(settings, splits=settings.splits(labels_per_class, seed), extractor_steps=extractor_steps,

@@ -167,7 +167,6 @@ def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console, tra
     """
     from models.catalog import trainer
     from models.image import sample_grid, to_uint8
-    from sdg.labeling import load_labeler
     from sdg.training import pseudo_labeled
 
     registry = settings.registry()
@@ -180,7 +179,7 @@ def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console, tra
             console.print(f"{kind}: using the trained model in {settings.models_dir / kind}")
             continue
         if data is None:
-            labeler = load_labeler(settings).model
+            labeler = settings.labeler().model
             data, pseudo = pseudo_labeled(settings.splits(), teacher=lambda x: labeler.run(to_uint8(x)))  # noqa: B023
             console.print(f"labeler as teacher: pseudo-labeled {pseudo} unlabeled train images")
         started = time.monotonic()
@@ -201,7 +200,7 @@ DECISION_TOPICS = ["sdg.samples.accepted", "sdg.samples.review", "sdg.samples.re
 def _ensure_quality_models(settings: Settings, plan: DemoPlan, console: Console, train_s: dict[str, float]) -> None:
     """Train the labeler (few labels, unlabeled images) and the quality extractor (no labels) once unless the
     registry has them."""
-    from sdg.labeling import train_quality_models
+    from sdg.training import train_quality_models
 
     if (settings.models_dir / "labeler" / "LATEST").exists() and (settings.models_dir / "extractor" / "LATEST").exists():
         console.print(f"labeler and quality extractor: using the trained ones in {settings.models_dir}")

@@ -75,9 +75,9 @@ class Synthetic:
 
 def synthetic_sets(settings: Any, plan: EvaluationPlan, console: Console) -> list[Synthetic]:
     """Samples of each generator, kept where the labeler agrees with the conditioning (the gate's first test)."""
-    from sdg.labeling import labeler_budgets, load_labeler
+    from sdg.training import labeler_budgets
 
-    labeler, labeler_labels = load_labeler(settings), labeler_budgets(settings)
+    labeler, labeler_labels = settings.labeler(), labeler_budgets(settings)
     catalog, registry = settings.catalog(), settings.registry()
     wanted = plan.generators or tuple([f"{kind}@{v}" for kind in ("gan", "diffusion") for v in registry.versions(kind)]
                                       + ["procedural"])

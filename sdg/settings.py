@@ -20,7 +20,8 @@ from infra.broker import BrokerConfig, EmbeddedBroker
 from infra.plant import PlantConfig
 from models.reference import DataConfig, ReferenceSet, Splits, load_reference, make_splits
 from models.registry import ModelRegistry
-from processors.quality import QualityConfig
+from processors.label import Labeler
+from processors.quality import QualityConfig, QualityJudge
 from processors.thermal import ThermalConfig
 from schemas.records import RunId
 from sdg.run_events import OpenLineageConfig
@@ -124,6 +125,22 @@ class Settings(BaseSettings):
     def registry(self) -> ModelRegistry:
         """The model registry of this data set (every kind: generators, labeler, extractor, edge)."""
         return ModelRegistry(self.models_dir)
+
+    def model_file(self, kind: str, given: Path | None, precision: str) -> Path:
+        """The user's own model file, or the registry's latest ``kind`` after checking it against its content hash."""
+        return given if given is not None else self.registry().onnx(kind, precision)
+
+    def labeler(self) -> Labeler:
+        """The labeler the pipeline is configured with (``SDG_QUALITY__LABELER``, else the registry's latest)."""
+        q = self.quality
+        return Labeler.load(self.model_file("labeler", q.labeler, q.labeler_precision), threads=q.threads)
+
+    def judge(self, splits: Splits | None = None) -> QualityJudge:
+        """The quality judge over the configured real data (fixed splits), re-checking every label with the
+        configured labeler."""
+        q = self.quality
+        return QualityJudge.load(self.model_file("extractor", q.extractor, "fp32"), splits or self.splits(), q,
+                                 self.labeler())
 
     def catalog(self) -> Any:
         """The generators of this data set: its trained GAN and diffusion models, and the procedural renderer

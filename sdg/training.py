@@ -1,9 +1,17 @@
-"""``sdg train-generator``: train on the real reference set with a progress bar, save a versioned checkpoint."""
+"""The ``sdg train-*`` commands: the quality extractor and the labeler, the generators, the edge model.
+
+Each trains on the configured real data (``settings.splits()``, label accounting included), with progress bars,
+and saves into the one model registry (``settings.registry()``): generator checkpoints, and sealed fp32 and
+INT8 ONNX folders for the labeler, the extractor and the edge model. A user's own ONNX model replaces the
+labeler or the extractor through ``SDG_QUALITY__LABELER`` / ``SDG_QUALITY__EXTRACTOR``.
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +23,7 @@ from models.edge import EdgeMetrics
 from models.generator import GeneratorError
 from models.image import sample_grid
 from models.reference import LabeledData, Splits, distinct_labels
+from models.runtime import OnnxModel, OnnxSpec
 from schemas.records import SampleDecision
 from sdg.settings import Settings
 
@@ -130,7 +139,6 @@ def train_edge_model(settings: Settings, records: Sequence[SampleDecision], *, c
     from models.labeler import Deployed, deploy
     from models.runtime import verify_sealed
     from schemas.tables import MODELS
-    from sdg.labeling import labeler_budgets
 
     steps, real_few, pseudo = settings.train.steps, settings.train.real_few, settings.train.pseudo
     splits = settings.splits()
@@ -181,3 +189,75 @@ def train_edge_model(settings: Settings, records: Sequence[SampleDecision], *, c
     write_deltalake(tables.path("models"), pa.Table.from_pylist([row], schema=MODELS), mode="append",
                     partition_by=["run_id", "date"])
     return EdgeTrained(version, folder, metrics, dataset, real_labels)
+
+
+def extractor_spec(image_size: int = 8, channels: int = 1) -> OnnxSpec:
+    return OnnxSpec(name="sdg-contrastive", kind="features", output="features", image_size=image_size,
+                    channels=channels)
+
+
+@dataclass(frozen=True)
+class QualityModels:
+    labeler: Path
+    extractor: Path
+    labels_used: int
+    test_accuracy: dict[str, float]
+    train_s: dict[str, float]
+
+
+def train_quality_models(settings: Settings, *, splits: Splits | None = None, extractor_steps: int = 800,
+                         labeler_steps: int = 1500, console: Console) -> QualityModels:
+    """Train the contrastive extractor (unlabeled train images) and the labeler (the few labels, and the unlabeled
+    train images FixMatch-style); deploy both."""
+    import numpy as np
+    import torch
+
+    from models.features import ExtractorConfig, as_tensor, extractor_config, train_extractor
+    from models.labeler import LabelerConfig, deploy, labeler_config, labeler_spec, train_labeler
+
+    splits = splits or settings.splits()
+    size, channels = splits.reference.image_size, splits.reference.channels
+    unlabeled = splits.reference.images[splits.train]  # images only: no label of the train split is read
+    registry = settings.registry()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as bars:
+        def bar(name: str, total: int) -> Callable[[int], None]:
+            task = bars.add_task(name, total=total)
+            return lambda n: bars.advance(task, n)
+
+        started = time.monotonic()
+        e_config = ExtractorConfig(steps=extractor_steps)
+        extractor = train_extractor(unlabeled, e_config, progress=bar("extractor (contrastive, no labels)",
+                                                                      extractor_steps))
+        calibration = splits.unlabeled_images()[:512]
+        staging = registry.staging("extractor")
+        deploy(extractor.net, staging, extractor_spec(size, channels), calibration=calibration,
+               config=extractor_config(e_config, splits.hashes["train"]))
+        extractor_dir = registry.publish(staging, "extractor")
+        train_s = {"extractor": round(time.monotonic() - started, 1)}
+        started = time.monotonic()
+
+        few = splits.labeled("few")
+        l_config = replace(LabelerConfig(), steps=labeler_steps, num_classes=splits.reference.num_classes)
+        labeler = train_labeler(few, l_config, init=extractor, unlabeled=splits.unlabeled_images(), progress=bar(
+            f"labeler ({few.budget.n_labels} labels, unlabeled images)", labeler_steps))
+        train_s["labeler"] = round(time.monotonic() - started, 1)
+    staging = registry.staging("labeler")
+    deployed = deploy(labeler, staging, labeler_spec(l_config, size, channels), calibration=calibration,
+                      config=labeler_config(l_config, few, extractor_dir.name))
+    images, labels = splits.test_set()
+    u8 = np.floor(images * 255 + 0.5).astype(np.uint8)
+    accuracy = {p.stem: float((OnnxModel(p).run(u8).argmax(1) == labels).mean()) for p in (deployed.fp32, deployed.int8)}
+    with torch.no_grad():
+        accuracy["torch"] = float((labeler(as_tensor(images)).argmax(1).numpy() == labels).mean())
+    labeler_dir = registry.publish(staging, "labeler")
+    return QualityModels(labeler_dir, extractor_dir, few.budget.n_labels, accuracy, train_s)
+
+
+def labeler_budgets(settings: Settings) -> list[dict[str, object]]:
+    """The real labels behind the labeler the pipeline uses (its ``config.json``), for label accounting."""
+    q = settings.quality
+    config = settings.model_file("labeler", q.labeler, q.labeler_precision).parent / "config.json"
+    if not config.exists():
+        raise GeneratorError(f"{config} is missing: the labeler's label budgets are needed for label accounting")
+    return json.loads(config.read_text())["label_budgets"]

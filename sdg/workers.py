@@ -67,9 +67,8 @@ def _generate(settings: Settings, spec: ProcessorSpec, source: str | None, sink:
 def _label(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
            group: str) -> Iterator[Wired]:
     from processors.label import label
-    from sdg.labeling import load_labeler
 
-    labeler = load_labeler(settings)
+    labeler = settings.labeler()
     yield _step(spec, lambda batch: label(batch, labeler=labeler), source, sink=sink), {}
 
 
@@ -77,9 +76,8 @@ def _label(settings: Settings, spec: ProcessorSpec, source: str | None, sink: st
 def _quality(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
              group: str) -> Iterator[Wired]:
     from processors.quality import QualityProcessor
-    from sdg.labeling import load_judge
 
-    quality = QualityProcessor(load_judge(settings), max_record_bytes=settings.kafka_client.max_record_bytes)
+    quality = QualityProcessor(settings.judge(), max_record_bytes=settings.kafka_client.max_record_bytes)
     yield _step(spec, quality.process, source, key_by=quality.route, punctuate=quality.tick, punctuate_s=1.0), {}
 
 
@@ -176,7 +174,7 @@ def processor(name: str, settings: Settings, *, source: str | None = None, sink:
         if specs:
             admin.create_topics(settings.kafka_client, settings.topics, specs)
         yield Runner(step, kafka=settings.kafka_client, config=settings.runner, group=group, run_id=settings.run_id,
-                     instance=settings.worker.node_id, **options)
+                     **options)
 
 
 def datasets(name: str, settings: Settings, *, source: str | None,

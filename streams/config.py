@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -67,3 +68,7 @@ class RunnerConfig(_Group):
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     fetch_wait_max_ms: int = Field(default=100, ge=0, description="Long-poll wait; the broker answers as soon as data is there.")
+    instance: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,64}$", description=(
+        "This process's name in its consumer group (default: the host name). A stateful step's transactions "
+        "carry it, so a restarted process fences its predecessor at once; two processes of one group on one "
+        "host need names of their own."))

@@ -301,11 +301,9 @@ class Runner:
         rate_cap: RateCap | None = None,
         cost: Callable[[Record], int] = lambda record: 1,
         io: IO | None = None,
-        instance: str = "0",
     ) -> None:
         """Args (beyond the obvious): ``rate_cap`` throttles a map step to units/s or pauses it; ``cost`` says how
-        many units a record is (for the generate step: the job's sample count); ``io`` replaces Kafka (tests);
-        ``instance`` tells apart the members of one group of a stateful step (its transactional id)."""
+        many units a record is (for the generate step: the job's sample count); ``io`` replaces Kafka (tests)."""
         if rate_cap is not None and step.kind != "map":
             raise ConfigError(f"step {step.step_id}: a rate cap applies to map steps only")
         self.step = step
@@ -328,7 +326,7 @@ class Runner:
             if kafka is None:
                 raise ConfigError(f"step {step.step_id}: a runner needs Kafka settings or an io")
             io = KafkaIO(kafka, config, group=group, client=f"{step.step_id}",
-                         transactional_id=f"{group}-{step.step_id}-{instance}" if stateful else None,
+                         transactional_id=f"{group}-{step.step_id}-{config.instance}" if stateful else None,
                          start=step.start)
         self.io = io
 

@@ -83,8 +83,8 @@ def quality_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state folder whose model registry holds a small trained labeler and quality extractor."""
     from rich.console import Console
 
-    from sdg.labeling import train_quality_models
     from sdg.settings import Settings
+    from sdg.training import train_quality_models
 
     state = tmp_path_factory.mktemp("quality")
     train_quality_models(Settings(state_dir=state), extractor_steps=300, labeler_steps=600,

@@ -59,3 +59,11 @@ def test_sdg_service_commands_are_valid(name: str) -> None:
 def test_every_processor_has_a_service() -> None:
     run = {s["command"][2] for s in SDG.values() if s["command"][1] == "run"}
     assert run == set(PROCESSORS)
+
+
+def test_the_readme_shows_the_topology() -> None:
+    from processors.topology import markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shown = readme.split("<!-- processors:begin -->\n", 1)[1].split("\n<!-- processors:end -->", 1)[0]
+    assert shown == markdown(), "README's processor table is stale: paste `python -m processors.topology`"

@@ -37,7 +37,6 @@ from schemas.codec import MAGIC, RecordCodec, registry
 from schemas.errors import UndecodableRecord
 from schemas.examples import example
 from schemas.records import Annotation, GeneratedSample, Label, LabeledSample, Reading
-from sdg.labeling import load_labeler
 from sdg.settings import Settings
 from sdg.workers import processor
 from streams import admin
@@ -78,7 +77,7 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
     before, after = stream[:20], stream[20:]
     settings = Settings(kafka=KafkaConfig(bootstrap_servers=kafka.bootstrap_servers), state_dir=quality_state,
                         run_id=run_id, runner=RunnerConfig(batch_size=64))
-    labeler = load_labeler(settings)
+    labeler = settings.labeler()
     # a sample the labeler gets right: forging its label is then a lie the gate can catch
     good = next(s for s in stream if labeler.model.run(decode_png(s.image_png)[None]).argmax() == s.conditioning.class_label)
     image = decode_png(good.image_png)
@@ -246,26 +245,25 @@ def test_a_row_that_does_not_fit_its_table_is_dead_lettered_and_the_rest_written
 
 
 def test_a_tampered_labeler_is_refused(quality_state: Path, tmp_path: Path) -> None:
-    from sdg.labeling import load_judge
 
     state = tmp_path / "state"
     shutil.copytree(quality_state / "models", state / "models")
     settings = Settings(state_dir=state)
-    load_labeler(settings)  # sealed and untouched: it loads
+    settings.labeler()  # sealed and untouched: it loads
     folder = state / "models" / "labeler" / (state / "models" / "labeler" / "LATEST").read_text()
     int8 = folder / "int8.onnx"
     original = int8.read_bytes()
     int8.write_bytes(bytes(len(original)))  # zeroed
     with pytest.raises(ModelFileError, match="int8.onnx was modified"):
-        load_labeler(settings)
+        settings.labeler()
     int8.write_bytes((folder / "fp32.onnx").read_bytes())  # swapped
     with pytest.raises(ModelFileError, match="modified"):
-        load_labeler(settings)
+        settings.labeler()
     int8.write_bytes(original)
     extractor = state / "models" / "extractor" / (state / "models" / "extractor" / "LATEST").read_text()
     (extractor / "fp32.json").write_text((extractor / "fp32.json").read_text().replace("features", "classifier"))
     with pytest.raises(ModelFileError, match="fp32.json was modified"):
-        load_judge(settings)
+        settings.judge()
 
 
 @pytest.mark.parametrize(("field", "value", "reason"), [

@@ -21,7 +21,6 @@ from processors.generate import GenerateConfig, generate, plan_jobs
 from processors.label import label
 from processors.quality import GeneratorWindows, QualityConfig
 from schemas.records import GeneratedSample, SampleDecision
-from sdg.labeling import load_judge, load_labeler
 from sdg.settings import Settings
 
 SPLITS = make_splits(load_digits_reference())
@@ -53,7 +52,7 @@ def test_a_user_onnx_classifier_with_its_description_replaces_the_labeler(tmp_pa
     spec = OnnxSpec(name="my-classifier", kind="classifier", input="pixels", output="probs", image_size=16,
                     scale=(0.0, 255.0), invert=True, output_is="probabilities", classes=(7, 3, 5))
     spec.write(path.with_suffix(".json"))
-    labeler = load_labeler(Settings(state_dir=quality_state, quality=QualityConfig(labeler=path)))
+    labeler = Settings(state_dir=quality_state, quality=QualityConfig(labeler=path)).labeler()
     images, _ = _test_images()
     probabilities = labeler.model.run(images[:20])
     big = np.stack([np.asarray(Image.fromarray(i).resize((16, 16), Image.Resampling.BILINEAR)) for i in images[:20]])
@@ -72,7 +71,7 @@ def test_a_user_onnx_classifier_with_its_description_replaces_the_labeler(tmp_pa
 
 
 def test_noise_scores_far_worse_than_real_data(quality_state: Path) -> None:
-    judge = load_judge(Settings(state_dir=quality_state))
+    judge = Settings(state_dir=quality_state).judge()
     reference = judge.reference
     real = reference.baseline(200)
     noise = judge.extractor.run(np.random.default_rng(0).integers(0, 256, (200, 8, 8)).astype(np.uint8))
@@ -93,7 +92,7 @@ def _procedural(mode: str) -> list[GeneratedSample]:
 
 
 def test_label_keeps_renderer_labels_checks_scene_objects_and_returns_bad_images_as_errors(quality_state: Path) -> None:
-    labeler = load_labeler(Settings(state_dir=quality_state))
+    labeler = Settings(state_dir=quality_state).labeler()
     crops, scenes = _procedural("crop"), _procedural("scene")
     broken = crops[0].model_copy(update={"image_png": b"\x89PNG broken"})
     out = label([*crops, *scenes[:3], broken], labeler=labeler)
@@ -110,7 +109,7 @@ def test_label_keeps_renderer_labels_checks_scene_objects_and_returns_bad_images
 
 def test_the_gate_rejects_or_reviews_known_bad_samples_and_accepts_good_ones(quality_state: Path) -> None:
     settings = Settings(state_dir=quality_state, quality=QualityConfig(window_size=400))
-    judge, labeler = load_judge(settings), load_labeler(settings)
+    judge, labeler = settings.judge(), settings.labeler()
     stream = mixed_stream(SPLITS, good=360, noise=20, wrong_class=20, memorized=10, run_id="t")
     labeled = label([s for s, _ in stream], labeler=labeler)
     windows = GeneratorWindows("probe", 64, 5)
@@ -134,7 +133,7 @@ def test_the_gate_rejects_or_reviews_known_bad_samples_and_accepts_good_ones(qua
 
 def test_a_redelivered_sample_is_decided_but_not_counted_twice(quality_state: Path) -> None:
     settings = Settings(state_dir=quality_state, quality=QualityConfig(window_size=60, slide=3))
-    judge, labeler = load_judge(settings), load_labeler(settings)
+    judge, labeler = settings.judge(), settings.labeler()
     stream = [s for s, _ in mixed_stream(SPLITS, good=60, noise=0, wrong_class=0, run_id="t", seed=3)]
     labeled = label(stream, labeler=labeler)
     windows = GeneratorWindows("probe", 64, 3, version="v1")

@@ -179,8 +179,7 @@ SOURCES = {
 def test_own_data_end_to_end_through_the_broker(source: str, kafka: KafkaConfig, run_id: str, tmp_path: Path) -> None:
     from rich.console import Console
 
-    from sdg.labeling import train_quality_models
-    from sdg.training import train_generator
+    from sdg.training import train_generator, train_quality_models
 
     make, (height, width, channels) = SOURCES[source]
     settings = Settings(state_dir=tmp_path / "state", run_id=run_id, data=DataConfig(source=make(tmp_path)),

@@ -230,19 +230,18 @@ def test_quality_windows_survive_a_crash_and_every_sample_is_decided_once(qualit
     from models.reference import load_digits_reference, make_splits
     from processors.label import label
     from processors.quality import QualityConfig, QualityProcessor
-    from sdg.labeling import load_judge, load_labeler
     from sdg.settings import Settings
 
     settings = Settings(state_dir=quality_state, quality=QualityConfig(window_size=40, max_window_s=3600, slide=2))
     stream = [s for s, _ in mixed_stream(make_splits(load_digits_reference()), good=40, noise=0, wrong_class=0,
                                          run_id="q", seed=5)]
     broker = MemoryBroker()
-    for record in label(stream, labeler=load_labeler(settings)):
+    for record in label(stream, labeler=settings.labeler()):
         assert not isinstance(record, Exception)
         broker.send("sdg.samples.labeled", record)
 
     def step(crash_at: int | None = None) -> Step:
-        quality = QualityProcessor(load_judge(settings), max_record_bytes=broker.max_record_bytes)
+        quality = QualityProcessor(settings.judge(), max_record_bytes=broker.max_record_bytes)
         seen = [0]
 
         def process(record: Any, store: Store[bytes]) -> list[Record]:
