@@ -17,7 +17,7 @@ from safetensors.torch import save as save_safetensors
 
 from models.generator import GeneratorError, GeneratorOutput, check_request, seeded_normal
 from models.image import to_uint8
-from models.reference import LabeledData
+from models.reference import LabelBudget, LabeledData
 
 KIND = "diffusion"
 
@@ -81,7 +81,7 @@ class DiffusionModel:
     name = KIND
 
     def __init__(self, config: DiffusionConfig, unet: UNet2DModel, *, version: str = "unsaved",
-                 label_budgets: list[dict[str, object]] | None = None) -> None:
+                 label_budgets: list[LabelBudget] | None = None) -> None:
         self.config = config
         # channels_last: ~1.25x faster convolutions on this CPU (bench/generate.py); bf16 autocast was 20x slower
         self.unet = unet.eval().requires_grad_(False).to(memory_format=torch.channels_last)
@@ -124,7 +124,7 @@ class DiffusionModel:
         return save_safetensors({k: v.contiguous() for k, v in self.unet.state_dict().items()})  # layout-free bytes
 
     def checkpoint_config(self) -> dict[str, Any]:
-        return {"kind": KIND, "config": json.loads(json.dumps(asdict(self.config))), "label_budgets": self.label_budgets}
+        return {"kind": KIND, "config": json.loads(json.dumps(asdict(self.config))), "label_budgets": [b.as_dict() for b in self.label_budgets]}
 
     @classmethod
     def from_checkpoint(cls, version: str, weights: bytes, config: dict[str, Any]) -> DiffusionModel:
@@ -133,7 +133,7 @@ class DiffusionModel:
         c = DiffusionConfig(**values)
         unet = _unet(c)
         unet.load_state_dict(load_safetensors(weights))
-        return cls(c, unet, version=version, label_budgets=config.get("label_budgets", []))
+        return cls(c, unet, version=version, label_budgets=[LabelBudget.from_dict(b) for b in config.get("label_budgets", [])])
 
 
 def train_diffusion(data: LabeledData, config: DiffusionConfig = DiffusionConfig(), *, progress: Any = None) -> DiffusionModel:
@@ -169,4 +169,4 @@ def train_diffusion(data: LabeledData, config: DiffusionConfig = DiffusionConfig
         lr_schedule.step()
         if progress is not None:
             progress(1)
-    return DiffusionModel(config, unet, label_budgets=[data.budget.as_dict()])
+    return DiffusionModel(config, unet, label_budgets=[data.budget])

@@ -15,7 +15,7 @@ from torch import nn
 
 from models.generator import GeneratorError, GeneratorOutput, check_request, seeded_normal
 from models.image import to_uint8
-from models.reference import LabeledData
+from models.reference import LabelBudget, LabeledData
 
 KIND = "gan"
 
@@ -161,7 +161,7 @@ class GanModel:
     name = KIND
 
     def __init__(self, config: GanConfig, generator: nn.Module, *, version: str = "unsaved",
-                 label_budgets: list[dict[str, object]] | None = None) -> None:
+                 label_budgets: list[LabelBudget] | None = None) -> None:
         self.config = config
         self.generator = generator.eval()
         self.version = version
@@ -183,14 +183,14 @@ class GanModel:
         return save_safetensors({k: v.contiguous() for k, v in self.generator.state_dict().items()})
 
     def checkpoint_config(self) -> dict[str, Any]:
-        return {"kind": KIND, "config": asdict(self.config), "label_budgets": self.label_budgets}
+        return {"kind": KIND, "config": asdict(self.config), "label_budgets": [b.as_dict() for b in self.label_budgets]}
 
     @classmethod
     def from_checkpoint(cls, version: str, weights: bytes, config: dict[str, Any]) -> GanModel:
         c = GanConfig(**config["config"])
         generator = _networks(c)[0]
         generator.load_state_dict(load_safetensors(weights))
-        return cls(c, generator, version=version, label_budgets=config.get("label_budgets", []))
+        return cls(c, generator, version=version, label_budgets=[LabelBudget.from_dict(b) for b in config.get("label_budgets", [])])
 
 
 def train_gan(data: LabeledData, config: GanConfig = GanConfig(), *, progress: Any = None) -> GanModel:
@@ -243,4 +243,4 @@ def train_gan(data: LabeledData, config: GanConfig = GanConfig(), *, progress: A
                 b_ema.copy_(b)
         if progress is not None:
             progress(1)
-    return GanModel(config, ema, label_budgets=[data.budget.as_dict()])
+    return GanModel(config, ema, label_budgets=[data.budget])

@@ -7,6 +7,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from models.reference import LabelBudget
 from schemas.errors import SdgError
 
 
@@ -41,7 +42,7 @@ class Generator(Protocol):
     image_size: int
     channels: int
     num_classes: int
-    label_budgets: list[dict[str, object]]
+    label_budgets: list[LabelBudget]
 
     def __call__(self, seeds: Sequence[int], classes: Sequence[int], **params: str) -> GeneratorOutput: ...
 

@@ -217,10 +217,16 @@ class LabelBudget:
     reference_hash: str
     indices: tuple[int, ...]
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form a model's ``config.json`` keeps."""
         return {"split": self.split, "n_labels": self.n_labels, "labels_per_class": self.labels_per_class,
                 "indices_hash": self.indices_hash, "reference_hash": self.reference_hash,
                 "indices": list(self.indices)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabelBudget:
+        return cls(str(data["split"]), int(data["n_labels"]), data.get("labels_per_class"), str(data["indices_hash"]),
+                   str(data["reference_hash"]), tuple(int(i) for i in data["indices"]))
 
 
 @dataclass(frozen=True)
@@ -296,15 +302,14 @@ def make_splits(reference: ReferenceSet, *, test_fraction: float = 0.25, labels_
                   np.sort(np.concatenate(few)), labels_per_class, seed)
 
 
-def distinct_labels(budgets: list[dict[str, Any]]) -> int:
-    """Distinct real labels across budgets (``LabelBudget.as_dict()`` form), per reference set: a label two
-    models used counts once."""
-    return len({(b["reference_hash"], i) for b in budgets for i in b["indices"]})
+def distinct_labels(budgets: Sequence[LabelBudget]) -> int:
+    """Distinct real labels across budgets, per reference set: a label two models used counts once."""
+    return len({(b.reference_hash, i) for b in budgets for i in b.indices})
 
 
 def check_budget(budgets: list[LabelBudget], *, declared_labels: int) -> int:
     """Distinct real labels across ``budgets`` (per reference set); raises when they exceed what was declared."""
-    total = distinct_labels([b.as_dict() for b in budgets])
+    total = distinct_labels(budgets)
     if total > declared_labels:
         raise LabelAccountingError(f"{total} real labels used, {declared_labels} declared")
     return total

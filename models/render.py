@@ -20,6 +20,7 @@ import numpy as np
 
 from models.generator import Annotated, GeneratorError, GeneratorOutput, check_request
 from models.image import to_uint8
+from models.reference import LabelBudget
 from models.registry import content_version
 
 KIND = "procedural"
@@ -61,7 +62,7 @@ class ProceduralRenderer:
     """Deterministic: each sample is a function of (renderer version, seed, class, mode)."""
 
     name = KIND
-    label_budgets: list[dict[str, object]] = []  # no real labels, ever
+    label_budgets: list[LabelBudget] = []  # no real labels, ever
 
     def __init__(self, config: RenderConfig = RenderConfig()) -> None:
         self.config = config

@@ -190,7 +190,7 @@ def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console, tra
         labels = [c for c in range(reference.num_classes) for _ in range(10)]
         version = registry.save(kind, model.weights(), model.checkpoint_config(),
                                 sample_grid(model(list(range(len(labels))), labels).images, labels))
-        console.print(f"{kind}: trained version {version} ({model.label_budgets[0]['n_labels']} real labels)")
+        console.print(f"{kind}: trained version {version} ({model.label_budgets[0].n_labels} real labels)")
 
 
 QUALITY_APP = "sdg-quality"

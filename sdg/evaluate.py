@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from models.reference import Splits, distinct_labels, make_splits
+from models.reference import LabelBudget, Splits, distinct_labels, make_splits
 
 WITHIN_PT = 0.5  # "matches real-full": mean accuracy within this many points
 
@@ -69,7 +69,7 @@ class Synthetic:
     name: str
     images: np.ndarray  # (N, H, W[, C]) in [0, 1]
     labels: np.ndarray
-    budgets: list[dict[str, Any]]  # the generator's and the labeler's
+    budgets: list[LabelBudget]  # the generator's and the labeler's
     kept: float  # fraction the labeler agreed with
 
 
@@ -123,12 +123,12 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
         task = progress.add_task("training edge models (arms × seeds)", total=len(jobs) * len(plan.seeds))
         for name, k, syn, pseudo in jobs:
             if name == "real-full":
-                images, labels, budgets = full.images, full.labels, [full.budget.as_dict()]
+                images, labels, budgets = full.images, full.labels, [full.budget]
             elif k is None:
                 images, labels, budgets = full.images[:0], full.labels[:0], []
             else:
                 few = splits[k].labeled("few")
-                images, labels, budgets = few.images, few.labels, [few.budget.as_dict()]
+                images, labels, budgets = few.images, few.labels, [few.budget]
             unlabeled = splits[k].unlabeled_images() if pseudo and k is not None else None
             accuracies = []
             for seed in plan.seeds:

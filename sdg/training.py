@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from models.edge import EdgeMetrics
 from models.generator import GeneratorError
 from models.image import sample_grid
-from models.reference import LabeledData, Splits, distinct_labels
+from models.reference import LabelBudget, LabeledData, Splits, distinct_labels
 from models.runtime import OnnxModel, OnnxSpec
 from schemas.records import SampleDecision
 from sdg.settings import Settings
@@ -150,9 +150,9 @@ def train_edge_model(settings: Settings, records: Sequence[SampleDecision], *, c
     for name in dataset.per_generator:
         kind, version = name.split("@")
         if kind in ("gan", "diffusion"):
-            budgets += registry.load_files(kind, version)[2].get("label_budgets", [])
+            budgets += [LabelBudget.from_dict(b) for b in registry.load_files(kind, version)[2].get("label_budgets", [])]
     if real_few:
-        budgets.append(few.budget.as_dict())
+        budgets.append(few.budget)
     config = EdgeConfig(steps=steps, num_classes=reference.num_classes)
     spec = edge_spec(reference.image_size, reference.channels, reference.num_classes)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -163,7 +163,8 @@ def train_edge_model(settings: Settings, records: Sequence[SampleDecision], *, c
                            progress=lambda n: progress.advance(task, n))
     staging = registry.staging("edge")
     deploy(model, staging, spec, calibration=unlabeled,
-           config={"kind": "edge", "config": config.__dict__, "dataset": asdict(dataset), "label_budgets": budgets})
+           config={"kind": "edge", "config": config.__dict__, "dataset": asdict(dataset),
+                   "label_budgets": [b.as_dict() for b in budgets]})
     folder = registry.publish(staging, "edge")  # named by its content hash, checked on every load
     version = verify_sealed(folder)
     deployed = Deployed(folder, folder / "fp32.onnx", folder / "int8.onnx")
@@ -175,14 +176,15 @@ def train_edge_model(settings: Settings, records: Sequence[SampleDecision], *, c
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps({"version": version, "path": str(folder), "dataset": asdict(dataset), "metrics": metrics.as_dict(),
                                   "real_labels": real_labels, "label_budgets": [
-                                      {k: v for k, v in b.items() if k != "indices"} for b in budgets]}, indent=2))
+                                      {k: v for k, v in b.as_dict().items() if k != "indices"} for b in budgets]},
+                                 indent=2))
     tables = settings.delta_tables()
     samples = tables.open("samples")
     now = int(time.time() * 1000)
     row = {"run_id": settings.run_id, "date": time.strftime("%Y-%m-%d", time.gmtime(now / 1000)), "created_ms": now,
            "kind": "edge", "version": version, "path": str(folder), "dataset_json": json.dumps(asdict(dataset)),
            "samples_version": samples.version() if samples is not None else None,
-           "metrics_json": json.dumps(metrics.as_dict()), "label_budgets_json": json.dumps(budgets), "real_labels": real_labels}
+           "metrics_json": json.dumps(metrics.as_dict()), "label_budgets_json": json.dumps([b.as_dict() for b in budgets]), "real_labels": real_labels}
     import pyarrow as pa
     from deltalake import write_deltalake
 
@@ -254,10 +256,10 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
     return QualityModels(labeler_dir, extractor_dir, few.budget.n_labels, accuracy, train_s)
 
 
-def labeler_budgets(settings: Settings) -> list[dict[str, object]]:
+def labeler_budgets(settings: Settings) -> list[LabelBudget]:
     """The real labels behind the labeler the pipeline uses (its ``config.json``), for label accounting."""
     q = settings.quality
     config = settings.model_file("labeler", q.labeler, q.labeler_precision).parent / "config.json"
     if not config.exists():
         raise GeneratorError(f"{config} is missing: the labeler's label budgets are needed for label accounting")
-    return json.loads(config.read_text())["label_budgets"]
+    return [LabelBudget.from_dict(b) for b in json.loads(config.read_text())["label_budgets"]]

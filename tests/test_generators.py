@@ -121,7 +121,7 @@ def test_checkpoints_are_versioned_by_content_and_checked(tmp_path: Path, gan: G
     version = registry.save("gan", gan.weights(), gan.checkpoint_config())
     assert registry.save("gan", gan.weights(), gan.checkpoint_config()) == version
     loaded = GeneratorCatalog(tmp_path).get("gan")
-    assert loaded.version == version and loaded.label_budgets[0]["n_labels"] == 50
+    assert loaded.version == version and loaded.label_budgets[0].n_labels == 50
     assert (loaded([1, 2], [3, 4]).images == gan([1, 2], [3, 4]).images).all()
     other = registry.save("gan", gan.weights(), {**gan.checkpoint_config(), "note": "retrained"})
     assert other != version
