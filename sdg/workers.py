@@ -87,9 +87,9 @@ def _thermal(settings: Settings, spec: ProcessorSpec, source: str | None, sink: 
     from processors.thermal import ThermalProcessor, ThermalRules, dump, load
 
     thermal = ThermalProcessor(ThermalRules(settings.thermal, run_id=settings.run_id))
-    # old readings steer nothing: a new group starts at the end; caps are out when their transaction commits
+    # old readings steer nothing: a new group starts at the end; a cap or an alert commits its transaction at once
     yield _step(spec, thermal.process, source, load=load, dump=dump, punctuate=thermal.tick, punctuate_s=0.5,
-                start="latest", commit_interval_s=0.05), {}
+                start="latest", eager=True), {}
 
 
 @contextmanager

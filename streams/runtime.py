@@ -167,8 +167,9 @@ class Step:
         punctuate: Called every ``punctuate_s`` (with each partition's store for a stateful step, else None).
         start: Where a new consumer group starts: ``earliest`` or ``latest`` (old readings steer nothing).
         commit: False: never commit offsets (a step that rebuilds what it needs from the whole topic at start).
-        commit_interval_s: Seconds between checkpoints, instead of the runner's (a stateful step's outputs are
-            visible when its transaction commits: a control loop checkpoints often).
+        commit_interval_s: Seconds between checkpoints, instead of the runner's.
+        eager: Checkpoint as soon as a batch or a timer produced outputs (a stateful step's outputs are visible when
+            its transaction commits: a control loop's caps should not wait for the interval).
         on_error: The error policy: (error, record or None, step) → ``"dead_letter"`` or ``"raise"``.
     """
 
@@ -185,6 +186,7 @@ class Step:
     start: Literal["earliest", "latest"] = "earliest"
     commit: bool = True
     commit_interval_s: float | None = None
+    eager: bool = False
     on_error: Callable[[BaseException, Record | None, Step], Policy] = data_error
 
     def __post_init__(self) -> None:
@@ -370,6 +372,7 @@ class Runner:
                 # wait for one record, then take what is already fetched: batches under load, no wait when idle
                 messages = self.io.poll(self.config.batch_size, self.config.poll_timeout_s)
                 now = time.monotonic()
+                produced = self.stats.produced.total()
                 if messages:
                     idle_since = now
                     if self.stats.first_batch_s is None:
@@ -380,7 +383,8 @@ class Runner:
                 if self.step.punctuate is not None and now - last_punctuate >= self.step.punctuate_s:
                     self._punctuate()
                     last_punctuate = now
-                if self.step.fn.due() if self.step.kind == "sink" else now - last_checkpoint >= interval:
+                eager = self.step.eager and self.stats.produced.total() > produced
+                if self.step.fn.due() if self.step.kind == "sink" else eager or now - last_checkpoint >= interval:
                     self._checkpoint()
                     last_checkpoint = now
                 idle = now - max(idle_since, assigned[0]) if assigned else 0.0
