@@ -515,6 +515,8 @@ class Runner:
                 self._rekey(message, record)
             else:
                 self._call(message, record)
+                if self.step.kind == "sink" and self.step.fn.due():  # a full buffer is written at once
+                    self._checkpoint()
 
     def _call(self, message: Message, record: Record) -> None:
         store = self.stores.get(message.partition()) if self.step.kind == "stateful" else None
