@@ -118,12 +118,14 @@ class MemoryIO:
         self.topics: list[str] = []
         self.positions: dict[tuple[str, int], int] = {}
         self._on_assign: Callable[[list[tuple[str, int]]], None] | None = None
+        self._on_revoke: Callable[[list[tuple[str, int]]], None] | None = None
         self._pending: list[tuple[str, bytes | None, bytes | None, int | None, dict[str, bytes] | None]] = []
 
     def subscribe(self, topics: list[str], on_assign: Callable[[list[tuple[str, int]]], None],
                   on_revoke: Callable[[list[tuple[str, int]]], None]) -> None:
         self.topics = topics
         self._on_assign = on_assign
+        self._on_revoke = on_revoke
 
     def _assign(self) -> None:
         assignment = [(t, p) for t in self.topics for p in range(len(self.broker.log(t)))]
@@ -169,7 +171,11 @@ class MemoryIO:
             time.sleep(min(wait, 0.05))
 
     def close(self, *, failed: bool) -> None:
-        self._pending.clear()  # an open transaction is aborted
+        """Leave the group as confluent-kafka does (the partitions are revoked first); an open transaction is
+        aborted."""
+        if self._on_revoke is not None and self.positions:
+            self._on_revoke(list(self.positions))
+        self._pending.clear()
 
 
 __all__ = ["MemoryBroker", "MemoryIO", "MemoryMessage"]

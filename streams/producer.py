@@ -14,21 +14,36 @@ from streams.dead_letter import record_bytes
 from streams.errors import BrokerError, ConfigError, RecordTooLarge
 
 
-def _key_bytes(key: str | bytes | None) -> bytes | None:
+def key_bytes(record: Record) -> bytes | None:
+    """A record's Kafka key as bytes."""
+    key = record.key()
     return key.encode() if isinstance(key, str) else key
 
 
-class RecordProducer:
-    """A confluent-kafka producer of catalog records (idempotent, acks=all)."""
+def check_size(topic: str, key: bytes | None, value: bytes | None, headers: dict[str, bytes] | None, *,
+               max_record_bytes: int) -> None:
+    """Raises ``RecordTooLarge`` when key, value and headers weigh more than ``max_record_bytes``."""
+    size = record_bytes(key, value, headers)
+    if size > max_record_bytes:
+        raise RecordTooLarge(f"a {size:,}-byte record for {topic}; at most {max_record_bytes:,} bytes "
+                             "(SDG_KAFKA__MAX_RECORD_BYTES)")
 
-    def __init__(self, kafka: KafkaConfig, *, codec: RecordCodec | None = None, linger_ms: float = 5.0) -> None:
+
+class RecordProducer:
+    """A confluent-kafka producer of catalog records (idempotent, acks=all; transactional with an id)."""
+
+    def __init__(self, kafka: KafkaConfig, *, codec: RecordCodec | None = None, linger_ms: float = 5.0,
+                 transactional_id: str | None = None) -> None:
         self.codec = codec or RecordCodec()
         self.max_record_bytes = kafka.max_record_bytes
-        self._producer = Producer(kafka.librdkafka(**{
+        conf: dict[str, Any] = {
             "enable.idempotence": True, "linger.ms": linger_ms, "acks": "all",
             # librdkafka counts a record with its framing: leave it room above the largest record we send
             "message.max.bytes": kafka.max_record_bytes + 64 * 1024,
-        }))
+        }
+        if transactional_id is not None:
+            conf |= {"transactional.id": transactional_id, "transaction.timeout.ms": 60_000}
+        self.client = Producer(kafka.librdkafka(**conf))  # the confluent-kafka producer (its transactions)
         self._failures: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -45,12 +60,12 @@ class RecordProducer:
         spec = topic_spec(topic)
         if not spec.accepts(record):
             raise ConfigError(f"{topic} carries {spec.value.__name__ if spec.value else '?'}, not {record.schema_name}")
-        self.send_bytes(topic, _key_bytes(record.key()), self.codec.encode(record), headers=headers)
+        self.send_bytes(topic, key_bytes(record), self.codec.encode(record), headers=headers)
 
-    def send_bytes(
-        self, topic: str, key: bytes | None, value: bytes | None, *, headers: dict[str, bytes] | None = None
-    ) -> None:
-        """Queue raw bytes (dead letters, relays, tests of bad input).
+    def send_bytes(self, topic: str, key: bytes | None, value: bytes | None, *,
+                   headers: dict[str, bytes] | None = None, partition: int | None = None) -> None:
+        """Queue raw bytes (dead letters, relays, changelogs, tests of bad input); ``partition``: this one, not the
+        key's.
 
         Raises:
             RecordTooLarge: key, value and headers weigh more than ``max_record_bytes`` (nothing was queued).
@@ -58,22 +73,18 @@ class RecordProducer:
         self.check_size(topic, key, value, headers)
         while True:
             try:
-                self._producer.produce(
-                    topic, value=value, key=key, headers=list(headers.items()) if headers else None,
-                    on_delivery=self._on_delivery,
-                )
+                self.client.produce(topic, value=value, key=key, headers=list(headers.items()) if headers else None,
+                                    partition=-1 if partition is None else partition,  # -1: by key
+                                    on_delivery=self._on_delivery)
                 break
             except BufferError:
-                self._producer.poll(0.05)  # local queue full: let deliveries drain
-        self._producer.poll(0)
+                self.client.poll(0.05)  # local queue full: let deliveries drain
+        self.client.poll(0)
 
     def check_size(self, topic: str, key: bytes | None, value: bytes | None,
                    headers: dict[str, bytes] | None = None) -> None:
         """Raises ``RecordTooLarge`` when key, value and headers weigh more than ``max_record_bytes``."""
-        size = record_bytes(key, value, headers)
-        if size > self.max_record_bytes:
-            raise RecordTooLarge(f"a {size:,}-byte record for {topic}; at most {self.max_record_bytes:,} bytes "
-                                 "(SDG_KAFKA__MAX_RECORD_BYTES)")
+        check_size(topic, key, value, headers, max_record_bytes=self.max_record_bytes)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued record is acknowledged.
@@ -81,7 +92,7 @@ class RecordProducer:
         Raises:
             BrokerError: a record could not be delivered, or the queue did not drain in time.
         """
-        remaining = self._producer.flush(timeout_s)
+        remaining = self.client.flush(timeout_s)
         if remaining:
             raise BrokerError(f"{remaining} records still undelivered after {timeout_s}s")
         if self._failures:
@@ -93,7 +104,7 @@ class RecordProducer:
         try:
             self.flush()
         finally:
-            self._producer.close()
+            self.client.close()
 
     def __enter__(self) -> RecordProducer:
         return self

@@ -54,6 +54,7 @@ from streams.catalog import topic as topic_spec
 from streams.config import KafkaConfig, RunnerConfig
 from streams.dead_letter import DLQ_TOPIC, dead_letter
 from streams.errors import BrokerError, ConfigError, RecordTooLarge, StepReturnError
+from streams.producer import RecordProducer, check_size, key_bytes
 from streams.throttle import RateCap
 
 log = logging.getLogger(__name__)
@@ -224,11 +225,6 @@ class Step:
         return self.sink
 
 
-def key_bytes(record: Record) -> bytes | None:
-    key = record.key()
-    return key.encode() if isinstance(key, str) else key
-
-
 def changelog_topic(group: str, step_id: str) -> str:
     return f"{group}-{step_id}-changelog"
 
@@ -319,6 +315,7 @@ class Runner:
         self.rate_cap = rate_cap
         self.cost = cost
         self.stores: dict[int, Store[Any]] = {}
+        self._failed = False  # after a failure, the revocation that closing the consumer triggers commits nothing
         self._done: dict[tuple[str, int], int] = {}  # next offset to commit per partition: processed records only
         self._committed: dict[tuple[str, int], int] = {}
         stateful = step.kind == "stateful"
@@ -331,10 +328,6 @@ class Runner:
                          transactional_id=f"{group}-{step.step_id}-{config.instance}" if stateful else None,
                          start=step.start)
         self.io = io
-
-    # the stateful step's own topics (created by ``sdg run`` before it starts)
-    def state_topics(self) -> list[str]:
-        return [t for t in (self._changelog, self._repartition) if t is not None]
 
     def stop(self) -> None:
         """Ask the loop to finish the current batch, checkpoint and return."""
@@ -394,7 +387,13 @@ class Runner:
             self._checkpoint()
             failed = False
         finally:
-            self.io.close(failed=failed)
+            self._failed = failed
+            try:
+                self.io.close(failed=failed)
+            except Exception:
+                if not failed:
+                    raise
+                log.exception("step %s: closing after a failure", self.step.step_id)  # the failure is what matters
         log.info("step %s: stopped after %d records", self.step.step_id, self.stats.consumed)
         return self.stats
 
@@ -420,7 +419,8 @@ class Runner:
                      sum(len(self.stores[p]) for p in partitions))
 
     def _on_revoke(self, partitions: list[tuple[str, int]]) -> None:
-        self._checkpoint()
+        if not self._failed:
+            self._checkpoint()
         for tp in partitions:
             self._done.pop(tp, None)
             self._committed.pop(tp, None)
@@ -477,10 +477,7 @@ class Runner:
             encoded = []
             for record in self.step.outputs(result):
                 topic, key, value = self.step.route(record), key_bytes(record), self.codec.encode(record)
-                size = len(key or b"") + len(value)
-                if size > self.io.max_record_bytes:
-                    raise RecordTooLarge(f"a {size:,}-byte record for {topic}; at most {self.io.max_record_bytes:,} "
-                                         "bytes (SDG_KAFKA__MAX_RECORD_BYTES)")
+                check_size(topic, key, value, None, max_record_bytes=self.io.max_record_bytes)
                 encoded.append((topic, key, value))
         except StepReturnError:
             raise
@@ -540,10 +537,7 @@ class Runner:
         assert self.step.key_by is not None and self._repartition is not None
         try:
             key = self.step.key_by(record).encode()
-            size = len(key) + len(message.value() or b"")
-            if size > self.io.max_record_bytes:
-                raise RecordTooLarge(f"a {size:,}-byte record; at most {self.io.max_record_bytes:,} bytes "
-                                     "(SDG_KAFKA__MAX_RECORD_BYTES)")
+            check_size(str(self._repartition), key, message.value(), None, max_record_bytes=self.io.max_record_bytes)
         except Exception as e:
             self._fail(message, e, record)
             return
@@ -587,7 +581,7 @@ class KafkaIO:
                  transactional_id: str | None, start: str = "earliest") -> None:
         import uuid
 
-        from confluent_kafka import Consumer, Producer
+        from confluent_kafka import Consumer
 
         self.kafka = kafka
         self.max_record_bytes = kafka.max_record_bytes
@@ -602,22 +596,14 @@ class KafkaIO:
             "heartbeat.interval.ms": config.heartbeat_interval_ms,
             "fetch.wait.max.ms": config.fetch_wait_max_ms,
         }))
-        producer_conf: dict[str, Any] = {
-            "enable.idempotence": True, "linger.ms": config.linger_ms, "acks": "all",
-            # librdkafka counts a record with its framing: leave it room above the largest record we send
-            "message.max.bytes": kafka.max_record_bytes + 64 * 1024,
-        }
-        if transactional_id is not None:
-            producer_conf |= {"transactional.id": transactional_id, "transaction.timeout.ms": 60_000}
-        self._producer = Producer(kafka.librdkafka(**producer_conf))
-        self._failures: list[str] = []
+        self.producer = RecordProducer(kafka, linger_ms=config.linger_ms, transactional_id=transactional_id)
         self._in_transaction = False
         if self.transactional:
-            self._producer.init_transactions(30)  # fences (and aborts) a previous instance's open transaction
+            self.producer.client.init_transactions(30)  # fences (and aborts) a previous instance's open transaction
             self._begin()
 
     def _begin(self) -> None:
-        self._producer.begin_transaction()
+        self.producer.client.begin_transaction()
         self._in_transaction = True
 
     def subscribe(self, topics: list[str], on_assign: Callable[[list[tuple[str, int]]], None],
@@ -643,29 +629,9 @@ class KafkaIO:
                 raise BrokerError(f"consuming {message.topic()}: {error.str()}")
         return out
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self._failures.append(f"{msg.topic()}: {err.str()}")
-
     def send(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int | None = None,
              headers: dict[str, bytes] | None = None) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery,
-                                       partition=-1 if partition is None else partition,  # -1: by key
-                                       headers=list(headers.items()) if headers else None)
-                break
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: let deliveries drain
-        self._producer.poll(0)
-
-    def _flush(self, timeout_s: float = 30.0) -> None:
-        remaining = self._producer.flush(timeout_s)
-        if remaining:
-            raise BrokerError(f"{remaining} records still undelivered after {timeout_s}s")
-        if self._failures:
-            failures, self._failures = self._failures, []
-            raise BrokerError(f"{len(failures)} records were not delivered, first: {failures[0]}")
+        self.producer.send_bytes(topic, key, value, headers=headers, partition=partition)
 
     def checkpoint(self, offsets: dict[tuple[str, int], int]) -> None:
         from confluent_kafka import KafkaException, TopicPartition
@@ -674,13 +640,14 @@ class KafkaIO:
         try:
             if self.transactional:
                 if positions:
-                    self._producer.send_offsets_to_transaction(positions, self._consumer.consumer_group_metadata())
-                self._producer.commit_transaction()
+                    self.producer.client.send_offsets_to_transaction(
+                        positions, self._consumer.consumer_group_metadata())
+                self.producer.client.commit_transaction()
                 self._in_transaction = False
                 self._begin()
                 return
             if positions:
-                self._flush()
+                self.producer.flush()
                 self._consumer.commit(offsets=positions, asynchronous=False)
         except KafkaException as e:
             raise BrokerError(f"checkpoint failed: {e.args[0].str()}") from e
@@ -743,12 +710,12 @@ class KafkaIO:
             self._consumer.close()  # leaves the group at once, so the others rebalance without waiting
         finally:
             if self.transactional and self._in_transaction:
-                self._producer.abort_transaction(10)
+                self.producer.client.abort_transaction(10)
             elif not failed:
-                self._flush()
+                self.producer.flush()
             else:  # what was not yet delivered stays undelivered: its inputs are consumed again on restart
-                self._producer.purge()
-                self._producer.flush(10)
+                self.producer.client.purge()
+                self.producer.client.flush(10)
 
 
 __all__ = ["DATA_ERRORS", "IO", "KafkaIO", "Message", "Policy", "RunStats", "Runner", "Sink", "Step", "Store",

@@ -214,7 +214,7 @@ def test_unknown_processor_and_topic_fail_at_start(kafka: KafkaConfig) -> None:
     assert bad_topic.returncode == 2 and "sdg.samples.raw" in bad_topic.stdout
     bad_processor = subprocess.run(sdg_command("run", "labeller", "--source", "sdg.samples.raw", "--sink", "sdg.dlq"),
                                    env=env, capture_output=True, text=True, timeout=60)
-    assert bad_processor.returncode == 2 and "passthrough" in bad_processor.stdout
+    assert bad_processor.returncode == 2 and "'passthrough', 'generate'" in bad_processor.stdout + bad_processor.stderr
 
 
 def test_runner_thread_stops_on_request(kafka: KafkaConfig, run_id: str, fresh_topic) -> None:
@@ -226,3 +226,36 @@ def test_runner_thread_stops_on_request(kafka: KafkaConfig, run_id: str, fresh_t
     runner.stop()
     thread.join(15)
     assert not thread.is_alive()
+
+
+BROKEN_MODEL = """
+import sys
+from streams.config import KafkaConfig, RunnerConfig
+from streams.runtime import Runner, Step
+
+def label(batch):
+    raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : out of memory")
+
+source, sink, group, run_id, servers = sys.argv[1:]
+step = Step("label", source, label, kind="batch_map", sink=sink)
+Runner(step, kafka=KafkaConfig(bootstrap_servers=servers), config=RunnerConfig(), group=group,
+       run_id=run_id).run(max_idle_s=20)
+"""
+
+
+def test_a_failing_model_exits_non_zero_and_commits_and_dead_letters_nothing(kafka: KafkaConfig, run_id: str,
+                                                                              fresh_topic) -> None:
+    """A model that raises in a batch_map step is not bad data: the process stops with a non-zero exit, and
+    neither an offset nor a dead letter is committed for the records it could not take."""
+    import sys
+
+    source, sink, group = fresh_topic(), fresh_topic(), f"g-{run_id}"
+    with RecordProducer(kafka) as producer:
+        for i in range(20):
+            producer.send(source, example_sample(i, run_id))
+    done = subprocess.run([sys.executable, "-c", BROKEN_MODEL, source, sink, group, run_id, kafka.bootstrap_servers],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "out of memory" in done.stderr
+    assert _committed(kafka, group, source, 6) == 0
+    assert _read(kafka, sink) == []
+    assert [r for r in _read(kafka, DLQ_TOPIC, run_id)] == []
