@@ -168,7 +168,6 @@ class Step:
         punctuate: Called every ``punctuate_s`` (with each partition's store for a stateful step, else None).
         start: Where a new consumer group starts: ``earliest`` or ``latest`` (old readings steer nothing).
         commit: False: never commit offsets (a step that rebuilds what it needs from the whole topic at start).
-        commit_interval_s: Seconds between checkpoints, instead of the runner's.
         eager: Checkpoint as soon as a batch or a timer produced outputs (a stateful step's outputs are visible when
             its transaction commits: a control loop's caps should not wait for the interval).
         on_error: The error policy: (error, record or None, step) → ``"dead_letter"`` or ``"raise"``.
@@ -186,7 +185,6 @@ class Step:
     punctuate_s: float = 1.0
     start: Literal["earliest", "latest"] = "earliest"
     commit: bool = True
-    commit_interval_s: float | None = None
     eager: bool = False
     on_error: Callable[[BaseException, Record | None, Step], Policy] = data_error
 
@@ -358,7 +356,6 @@ class Runner:
         self.io.subscribe(topics, on_assign, self._on_revoke)
         log.info("step %s: consuming %s", self.step.step_id, ", ".join(topics))
         idle_since = last_checkpoint = last_punctuate = time.monotonic()
-        interval = self.step.commit_interval_s or self.config.commit_interval_s
         failed = True
         try:
             while not self.stopping.is_set():
@@ -377,7 +374,7 @@ class Runner:
                     self._punctuate()
                     last_punctuate = now
                 eager = self.step.eager and self.stats.produced.total() > produced
-                if self.step.fn.due() if self.step.kind == "sink" else eager or now - last_checkpoint >= interval:
+                if self.step.fn.due() if self.step.kind == "sink" else eager or now - last_checkpoint >= self.config.commit_interval_s:
                     self._checkpoint()
                     last_checkpoint = now
                 idle = now - max(idle_since, assigned[0]) if assigned else 0.0
