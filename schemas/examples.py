@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Callable
+from typing import Callable, TypeVar, cast
 
 from schemas.records import (
     Conditioning,
@@ -26,6 +26,7 @@ from schemas.records import (
     Throttle,
 )
 
+R = TypeVar("R", bound=Record)
 
 def example_sample(i: int, run_id: str, *, payload_bytes: int = 64) -> GeneratedSample:
     """A generated sample whose image field holds ``payload_bytes`` deterministic bytes."""
@@ -46,7 +47,7 @@ def example_sample(i: int, run_id: str, *, payload_bytes: int = 64) -> Generated
     )
 
 
-def example(record_type: type[Record], i: int, run_id: str) -> Record:
+def example(record_type: type[R], i: int, run_id: str) -> R:
     """The ``i``-th example record of ``record_type`` (keys vary with ``i``)."""
     sample = example_sample(i, run_id)
     label = Label(label=i % 10, confidence=0.99, margin=0.9, entropy=0.05, agrees=True,
@@ -82,4 +83,4 @@ def example(record_type: type[Record], i: int, run_id: str) -> Record:
                                        step_id="example", error_type="UndecodableRecord", error="example",
                                        original_key=f"k{i}".encode(), original_value=b"\x00bad"),
     }
-    return builders[record_type]()
+    return cast(R, builders[record_type]())

@@ -166,7 +166,7 @@ def processor(name: str, settings: Settings, *, source: str | None = None, sink:
     spec = spec_of(name)
     if sink is not None and name not in ("passthrough", "label"):
         raise ConfigError(f"{name} routes its outputs by record type through the catalog; it takes no --sink")
-    if source is not None and spec.kind in ("stateful", "sink") or name == "plant" and source is not None:
+    if source is not None and (spec.kind in ("stateful", "sink") or name == "plant"):
         raise ConfigError(f"{name} has fixed sources; it takes --group only")
     group = group or f"sdg-{name}"
     with WIRING[name](settings, spec, source, sink, group) as (step, options):

@@ -178,7 +178,7 @@ class Step:
     fn: Any
     kind: Kind = "map"
     sink: str | None = None
-    key_by: Callable[[Record], str] | None = None
+    key_by: Callable[[Any], str] | None = None
     load: Callable[[bytes], Any] = _raw
     dump: Callable[[Any], bytes] = _raw
     punctuate: Callable[[Store[Any] | None, int], list[Record]] | None = None
@@ -190,7 +190,7 @@ class Step:
 
     def __post_init__(self) -> None:
         if isinstance(self.sources, str):
-            object.__setattr__(self, "sources", (self.sources,))
+            raise ConfigError(f"step {self.step_id}: sources is a tuple of topics, not {self.sources!r}")
         for name in self.sources:
             topic_spec(name)
         if self.sink is not None:

@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -36,7 +36,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def broker_config(**overrides: object) -> BrokerConfig:
+def broker_config(**overrides: Any) -> BrokerConfig:
     return BrokerConfig(**{"port": free_port(), "controller_port": free_port(), "jars_dir": JARS, "heap": "512m",
                            **overrides})
 

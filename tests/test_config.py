@@ -78,18 +78,18 @@ def test_valid_names_cover_nested_groups() -> None:
 
 def test_step_checks_topics_kinds_and_return_shapes_and_routes_by_record_type() -> None:
     with pytest.raises(UnknownTopic):
-        Step("s", "sdg.nope", passthrough)
+        Step("s", ("sdg.nope",), passthrough)
     with pytest.raises(ConfigError, match="kind must be"):
-        Step("s", "sdg.requests", passthrough, kind="window")  # type: ignore[arg-type]
+        Step("s", ("sdg.requests",), passthrough, kind="window")  # type: ignore[arg-type]
     job = example(GenerationJob, 1, "r")
-    step = Step("one", "sdg.requests", passthrough)
+    step = Step("one", ("sdg.requests",), passthrough)
     assert step.outputs(job) == [job] and step.outputs(None) == [] and step.outputs([job, job]) == [job, job]
     with pytest.raises(StepReturnError, match="step one must return records"):
         step.outputs("x")
     with pytest.raises(StepReturnError):
         step.outputs([job, "x"])
     assert step.route(job) == "sdg.requests" and step.route(example(Reading, 1, "r")) == "sdg.telemetry"
-    relay = Step("relay", "sdg.requests", passthrough, sink="sdg.replay.x")
+    relay = Step("relay", ("sdg.requests",), passthrough, sink="sdg.replay.x")
     assert relay.route(example(Reading, 1, "r")) == "sdg.replay.x"
     with pytest.raises(StepReturnError, match="sent a Reading to sdg.requests"):
-        Step("bad", "sdg.requests", passthrough, sink="sdg.requests").route(example(Reading, 1, "r"))
+        Step("bad", ("sdg.requests",), passthrough, sink="sdg.requests").route(example(Reading, 1, "r"))

@@ -14,7 +14,7 @@ from models.gan import GanConfig, train_gan
 from models.reference import load_digits_reference, make_splits
 from models.registry import ModelRegistry
 from processors.generate import plan_jobs
-from schemas.records import GenerationJob, Throttle
+from schemas.records import DeadLetter, GenerationJob, Reading, Throttle
 from sdg.settings import Settings, WorkerConfig
 from sdg.workers import processor
 from streams import admin
@@ -84,11 +84,11 @@ def test_plan_to_raw_samples_with_provenance(kafka: KafkaConfig, run_id: str, tm
     scenes = [s for s in samples if s.generator == "procedural"]
     assert all(s.width == 48 and s.objects and s.conditioning.params == {"mode": "scene"} for s in scenes)
     letters = [r.record for r in subscribe("sdg.dlq", kafka=kafka, from_beginning=True, idle_timeout_s=3)
-               if r.record.run_id == run_id]
+               if isinstance(r.record, DeadLetter) and r.record.run_id == run_id]
     assert len(letters) == 1 and "unknown gan version 'feedface'" in letters[0].error
     loads = [r.record for r in subscribe("sdg.telemetry", kafka=kafka, from_beginning=True, idle_timeout_s=3)
-             if r.record.run_id == run_id]
-    assert len(loads) == len(jobs) and all(r.source == "generator" and r.rate_sps > 0 for r in loads)
+             if isinstance(r.record, Reading) and r.record.run_id == run_id]
+    assert len(loads) == len(jobs) and all(r.source == "generator" and (r.rate_sps or 0) > 0 for r in loads)
 
 
 def test_rate_cap_is_obeyed_and_a_pause_lifts(kafka: KafkaConfig, run_id: str, tmp_path: Path) -> None:

@@ -186,12 +186,12 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
     assert too_large.original_size == len(big_bytes)
     assert too_large.original_sha256 == hashlib.sha256(big_bytes).hexdigest()
     assert big_bytes.startswith(too_large.original_value) and len(too_large.original_value) < len(big_bytes)
-    quality = {d.original_key: d for d in by_step["quality"]}
-    assert quality[b"big"].error_type == "RecordTooLarge" and quality[b"big"].truncated
-    assert "finite" in quality[b"nan"].error or "less than or equal" in quality[b"nan"].error
-    assert "the reference set is 8×8" in quality[mixed_size.sample_id.encode()].error
-    assert quality[b"probe@0000"].original_value == b"\x00garbage"
-    assert "is not the record's state key" in quality[b"\xff\xfe"].error
+    gate = {d.original_key: d for d in by_step["quality"]}
+    assert gate[b"big"].error_type == "RecordTooLarge" and gate[b"big"].truncated
+    assert "finite" in gate[b"nan"].error or "less than or equal" in gate[b"nan"].error
+    assert "the reference set is 8×8" in gate[mixed_size.sample_id.encode()].error
+    assert gate[b"probe@0000"].original_value == b"\x00garbage"
+    assert "is not the record's state key" in gate[b"\xff\xfe"].error
 
     # the Delta sink: every record of the run, the hostile ones to the DLQ; tables stay readable everywhere
     with RecordProducer(kafka) as producer:

@@ -220,8 +220,9 @@ def test_own_data_end_to_end_through_the_broker(source: str, kafka: KafkaConfig,
     coco = json.loads((out / "annotations.json").read_text())
     assert len(coco["images"]) == count
     for entry in coco["images"]:
-        with Image.open(out / entry["file_name"]) as image:
-            assert (image.width, image.height, len(image.getbands())) == (entry["width"], entry["height"], channels)
+        with Image.open(out / entry["file_name"]) as exported:
+            assert (exported.width, exported.height, len(exported.getbands())) == (entry["width"], entry["height"],
+                                                                                   channels)
             assert (entry["width"], entry["height"]) == (width, height)
 
 

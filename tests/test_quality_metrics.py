@@ -53,7 +53,8 @@ def _brute_prdc(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
     recall = np.mean([any(dist[i][j] < r_fake[j] for j in range(len(fake))) for i in range(len(real))])
     density = np.mean([sum(dist[i][j] < r_real[i] for i in range(len(real))) for j in range(len(fake))]) / k
     coverage = np.mean([min(dist[i]) < r_real[i] for i in range(len(real))])
-    return {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+    return {"precision": float(precision), "recall": float(recall), "density": float(density),
+            "coverage": float(coverage)}
 
 
 def test_prdc_equals_a_brute_force_implementation() -> None:

@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import fastavro
 import pytest
@@ -42,7 +43,7 @@ def _avro_fields(schema: dict, named: dict[str, dict]) -> dict[str, object]:
     return out
 
 
-def _shape(avro_type: object, named: dict[str, dict]) -> object:
+def _shape(avro_type: Any, named: dict[str, dict]) -> object:
     if isinstance(avro_type, list):
         shapes = [_shape(t, named) for t in avro_type if t != "null"]
         return shapes[0] if len(shapes) == 1 else shapes
@@ -130,7 +131,7 @@ def test_a_compatible_schema_change_fills_defaults(tmp_path: Path) -> None:
     values = example(RECORD_TYPES["Throttle"], 1, "r").model_dump()
     decoded = fastavro.schemaless_reader(io.BytesIO(_single_object(writer_v1, values)[10:]), writer_v1.parsed,
                                          newer.latest("Throttle").parsed)
-    assert decoded["zone"] == "eu" and decoded["node_id"] == values["node_id"]
+    assert isinstance(decoded, dict) and decoded["zone"] == "eu" and decoded["node_id"] == values["node_id"]
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import os
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 import pytest
@@ -25,7 +26,7 @@ from tests.conftest import REPO, sdg_command
 
 pytestmark = pytest.mark.integration  # the broker, Delta tables or Spark
 
-DECISIONS = ("accepted", "accepted", "review", "rejected")
+DECISIONS: tuple[Literal["accepted", "review", "rejected"], ...] = ("accepted", "accepted", "review", "rejected")
 
 
 def _send(producer: RecordProducer, topic: str, run_id: str, indices: range) -> None:

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,11 +58,12 @@ def test_plant_settles_at_the_steady_state_and_pue_adds_up(preset: str, flow: fl
     expected = (power + p.pump_w * flow + p.chiller_w_per_w * power + p.ups_w + p.ups_loss * power) / power
     assert node.pue == pytest.approx(expected, rel=1e-6)
     reading = node.reading("r", 0)
-    assert reading is not None and reading.power_w == pytest.approx(reading.bus_v * reading.current_a)
+    assert reading is not None and reading.bus_v is not None and reading.current_a is not None
+    assert reading.power_w == pytest.approx(reading.bus_v * reading.current_a)
 
 
 def _plant_reading(ts_s: float, node: str = "n", **values: float) -> Reading:
-    base = {"die_c": -130.0, "coolant_c": -178.0, "power_w": 700.0, "bus_v": 400.0, "current_a": 1.75,
+    base: dict[str, Any] = {"die_c": -130.0, "coolant_c": -178.0, "power_w": 700.0, "bus_v": 400.0, "current_a": 1.75,
             "flow_lpm": 40.0, "pue": 1.07}
     return Reading(run_id="r", node_id=node, source="plant", ts_ms=int(ts_s * 1000), **{**base, **values})
 
