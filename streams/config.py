@@ -26,8 +26,8 @@ class KafkaConfig(_Group):
     client_id: str = "sdg-edge"
     max_record_bytes: int = Field(
         default=1_000_000, ge=64 * 1024,
-        description="Largest record a processor produces (librdkafka's message.max.bytes, faust's max request "
-                    "size); larger outputs send their input to sdg.dlq. Keep it at or below the brokers' limit.")
+        description="Largest record a processor produces (librdkafka's message.max.bytes is set just above it); "
+                    "larger outputs send their input to sdg.dlq. Keep it at or below the brokers' limit.")
     extra_config: dict[str, str] = Field(default_factory=dict)
 
     def librdkafka(self, **overrides: Any) -> dict[str, Any]:
