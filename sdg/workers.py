@@ -107,18 +107,12 @@ def _plant(settings: Settings, spec: ProcessorSpec, source: str | None, sink: st
 @contextmanager
 def _lineage(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
              group: str) -> Iterator[Wired]:
-    yield lineage_step(settings, group), {}
-
-
-def lineage_step(settings: Settings, group: str) -> Step:
     """The Delta sink of every stage, window, reading (downsampled), alert and throttle topic."""
     from processors.lineage import downsampled, rows_of
     from streams.delta_sink import DeltaSink
 
     fn = downsampled(rows_of, every_s=settings.sink.telemetry_every_s)
-    spec = PROCESSORS["lineage"]
-    return Step(spec.name, spec.sources, DeltaSink(fn=fn, tables=settings.delta_tables(), group=group,
-                                                    config=settings.sink), kind="sink")
+    yield _step(spec, DeltaSink(fn=fn, tables=settings.delta_tables(), group=group, config=settings.sink), None), {}
 
 
 @contextmanager

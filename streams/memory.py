@@ -18,7 +18,8 @@ from schemas.codec import RecordCodec
 from schemas.records import Record
 from streams.catalog import CATALOG, REPLAY_PREFIX
 from streams.catalog import topic as topic_spec
-from streams.config import RunnerConfig
+from streams.config import KafkaConfig, RunnerConfig
+from streams.producer import key_bytes
 from streams.runtime import Runner, Step, state_topics
 
 
@@ -59,7 +60,7 @@ class MemoryMessage:
 class MemoryBroker:
     """Topics and committed offsets, shared by every ``MemoryIO`` of a test."""
 
-    max_record_bytes: int = 1024 * 1024
+    max_record_bytes: int = KafkaConfig().max_record_bytes
     partitions: dict[str, int] = field(default_factory=dict)  # topics outside the catalog (state topics): 1 unless set
     topics: dict[str, list[list[MemoryMessage]]] = field(default_factory=dict)
     committed: dict[tuple[str, str, int], int] = field(default_factory=dict)
@@ -87,8 +88,7 @@ class MemoryBroker:
 
     def send(self, topic: str, record: Record) -> None:
         """Produce a record as a producer outside the pipeline does."""
-        key = record.key()
-        self.append(topic, key.encode() if isinstance(key, str) else key, self.codec.encode(record))
+        self.append(topic, key_bytes(record), self.codec.encode(record))
 
     def messages(self, topic: str) -> list[MemoryMessage]:
         return [m for part in self.log(topic) for m in part]
