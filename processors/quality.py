@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from models.image import decode_png
 from models.quality import Reference, RunningMoments
 from models.reference import Splits
 from processors.label import Labeler
+from schemas.errors import UndecodableRecord
 from schemas.records import (
     Gate,
     GeneratedSample,
@@ -47,6 +49,8 @@ from schemas.records import (
     now_ms,
 )
 from streams.runtime import Store
+
+log = logging.getLogger(__name__)
 
 
 class Extractor(Protocol):
@@ -419,18 +423,43 @@ class QualityProcessor:
             return store.cache[generator]
         name, version = generator.split("@", 1)
         windows = GeneratorWindows(name, self.dim, self.slide, version=version)
+        store.cache[generator] = windows
         head = store.get(f"{generator}|head")
-        if head is not None:
+        if head is None:
+            return windows
+        # the rows come from the changelog, a topic like any other: what is not state is left out, not trusted
+        try:
             state = json.loads(head)
-            windows.seq, opened, count = state["seq"], state["opened_ms"], state["count"]
-            for back in range(self.slide - 1, 0, -1):
-                closed = store.get(f"{generator}|h|{windows.seq - back}")
+            windows.seq, opened, count = int(state["seq"]), int(state["opened_ms"] or now_ms()), int(state["count"])
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("quality: %s head is not state (%s): a new window", generator, e)
+            return windows
+        for back in range(self.slide - 1, 0, -1):
+            closed = store.get(f"{generator}|h|{windows.seq - back}")
+            try:
                 if closed is not None:
                     windows.remember(_unpack_closed(closed, self.dim))
-            records = [self.codec.decode(store[f"{generator}|{windows.seq}|{i}"]) for i in range(count)]
-            for item in self.judge.assess(records, windows.window_id()) if records else []:  # type: ignore[arg-type]
-                windows.add(item, opened)
-        store.cache[generator] = windows
+            except Exception as e:  # numpy raises several unrelated types for bytes that are not its archive
+                log.warning("quality: %s closed window %d is not state (%s): left out", generator, windows.seq - back, e)
+        rows, records = [], []
+        for i in range(count):
+            data = store.get(f"{generator}|{windows.seq}|{i}")
+            try:
+                record = self.codec.decode(data)
+            except UndecodableRecord as e:
+                log.warning("quality: %s row %d is not a sample (%s): left out", generator, i, e)
+                continue
+            if isinstance(record, LabeledSample):
+                rows.append(data)
+                records.append(record)
+        if len(rows) < count:  # the window's rows are numbered 0..n-1 again
+            for i in range(count):
+                if f"{generator}|{windows.seq}|{i}" in store:
+                    del store[f"{generator}|{windows.seq}|{i}"]
+            for i, data in enumerate(rows):
+                store[f"{generator}|{windows.seq}|{i}"] = data
+        for item in self.judge.assess(records, windows.window_id()) if records else []:
+            windows.add(item, opened)
         return windows
 
     def process(self, record: LabeledSample, store: Store) -> list[Record]:

@@ -162,9 +162,8 @@ class MemoryIO:
         for (t, p), offset in offsets.items():
             self.broker.committed[(self.group, t, p)] = offset
 
-    def changelog(self, topic: str, partition: int) -> Iterator[tuple[bytes | None, bytes | None]]:
-        for message in list(self.broker.log(topic)[partition]):
-            yield message.key(), message.value()
+    def changelog(self, topic: str, partition: int) -> Iterator[Any]:
+        yield from list(self.broker.log(topic)[partition])
 
     def hold(self, wait_s: Callable[[], float], stopping: threading.Event) -> None:
         while (wait := wait_s()) > 0 and not stopping.is_set():

@@ -277,7 +277,7 @@ class IO(Protocol):
     def send(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int | None = None,
              headers: dict[str, bytes] | None = None) -> None: ...
     def checkpoint(self, offsets: dict[tuple[str, int], int]) -> None: ...
-    def changelog(self, topic: str, partition: int) -> Iterator[tuple[bytes | None, bytes | None]]: ...
+    def changelog(self, topic: str, partition: int) -> Iterator[Message]: ...
     def hold(self, wait_s: Callable[[], float], stopping: threading.Event) -> None: ...
     def close(self, *, failed: bool) -> None: ...
 
@@ -406,10 +406,13 @@ class Runner:
         assert self._changelog is not None or not partitions
         for p in partitions:
             store: Store[Any] = Store(p, self.step.load, self.step.dump)
-            for key, value in self.io.changelog(self._changelog, p):  # type: ignore[arg-type]
-                if key is not None:
-                    store.restore(key.decode(), value)
-                    self.stats.restored += 1
+            for message in self.io.changelog(self._changelog, p):  # type: ignore[arg-type]
+                try:  # a changelog is a topic like any other: what cannot be state goes to the error policy
+                    store.restore((message.key() or b"").decode(), message.value())
+                except Exception as e:
+                    self._fail(message, e)
+                    continue
+                self.stats.restored += 1
             self.stores[p] = store
         if partitions:
             log.info("step %s: restored %d partitions (%d keys)", self.step.step_id, len(partitions),
@@ -649,8 +652,8 @@ class KafkaIO:
         except KafkaException as e:
             raise BrokerError(f"checkpoint failed: {e.args[0].str()}") from e
 
-    def changelog(self, topic: str, partition: int) -> Iterator[tuple[bytes | None, bytes | None]]:
-        """Every committed record of one changelog partition, oldest first."""
+    def changelog(self, topic: str, partition: int) -> Iterator[Any]:
+        """Every committed record of one changelog partition, oldest first (confluent-kafka messages)."""
         import uuid
 
         from confluent_kafka import (
@@ -677,7 +680,7 @@ class KafkaIO:
                     if error.code() == KafkaError._PARTITION_EOF:
                         return
                     raise BrokerError(f"restoring {topic}[{partition}]: {error.str()}")
-                yield message.key(), message.value()
+                yield message
         finally:
             reader.close()
 

@@ -224,16 +224,19 @@ def test_runner_stops_on_request_and_checkpoints() -> None:
     assert not thread.is_alive() and sum(broker.committed.values()) == 1
 
 
-def test_quality_windows_survive_a_crash_and_every_sample_is_decided_once(quality_state: Path) -> None:
+@pytest.mark.parametrize("tampered", [False, True])
+def test_quality_windows_survive_a_crash_and_every_sample_is_decided_once(quality_state: Path, tampered: bool) -> None:
     """The real quality step: a crash halfway through a window; the restarted step rebuilds the window from its
-    changelog, closes it with every sample once, and the window counts each candidate once."""
+    changelog, closes it with every sample once, and the window counts each candidate once. A row of the
+    changelog overwritten with garbage (``tampered``) costs that sample only."""
     from models.corruption import mixed_stream
     from models.reference import load_digits_reference, make_splits
     from processors.label import label
     from processors.quality import QualityConfig, QualityProcessor
     from sdg.settings import Settings
 
-    settings = Settings(state_dir=quality_state, quality=QualityConfig(window_size=40, max_window_s=3600, slide=2))
+    window = 39 if tampered else 40  # the tampered sample is left out of its window
+    settings = Settings(state_dir=quality_state, quality=QualityConfig(window_size=window, max_window_s=3600, slide=2))
     stream = [s for s, _ in mixed_stream(make_splits(load_digits_reference()), good=40, noise=0, wrong_class=0,
                                          run_id="q", seed=5)]
     broker = MemoryBroker()
@@ -256,12 +259,42 @@ def test_quality_windows_survive_a_crash_and_every_sample_is_decided_once(qualit
     with pytest.raises(RuntimeError):
         drain(broker.runner(step(crash_at=25), group="q", config=OFTEN))
     assert not broker.messages("sdg.quality")  # the window was open when it crashed
+    lost: set[str] = set()
+    if tampered:
+        row = next(m for m in broker.messages(changelog_topic("q", "quality")) if (m.key() or b"").endswith(b"|3"))
+        lost.add(CODEC.decode(row.value()).sample.sample_id)  # type: ignore[attr-defined]
+        broker.append(row.topic(), row.key(), b"\x00garbage", partition=row.partition())
     restarted = broker.runner(step(), group="q", config=OFTEN)
     drain(restarted)
     assert restarted.stats.restored > 0
     decided = [r.sample.sample_id for t in ("sdg.samples.accepted", "sdg.samples.review", "sdg.samples.rejected")
                for r in broker.records(t) if isinstance(r, SampleDecision)]
-    assert sorted(decided) == sorted(s.sample_id for s in stream)  # each sample decided once, across the crash
+    assert sorted(decided) == sorted(s.sample_id for s in stream if s.sample_id not in lost)  # once each
     [tumbling] = [w for w in broker.records("sdg.quality") if w.kind == "tumbling" and w.class_label is None]  # type: ignore[attr-defined]
     refused = [d for d in broker.records("sdg.samples.rejected") if not d.gate.reason.startswith("inadmissible")]  # type: ignore[attr-defined]
-    assert tumbling.metrics.n == 40 - len(refused)  # type: ignore[attr-defined]  # no sample counted twice
+    assert tumbling.metrics.n == 40 - len(lost) - len(refused)  # type: ignore[attr-defined]  # none counted twice
+
+
+def test_garbage_in_a_changelog_is_dead_lettered_at_restore_and_the_step_goes_on() -> None:
+    """A changelog is a topic like any other: a record there that is not state costs its key, not the processor."""
+    from processors.thermal import ThermalConfig, ThermalProcessor, ThermalRules, dump, load
+
+    def step() -> Step:
+        thermal = ThermalProcessor(ThermalRules(ThermalConfig(), run_id="r"))
+        return Step("thermal", ("sdg.telemetry",), thermal.process, kind="stateful", load=load, dump=dump)
+
+    broker = MemoryBroker()
+    reading = Reading(run_id="r", node_id="node-0", source="plant", ts_ms=0, die_c=20.0, coolant_c=-40.0,
+                      power_w=300.0, bus_v=400.0, flow_lpm=8.0, pue=1.05)
+    broker.send("sdg.telemetry", reading)
+    drain(broker.runner(step(), group="t", config=OFTEN))
+    changelog = changelog_topic("t", "thermal")
+    [kept] = broker.messages(changelog)
+    broker.append(changelog, b"node-1", b"{not a node state", partition=kept.partition())
+    broker.send("sdg.telemetry", reading.model_copy(update={"ts_ms": 1000}))
+    restarted = broker.runner(step(), group="t", config=OFTEN)
+    drain(restarted)
+    assert restarted.stats.consumed == 1 and restarted.stats.restored == 1  # node-0 came back; node-1 did not
+    [letter] = letters(broker)
+    assert letter.topic == changelog and letter.original_value == b"{not a node state"
+    assert letter.step_id == "thermal" and letter.error_type == "ValidationError"
