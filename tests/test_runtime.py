@@ -148,30 +148,36 @@ def test_dead_letters_have_one_shape_from_every_step_kind() -> None:
         assert shape == shapes["map"], kind
 
 
-def counter(crash_at: int | None = None) -> Any:
-    seen = []
+def crashing(fn: Any, crash_at: int | None, error: BaseException) -> Any:
+    """A stateful function that raises ``error`` at its ``crash_at``-th record (the process dies there)."""
+    seen = [0]
 
-    def count(record: Record, store: Store[bytes]) -> list[Record]:
-        seen.append(record)
-        if crash_at is not None and len(seen) == crash_at:
-            raise RuntimeError("the disk is gone")
-        key = record.sample_id  # type: ignore[attr-defined]
-        store[key[-1]] = str(int(store.get(key[-1]) or 0) + 1).encode()
-        return []
+    def call(record: Record, store: Store[Any]) -> list[Record]:
+        seen[0] += 1
+        if seen[0] == crash_at:
+            raise error
+        return list(fn(record, store))
 
-    return count
+    return call
+
+
+def count(record: Record, store: Store[bytes]) -> list[Record]:
+    """Counts samples by the last digit of their id."""
+    digit = record.sample_id[-1]  # type: ignore[attr-defined]
+    store[digit] = str(int(store.get(digit) or 0) + 1).encode()
+    return []
 
 
 def test_state_comes_back_after_a_crash_without_double_counting() -> None:
     broker = MemoryBroker()
     for i in range(200):
         broker.send(SOURCE, example_sample(i, "r"))
-    crashing = broker.runner(Step("count", (SOURCE,), counter(crash_at=150), kind="stateful"), group="g",
-                             config=OFTEN)
+    crashed = broker.runner(Step("count", (SOURCE,), crashing(count, 150, RuntimeError("the disk is gone")),
+                                 kind="stateful"), group="g", config=OFTEN)
     with pytest.raises(RuntimeError):
-        drain(crashing)
+        drain(crashed)
     assert 0 < sum(broker.committed.values()) < 150  # checkpoints before the crash; what came after is not committed
-    restarted = broker.runner(Step("count", (SOURCE,), counter(), kind="stateful"), group="g", config=OFTEN)
+    restarted = broker.runner(Step("count", (SOURCE,), count, kind="stateful"), group="g", config=OFTEN)
     drain(restarted)
     assert restarted.stats.restored > 0 and restarted.stats.consumed < 200
     latest = {(m.partition(), m.key()): m.value() for m in broker.messages(changelog_topic("g", "count"))}
@@ -193,14 +199,7 @@ def test_thermal_node_state_and_alerts_survive_a_crash() -> None:
 
     def step(crash_at: int | None = None) -> Step:
         thermal = ThermalProcessor(ThermalRules(ThermalConfig(), run_id="r"))
-        seen = [0]
-
-        def process(reading: Reading, store: Store[Any]) -> list[Record]:
-            seen[0] += 1
-            if seen[0] == crash_at:
-                raise MemoryError("out of memory")
-            return thermal.process(reading, store)
-
+        process = crashing(thermal.process, crash_at, MemoryError("out of memory"))
         return Step("thermal", ("sdg.telemetry",), process, kind="stateful", load=load, dump=dump)
 
     with pytest.raises(MemoryError):
@@ -246,14 +245,7 @@ def test_quality_windows_survive_a_crash_and_every_sample_is_decided_once(qualit
 
     def step(crash_at: int | None = None) -> Step:
         quality = QualityProcessor(settings.judge(), max_record_bytes=broker.max_record_bytes)
-        seen = [0]
-
-        def process(record: Any, store: Store[bytes]) -> list[Record]:
-            seen[0] += 1
-            if seen[0] == crash_at:
-                raise RuntimeError("killed")
-            return quality.process(record, store)
-
+        process = crashing(quality.process, crash_at, RuntimeError("killed"))
         return Step("quality", ("sdg.samples.labeled",), process, kind="stateful", key_by=quality.route)
 
     with pytest.raises(RuntimeError):
