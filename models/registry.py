@@ -20,6 +20,9 @@ from typing import Any
 
 from models.generator import GeneratorError
 
+TRAIN = {"gan": "sdg train-generator gan", "diffusion": "sdg train-generator diffusion",
+         "labeler": "sdg train-labeler", "extractor": "sdg train-labeler", "edge": "sdg train-edge"}
+
 
 def content_version(weights: bytes, config: dict[str, Any]) -> str:
     """The version of a model: a content hash of its weights and its config."""
@@ -50,11 +53,12 @@ class ModelRegistry:
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
 
     def resolve(self, kind: str, version: str | None = None) -> Path:
-        """The checkpoint folder of ``kind`` at ``version`` (default: the latest saved)."""
+        """The folder of ``kind`` at ``version`` (default: the latest saved)."""
         if version is None:
             latest = self.root / kind / "LATEST"
             if not latest.exists():
-                raise GeneratorError(f"no {kind} model in {self.root}; train one with `sdg train-generator {kind}`")
+                how = f"; train one with `{TRAIN[kind]}`" if kind in TRAIN else ""
+                raise GeneratorError(f"no {kind} model in {self.root}{how}")
             version = latest.read_text().strip()
         folder = self.root / kind / version
         if not (folder / "config.json").exists():
@@ -95,10 +99,6 @@ class ModelRegistry:
         against its content hash."""
         from models.runtime import verify_sealed
 
-        latest = self.root / kind / "LATEST"
-        if version is None and not latest.exists():
-            raise GeneratorError(f"no {kind} in {self.root}; train one with `sdg train-labeler`"
-                                 if kind in ("labeler", "extractor") else f"no {kind} model in {self.root}")
-        folder = self.root / kind / (version or latest.read_text().strip())
+        folder = self.resolve(kind, version)
         verify_sealed(folder)
         return folder / f"{precision}.onnx"

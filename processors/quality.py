@@ -365,10 +365,9 @@ def _unpack_closed(data: bytes, dim: int) -> Closed:
                   frozenset(str(i) for i in arrays["sample_ids"]))
 
 
-def generator_key(record: Record) -> str:
+def generator_key(record: LabeledSample) -> str:
     """The state key of a labeled sample: its generator and version (``key_by`` of the quality step)."""
-    sample = record.sample  # type: ignore[attr-defined]
-    return f"{sample.generator}@{sample.generator_version}"
+    return f"{record.sample.generator}@{record.sample.generator_version}"
 
 
 class QualityProcessor:
@@ -465,24 +464,29 @@ class QualityProcessor:
     def process(self, record: LabeledSample, store: Store) -> list[Record]:
         """Take one sample into its generator's open window; decide the window when it is due (``route`` checked
         it: the runtime runs it on the source record and again on the repartition topic's copy)."""
-        data = self.codec.encode(record)
         if record.sample.objects:
             return self.judge.decide_scene(record)
         generator = generator_key(record)
         windows = self.windows(store, generator)
         [item] = self.judge.assess([record], windows.window_id())
-        store[f"{generator}|{windows.seq}|{len(windows.pending)}"] = data
+        store[f"{generator}|{windows.seq}|{len(windows.pending)}"] = self.codec.encode(record)
         windows.add(item, now_ms())
-        return self._close_if_due(store, generator, windows, now_ms())
+        out = self._close_if_due(store, generator, windows, now_ms())
+        self._save_head(store, generator, windows)
+        return out
 
     def tick(self, store: Store | None, now: int) -> list[Record]:
         """Decide the windows that are older than ``max_window_s`` (a generator that stopped still gets judged)."""
         assert store is not None
         out: list[Record] = []
         for key in store.keys():
-            if key.endswith("|head") and json.loads(store[key])["count"]:
+            if key.endswith("|head"):
                 generator = key[: -len("|head")]
-                out += self._close_if_due(store, generator, self.windows(store, generator), now)
+                windows = self.windows(store, generator)
+                closed = self._close_if_due(store, generator, windows, now)
+                if closed:
+                    self._save_head(store, generator, windows)
+                out += closed
         return out
 
     def _close_if_due(self, store: Store, generator: str, windows: GeneratorWindows, now: int) -> list[Record]:
@@ -496,6 +500,9 @@ class QualityProcessor:
                 store[f"{generator}|h|{seq}"] = _pack_closed(windows.history[-1])
                 if f"{generator}|h|{seq - self.slide + 1}" in store:
                     del store[f"{generator}|h|{seq - self.slide + 1}"]
+        return out
+
+    @staticmethod
+    def _save_head(store: Store, generator: str, windows: GeneratorWindows) -> None:
         store[f"{generator}|head"] = json.dumps({"seq": windows.seq, "opened_ms": windows.opened_ms,
                                                  "count": len(windows.pending)}).encode()
-        return out

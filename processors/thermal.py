@@ -282,7 +282,8 @@ class ThermalProcessor:
         for node in store.keys():
             state = store[node]
             alerts, throttle = self.rules.on_tick(state, node, now_ms=now)
-            store[node] = state
+            if alerts or throttle is not None:  # what a tick changes it also publishes: the rest stays unwritten
+                store[node] = state
             out += [*alerts, *([throttle] if throttle is not None else [])]
         return out
 

@@ -37,6 +37,7 @@ class ProcessorSpec:
     summary: str
     state_key: str | None = None  # stateful: what the state is kept per
     side_inputs: tuple[str, ...] = ()  # topics read besides the step's sources (a generator's rate caps)
+    overrides: tuple[Literal["source", "sink"], ...] = ()  # what `sdg run --source/--sink` may replace
     tables: tuple[str, ...] = ()  # the Delta tables it writes
 
     def output_topics(self) -> list[str]:
@@ -45,12 +46,13 @@ class ProcessorSpec:
 
 
 SPECS = (
-    ProcessorSpec("passthrough", "map", (), (), "copies --source to --sink as it is (relays, replays)"),
+    ProcessorSpec("passthrough", "map", (), (), "copies --source to --sink as it is (relays, replays)",
+                  overrides=("source", "sink")),
     ProcessorSpec("generate", "map", ("sdg.requests",), (GeneratedSample, Reading),
                   "generation jobs → samples, and the node's load readings; obeys its rate caps",
-                  side_inputs=("sdg.control",)),
+                  side_inputs=("sdg.control",), overrides=("source",)),
     ProcessorSpec("label", "batch_map", ("sdg.samples.raw",), (LabeledSample,),
-                  "labels each batch of samples with the INT8 ONNX labeler"),
+                  "labels each batch of samples with the INT8 ONNX labeler", overrides=("source", "sink")),
     ProcessorSpec("quality", "stateful", ("sdg.samples.labeled",), (ScoredSample, SampleDecision, QualityWindow),
                   "scores windows per generator against the real reference and decides every sample",
                   state_key="generator@version"),

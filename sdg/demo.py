@@ -114,8 +114,8 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console, pl
         with RecordProducer(kafka) as producer, Progress(console=console, transient=True) as progress:
             task = progress.add_task("publishing", total=records_per_topic * len(CATALOG))
             for spec in CATALOG.values():
+                assert spec.value is not None  # the catalog names a type for each of its topics
                 for i in range(records_per_topic):
-                    assert spec.value is not None  # the catalog names a type for each of its topics
                     record = example_sample(i, run_id) if spec.value is GeneratedSample else example(spec.value, i, run_id)
                     producer.send(spec.name, record)
                     progress.advance(task)
@@ -174,10 +174,10 @@ def _ensure_generators(settings: Settings, plan: DemoPlan, console: Console, tra
     shape = (reference.image_size, reference.channels, reference.num_classes)
     data = None
     for kind, steps in (("gan", plan.gan_steps), ("diffusion", plan.diffusion_steps)):
-        train, config = trainer(kind, *shape, steps=steps)
         if registry.versions(kind):
             console.print(f"{kind}: using the trained model in {settings.models_dir / kind}")
             continue
+        train, config = trainer(kind, *shape, steps=steps)
         if data is None:
             labeler = settings.labeler().model
             data, pseudo = pseudo_labeled(settings.splits(), teacher=lambda x: labeler.run(to_uint8(x)))  # noqa: B023

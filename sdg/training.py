@@ -161,30 +161,31 @@ def train_edge_model(settings: Settings, records: Sequence[SampleDecision], *, c
         model = train_edge(few.images if real_few else few.images[:0], few.labels if real_few else few.labels[:0], config,
                            synthetic=(images, labels), unlabeled=unlabeled if pseudo else None,
                            progress=lambda n: progress.advance(task, n))
+    dataset_json, budgets_json = asdict(dataset), [b.as_dict() for b in budgets]
     staging = registry.staging("edge")
     deploy(model, staging, spec, calibration=unlabeled,
-           config={"kind": "edge", "config": config.__dict__, "dataset": asdict(dataset),
-                   "label_budgets": [b.as_dict() for b in budgets]})
+           config={"kind": "edge", "config": config.__dict__, "dataset": dataset_json, "label_budgets": budgets_json})
     folder = registry.publish(staging, "edge")  # named by its content hash, checked on every load
     version = verify_sealed(folder)
     deployed = Deployed(folder, folder / "fp32.onnx", folder / "int8.onnx")
     test_x, test_y = splits.test_set()
     metrics = evaluate_deployed(deployed.fp32, deployed.int8, spec, test_x, test_y)
     real_labels = distinct_labels(budgets)
-    (folder / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
+    metrics_json = metrics.as_dict()
+    (folder / "metrics.json").write_text(json.dumps(metrics_json, indent=2))
     report = Path("runs") / settings.run_id / f"edge-{version}.json"  # the run's record of this model
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps({"version": version, "path": str(folder), "dataset": asdict(dataset), "metrics": metrics.as_dict(),
+    report.write_text(json.dumps({"version": version, "path": str(folder), "dataset": dataset_json, "metrics": metrics_json,
                                   "real_labels": real_labels, "label_budgets": [
-                                      {k: v for k, v in b.as_dict().items() if k != "indices"} for b in budgets]},
-                                 indent=2))
+                                      {k: v for k, v in b.items() if k != "indices"} for b in budgets_json]}, indent=2))
     tables = settings.delta_tables()
     samples = tables.open("samples")
     now = int(time.time() * 1000)
     row = {"run_id": settings.run_id, "date": time.strftime("%Y-%m-%d", time.gmtime(now / 1000)), "created_ms": now,
-           "kind": "edge", "version": version, "path": str(folder), "dataset_json": json.dumps(asdict(dataset)),
+           "kind": "edge", "version": version, "path": str(folder), "dataset_json": json.dumps(dataset_json),
            "samples_version": samples.version() if samples is not None else None,
-           "metrics_json": json.dumps(metrics.as_dict()), "label_budgets_json": json.dumps([b.as_dict() for b in budgets]), "real_labels": real_labels}
+           "metrics_json": json.dumps(metrics_json), "label_budgets_json": json.dumps(budgets_json),
+           "real_labels": real_labels}
     import pyarrow as pa
     from deltalake import write_deltalake
 

@@ -51,6 +51,7 @@ def _generate(settings: Settings, spec: ProcessorSpec, source: str | None, sink:
     config = GenerateConfig(node_id=settings.worker.node_id, max_count=settings.worker.max_job_count)
     cap = RateCap(settings.worker.node_id)
     listener = ControlListener(settings.kafka_client, cap).start()
+
     def on_error(error: BaseException, record: Record | None, step: Step) -> Policy:
         """A job the generators cannot serve (an unknown generator or version, too many samples) is bad data."""
         return "dead_letter" if isinstance(error, GeneratorError) else data_error(error, record, step)
@@ -78,7 +79,7 @@ def _quality(settings: Settings, spec: ProcessorSpec, source: str | None, sink: 
     from processors.quality import QualityProcessor
 
     quality = QualityProcessor(settings.judge(), max_record_bytes=settings.kafka_client.max_record_bytes)
-    yield _step(spec, quality.process, source, key_by=quality.route, punctuate=quality.tick, punctuate_s=1.0), {}
+    yield _step(spec, quality.process, source, key_by=quality.route, punctuate=quality.tick), {}
 
 
 @contextmanager
@@ -158,10 +159,10 @@ def processor(name: str, settings: Settings, *, source: str | None = None, sink:
     from streams import admin
 
     spec = spec_of(name)
-    if sink is not None and name not in ("passthrough", "label"):
+    if sink is not None and "sink" not in spec.overrides:
         raise ConfigError(f"{name} routes its outputs by record type through the catalog; it takes no --sink")
-    if source is not None and (spec.kind in ("stateful", "sink") or name == "plant"):
-        raise ConfigError(f"{name} has fixed sources; it takes --group only")
+    if source is not None and "source" not in spec.overrides:
+        raise ConfigError(f"{name} has fixed sources; it takes no --source")
     group = group or f"sdg-{name}"
     with WIRING[name](settings, spec, source, sink, group) as (step, options):
         specs = state_topics(group, step)

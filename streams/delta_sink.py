@@ -26,7 +26,6 @@ from schemas.tables import CHAIN_KEY, GENESIS, PARTITION_BY, TABLES, chain_id, r
 from streams.config import KafkaConfig
 
 log = logging.getLogger(__name__)
-STEP_ID = "lineage"
 HEADS_KEY = "sdg.chain_heads"  # commit metadata: the head of every chain the commit extended
 
 
@@ -45,7 +44,6 @@ class SinkConfig(BaseModel):
 
 @dataclass
 class SinkStats:
-    consumed: int = 0
     skipped: int = 0  # already in a table (written before a restart)
     rows: dict[str, int] = field(default_factory=dict)
     commits: int = 0
@@ -171,7 +169,6 @@ class DeltaSink:
     def write(self, message: Any, record: Record) -> None:
         """Buffer the rows of one record (raises on a record ``fn`` cannot make rows of: the runtime's policy)."""
         topic, partition, offset = message.topic(), message.partition(), message.offset()
-        self.stats.consumed += 1
         rows = self.fn(record, topic, partition, offset)
         wrote = False
         for table, table_rows in rows.items():
