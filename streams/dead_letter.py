@@ -21,7 +21,8 @@ ENVELOPE_BYTES = 16 * 1024  # room kept for the dead letter's own fields
 
 def record_bytes(key: bytes | None, value: bytes | None, headers: dict[str, bytes] | None = None) -> int:
     """What a record weighs against a producer's size limit (key, value and headers)."""
-    return len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in (headers or {}).items())
+    size = len(key or b"") + len(value or b"")
+    return size + sum(len(k) + len(v) for k, v in headers.items()) if headers else size
 
 
 def dead_letter(*, run_id: str, step_id: str, error: BaseException, topic: str, partition: int, offset: int,

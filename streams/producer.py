@@ -71,15 +71,21 @@ class RecordProducer:
             RecordTooLarge: key, value and headers weigh more than ``max_record_bytes`` (nothing was queued).
         """
         self.check_size(topic, key, value, headers)
+        self.produce(topic, key, value, headers=headers, partition=partition)
+        self.client.poll(0)
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, *,
+                headers: dict[str, bytes] | None = None, partition: int | None = None) -> None:
+        """Queue bytes already checked for size (the runtime's hot path: delivery reports are served by the
+        caller's ``client.poll``, once per batch)."""
         while True:
             try:
                 self.client.produce(topic, value=value, key=key, headers=list(headers.items()) if headers else None,
                                     partition=-1 if partition is None else partition,  # -1: by key
                                     on_delivery=self._on_delivery)
-                break
+                return
             except BufferError:
                 self.client.poll(0.05)  # local queue full: let deliveries drain
-        self.client.poll(0)
 
     def check_size(self, topic: str, key: bytes | None, value: bytes | None,
                    headers: dict[str, bytes] | None = None) -> None:

@@ -316,6 +316,8 @@ class Runner:
         self._failed = False  # after a failure, the revocation that closing the consumer triggers commits nothing
         self._done: dict[tuple[str, int], int] = {}  # next offset to commit per partition: processed records only
         self._committed: dict[tuple[str, int], int] = {}
+        self._wire: dict[int, tuple[Record, bytes]] = {}  # the batch's decoded records → their bytes (relays reuse them)
+        self._checks: dict[str, Callable[[Record], Record]] = {}  # source topic → its type check
         stateful = step.kind == "stateful"
         self._changelog = changelog_topic(group, step.step_id) if stateful else None
         self._repartition = repartition_topic(group, step.step_id) if step.key_by is not None else None
@@ -458,25 +460,32 @@ class Runner:
     def _decode(self, message: Message) -> Record | None:
         """The message's record; None after handing an undecodable or wrong-type one to the error policy (as
         one whose key is not its state key, on the repartition topic: anyone who can write there is a producer)."""
+        topic, value = message.topic(), message.value()
         try:
-            if message.topic() != self._repartition:
-                return topic_spec(message.topic()).check(self.codec.decode(message.value()))
-            record = topic_spec(self.step.sources[0]).check(self.codec.decode(message.value()))
-            assert self.step.key_by is not None
-            key = self.step.key_by(record)
-            if message.key() != key.encode():
-                raise UndecodableRecord(f"key {message.key()!r} is not the record's state key {key!r}")
-            return record
+            check = self._checks.get(topic)
+            if check is None:
+                check = self._checks[topic] = topic_spec(
+                    self.step.sources[0] if topic == self._repartition else topic).check
+            record = check(self.codec.decode(value))
+            if topic == self._repartition:
+                assert self.step.key_by is not None
+                key = self.step.key_by(record)
+                if message.key() != key.encode():
+                    raise UndecodableRecord(f"key {message.key()!r} is not the record's state key {key!r}")
         except Exception as e:  # undecodable, of another type, or refused by key_by: the policy decides
             self._fail(message, e)
-        return None
+            return None
+        self._wire[id(record)] = (record, value)  # type: ignore[assignment]
+        return record
 
     def _produce(self, message: Message | None, result: Any) -> None:
         """Route, encode and size-check every output first: all or nothing."""
         try:
             encoded = []
             for record in self.step.outputs(result):
-                topic, key, value = self.step.route(record), key_bytes(record), self.codec.encode(record)
+                seen = self._wire.get(id(record))
+                wire = seen[1] if seen is not None and seen[0] is record else None
+                topic, key, value = self.step.route(record), key_bytes(record), self.codec.encode(record, wire=wire)
                 check_size(topic, key, value, None, max_record_bytes=self.io.max_record_bytes)
                 encoded.append((topic, key, value))
         except StepReturnError:
@@ -493,9 +502,15 @@ class Runner:
         self.stats.consumed += 1
 
     def _process(self, messages: list[Message]) -> None:
-        if self.step.kind == "batch_map":
-            self._batch(messages)
-            return
+        try:
+            if self.step.kind == "batch_map":
+                self._batch(messages)
+            else:
+                self._each(messages)
+        finally:
+            self._wire.clear()
+
+    def _each(self, messages: list[Message]) -> None:
         for message in messages:
             if self.stopping.is_set():
                 break  # the rest of the batch is not marked done: it is consumed again later
@@ -617,6 +632,7 @@ class KafkaIO:
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
         from confluent_kafka import KafkaError
 
+        self.producer.client.poll(0)  # the last batch's delivery reports
         first = self._consumer.poll(timeout_s)
         if first is None:
             return []
@@ -631,7 +647,7 @@ class KafkaIO:
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int | None = None,
              headers: dict[str, bytes] | None = None) -> None:
-        self.producer.send_bytes(topic, key, value, headers=headers, partition=partition)
+        self.producer.produce(topic, key, value, headers=headers, partition=partition)  # the runtime checked sizes
 
     def checkpoint(self, offsets: dict[tuple[str, int], int]) -> None:
         from confluent_kafka import KafkaException, TopicPartition
