@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from models.image import png_bytes, to_uint8
+from models.image import encode_image, to_uint8
 from models.reference import Splits
 from schemas.identity import sample_id
 from schemas.records import Conditioning, GeneratedSample
@@ -21,11 +21,11 @@ PROBE = "probe"
 
 
 def _sample(image: np.ndarray, label: int, seed: int, run_id: str, generator: str) -> GeneratedSample:
-    png = png_bytes(image)
+    data, image_format = encode_image(image)
     return GeneratedSample(
         run_id=run_id, sample_id=sample_id(generator, "probe-v1", seed, label, {}), job_id=f"{run_id}-probe",
         generator=generator, generator_version="probe-v1", seed=seed, conditioning=Conditioning(class_label=label),
-        image_png=png, image_sha256=hashlib.sha256(png).hexdigest(), width=image.shape[1], height=image.shape[0],
+        image=data, image_format=image_format, image_sha256=hashlib.sha256(data).hexdigest(), width=image.shape[1], height=image.shape[0],
         channels=1 if image.ndim == 2 else image.shape[2],
         node_id="probe")
 

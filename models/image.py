@@ -1,14 +1,23 @@
-"""The image codec: uint8 images in and out of PNG (the only format records carry), and sample grids.
+"""The image codec: uint8 images in and out of records (raw pixels or PNG), and sample grids.
 
-Images are (H, W) grey or (H, W, 3) RGB; batches (N, H, W) or (N, H, W, C).
+Images are (H, W) grey or (H, W, 3) RGB; batches (N, H, W) or (N, H, W, C). A record carries small images as
+raw pixels (``image_format = "raw"``: no codec cost, ~0.5 µs a sample against 25–65 µs for a PNG encode or decode)
+and larger ones as PNG, which shrinks them where size matters; both are deterministic, so an image's bytes and
+their hash are the same on every machine.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from schemas.records import GeneratedSample
+
+ImageFormat = Literal["auto", "png", "raw"]
+RAW_MAX_BYTES = 16 * 1024  # "auto": raw pixels up to 128×128 grey or 73×73 RGB, PNG above
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -30,6 +39,65 @@ def png_bytes(image: np.ndarray) -> bytes:
     Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image).save(
         buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()
+
+
+def encode_image(image: np.ndarray, image_format: ImageFormat = "auto") -> tuple[bytes, Literal["png", "raw"]]:
+    """A uint8 image's record bytes and their format: raw pixels (row-major, channels last) or PNG; ``auto``
+    takes raw up to ``RAW_MAX_BYTES``."""
+    if image_format == "raw" or (image_format == "auto" and image.size <= RAW_MAX_BYTES):
+        return np.ascontiguousarray(image, dtype=np.uint8).tobytes(), "raw"
+    return png_bytes(image), "png"
+
+
+def _convert(image: np.ndarray, channels: int) -> np.ndarray:
+    """Grey ↔ RGB the way a PNG is converted (PIL's modes), so both formats give the same pixels."""
+    from PIL import Image
+
+    have = 1 if image.ndim == 2 else image.shape[2]
+    if have == channels:
+        return image
+    if channels not in (1, 3):
+        raise ValueError(f"images have 1 or 3 channels, not {channels}")
+    return np.asarray(Image.fromarray(image).convert("L" if channels == 1 else "RGB"))
+
+
+def sample_image(sample: GeneratedSample, channels: int | None = None) -> np.ndarray:
+    """A sample's image as uint8 (H, W) or (H, W, 3), converted to ``channels`` (default: its own).
+
+    Raises:
+        ValueError: the bytes are not an image of the sample's size and channels.
+    """
+    shape = (sample.height, sample.width)
+    if sample.image_format == "raw":
+        if len(sample.image) != sample.height * sample.width * sample.channels:
+            raise ValueError(f"{len(sample.image):,} bytes of raw pixels for a {sample.width}×{sample.height}×"
+                             f"{sample.channels} image")
+        pixels = np.frombuffer(sample.image, np.uint8).reshape(
+            shape if sample.channels == 1 else (*shape, sample.channels))
+        return _convert(pixels, channels or sample.channels)
+    return decode_png(sample.image, shape=shape, channels=channels or sample.channels)
+
+
+def sample_images(samples: Sequence[GeneratedSample], channels: int | None = None) -> np.ndarray:
+    """The images of samples of one size as a batch: raw pixels of one shape and channel count in one copy,
+    anything else image by image.
+
+    Raises:
+        ValueError: an image is not of its sample's size and channels, or the samples differ in size.
+    """
+    first = samples[0] if samples else None
+    if first is not None and all(s.image_format == "raw" and s.height == first.height and s.width == first.width
+                                 and s.channels == first.channels == (channels or first.channels)
+                                 and len(s.image) == s.height * s.width * s.channels for s in samples):
+        shape = (len(samples), first.height, first.width)
+        return np.frombuffer(b"".join(s.image for s in samples), np.uint8).reshape(
+            shape if first.channels == 1 else (*shape, first.channels))
+    try:
+        return np.stack([sample_image(s, channels) for s in samples])
+    except ValueError as e:
+        if "same shape" in str(e):
+            raise ValueError(f"images of different sizes in one batch: {e}") from e
+        raise
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

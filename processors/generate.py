@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from models.catalog import GeneratorCatalog
 from models.generator import GeneratorError
-from models.image import channels_of, png_bytes
+from models.image import ImageFormat, channels_of, encode_image, png_bytes
 from schemas.identity import sample_id
 from schemas.records import Annotation, Conditioning, GeneratedSample, GenerationJob, Reading, Record
 
@@ -17,6 +17,7 @@ from schemas.records import Annotation, Conditioning, GeneratedSample, Generatio
 class GenerateConfig:
     node_id: str = "node-0"
     max_count: int = 4096  # a job is one generation batch; `sdg plan` splits larger requests
+    image_format: ImageFormat = "auto"  # raw pixels for small images, PNG for large ones (models.image)
 
 
 def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: GenerateConfig) -> list[Record]:
@@ -36,7 +37,7 @@ def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: Genera
     compute_ms = (time.perf_counter() - started) * 1000
     samples: list[Record] = []
     for i, (seed, label) in enumerate(zip(seeds, classes)):
-        image = png_bytes(output.images[i])
+        image, image_format = encode_image(output.images[i], config.image_format)
         objects = [
             Annotation(class_label=o.class_label, bbox=list(o.bbox), mask_png=png_bytes(o.mask.astype("uint8") * 255))
             for o in (output.objects[i] if output.objects else [])
@@ -49,7 +50,8 @@ def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: Genera
             generator_version=model.version,
             seed=seed,
             conditioning=Conditioning(class_label=label, params=dict(job.params)),
-            image_png=image,
+            image=image,
+            image_format=image_format,
             image_sha256=hashlib.sha256(image).hexdigest(),
             width=int(output.images.shape[2]),
             height=int(output.images.shape[1]),

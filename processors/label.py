@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from models.image import decode_png
+from models.image import sample_image, sample_images
 from models.runtime import ModelFileError, OnnxModel, fit_image
 from schemas.records import GeneratedSample, Label, LabeledSample
 
@@ -71,17 +71,24 @@ def _inputs(sample: GeneratedSample, size: int, channels: int) -> list[np.ndarra
         ValueError: the image is not a PNG of the sample's size, or a scene comes from another generator than
             the procedural renderer (whose object labels are its own ground truth).
     """
-    image = decode_png(sample.image_png, shape=(sample.height, sample.width), channels=sample.channels)
+    image = sample_image(sample)
     if sample.objects and sample.generator != PROCEDURAL:
         raise ValueError(f"a {sample.generator} sample with {len(sample.objects)} objects: only the "
                          f"{PROCEDURAL} renderer draws scenes")
     return [_crop(image, o.bbox, size, channels) for o in sample.objects] or [fit_image(image, size, channels)]
 
 
-def _confidence(p: np.ndarray) -> tuple[float, float, float]:
-    """(max probability, margin between the top two, entropy in nats)."""
-    top = np.sort(p)[::-1]
-    return float(top[0]), float(top[0] - top[1]), float(-(p * np.log(np.clip(p, 1e-12, 1.0))).sum())
+def _confidence(p: np.ndarray) -> tuple[list[float], list[float], list[float]]:
+    """Per row of probabilities (N, classes): max probability, margin between the top two, entropy in nats."""
+    top = -np.partition(-p, 1, axis=1)[:, :2] if p.shape[1] > 1 else np.concatenate([p, np.zeros_like(p)], axis=1)
+    entropy = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=1)
+    return top[:, 0].tolist(), (top[:, 0] - top[:, 1]).tolist(), entropy.tolist()
+
+
+def _direct(sample: GeneratedSample, labeler: Labeler) -> bool:
+    """Whether a sample's pixels are the classifier's input as they are (raw, one object, the model's size)."""
+    return (not sample.objects and sample.image_format == "raw" and sample.channels == labeler.channels
+            and sample.height == sample.width == labeler.image_size)
 
 
 def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSample | Exception]:
@@ -91,42 +98,45 @@ def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSa
     Agreement is always computed here, from the image: the label of a GAN or diffusion sample is the labeler's;
     a procedural sample keeps its renderer's labels, and agrees only if the labeler sees the same in every crop.
     """
+    direct = [s for s in samples if _direct(s, labeler)]  # the common case: one copy for the whole batch
+    batch = [sample_images(direct)] if direct else []
     crops: list[np.ndarray] = []
-    owners: list[list[int]] = []  # per sample: its rows in `crops`
-    results: list[LabeledSample | Exception | None] = []
+    owners: dict[int, list[int] | ValueError] = {id(s): [i] for i, s in enumerate(direct)}  # sample → its input rows
     for sample in samples:
+        if id(sample) in owners:
+            continue
         try:
             parts = _inputs(sample, labeler.image_size, labeler.channels)
         except ValueError as e:
-            results.append(ValueError(f"sample {sample.sample_id}: {e}"))
-            owners.append([])
+            owners[id(sample)] = ValueError(f"sample {sample.sample_id}: {e}")
             continue
-        owners.append(list(range(len(crops), len(crops) + len(parts))))
+        start = len(direct) + len(crops)
+        owners[id(sample)] = list(range(start, start + len(parts)))
         crops.extend(parts)
-        results.append(None)
-    probabilities = labeler.model.run(np.stack(crops)) if crops else np.zeros((0, len(labeler.classes)))
-    classes = np.asarray(labeler.classes)
+    if crops:
+        batch.append(np.stack(crops))
+    probabilities = labeler.model.run(np.concatenate(batch)) if batch else np.zeros((0, len(labeler.classes)))
+    predicted = np.asarray(labeler.classes)[probabilities.argmax(axis=1)].tolist()
+    confidence, margin, entropy = _confidence(probabilities)
     out: list[LabeledSample | Exception] = []
-    for sample, rows, result in zip(samples, owners, results):
-        if result is not None:
-            out.append(result)
+    for sample in samples:
+        rows = owners[id(sample)]
+        if isinstance(rows, ValueError):
+            out.append(rows)
             continue
-        predicted = classes[probabilities[rows].argmax(axis=1)]
         if sample.objects:  # a scene: the renderer's objects are the labels; every one must agree
-            truth = np.array([o.class_label for o in sample.objects])
-            agrees = bool((predicted == truth).all())
-            worst = min(rows, key=lambda r: probabilities[r].max())
-            confidence, margin, entropy = _confidence(probabilities[worst])
+            agrees = all(predicted[r] == o.class_label for r, o in zip(rows, sample.objects))
+            row = min(rows, key=confidence.__getitem__)  # the least sure crop speaks for the scene
             value = sample.conditioning.class_label
         else:
-            confidence, margin, entropy = _confidence(probabilities[rows[0]])
-            predicted_label = int(predicted[0])
-            agrees = predicted_label == sample.conditioning.class_label
-            value = sample.conditioning.class_label if sample.generator == PROCEDURAL else predicted_label
+            row = rows[0]
+            agrees = predicted[row] == sample.conditioning.class_label
+            value = sample.conditioning.class_label if sample.generator == PROCEDURAL else predicted[row]
         out.append(LabeledSample(
             run_id=sample.run_id,
             sample=sample,
-            label=Label(label=value, confidence=confidence, margin=margin, entropy=entropy, agrees=agrees,
-                        labeler=labeler.name, labeler_version=labeler.model.version, objects=list(sample.objects)),
+            label=Label(label=value, confidence=confidence[row], margin=margin[row], entropy=entropy[row],
+                        agrees=agrees, labeler=labeler.name, labeler_version=labeler.model.version,
+                        objects=list(sample.objects)),
         ))
     return out

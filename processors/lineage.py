@@ -62,7 +62,7 @@ def rows_of(record: Record, topic: str, partition: int, offset: int) -> Rows:
                   "generator_version": record.generator_version, "seed": record.seed,
                   "class_label": record.conditioning.class_label,
                   "params_json": json.dumps(record.conditioning.params, sort_keys=True),
-                  "image_png": record.image_png, "image_sha256": record.image_sha256, "width": record.width,
+                  "image": record.image, "image_format": record.image_format, "image_sha256": record.image_sha256, "width": record.width,
                   "height": record.height, "channels": record.channels, "node_id": record.node_id,
                   "objects_json": json.dumps([{"class_label": o.class_label, "bbox": o.bbox} for o in record.objects])}
         return {"samples": [sample], "lineage": [_lineage(record, "generated", where)]}

@@ -30,7 +30,7 @@ from typing import Callable, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.image import decode_png
+from models.image import sample_image, sample_images
 from models.quality import Reference, RunningMoments
 from models.reference import Splits
 from processors.label import Labeler
@@ -230,7 +230,7 @@ class QualityJudge:
 
     def assess(self, records: list[LabeledSample], window_id: str) -> list[Pending]:
         """Features, per-sample score and per-sample rejection of each record (its label re-checked)."""
-        images = np.stack([decode_png(r.sample.image_png, channels=self.reference.channels) for r in records])
+        images = sample_images([r.sample for r in records], self.reference.channels)
         features = self.extractor.run(images)
         realism, nn_distance, memorization = self.reference.per_sample(features, images)
         out = []
@@ -402,7 +402,7 @@ class QualityProcessor:
             raise RecordTooLarge(f"a {len(data):,}-byte record leaves its scored and decided copies no room under "
                                  f"the {self.max_record_bytes:,}-byte limit (SDG_KAFKA__MAX_RECORD_BYTES)")
         sample, reference = record.sample, self.judge.reference
-        image = decode_png(sample.image_png, shape=(sample.height, sample.width), channels=sample.channels)
+        image = sample_image(sample)
         size = reference.image_size
         if image.shape[0] != image.shape[1] or (not sample.objects and image.shape[0] != size):
             raise ValueError(f"a {image.shape[1]}×{image.shape[0]} image; the reference set is {size}×{size}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from models.image import decode_png
+from models.image import sample_image
 from schemas.records import Record, SampleDecision
 
 
@@ -25,7 +25,7 @@ class TrainSink:
     def write(self, message: Any, record: Record) -> None:
         assert isinstance(record, SampleDecision)
         sample = record.sample
-        decode_png(sample.image_png, shape=(sample.height, sample.width), channels=sample.channels)
+        sample_image(sample)
         self.records.append(record)
         self.fresh += 1
 

@@ -39,7 +39,7 @@ def example_sample(i: int, run_id: str, *, payload_bytes: int = 64) -> Generated
         generator_version="0" * 16,
         seed=i,
         conditioning=Conditioning(class_label=i % 10),
-        image_png=image,
+        image=image,
         image_sha256=hashlib.sha256(image).hexdigest(),
         width=8,
         height=8,

@@ -102,13 +102,15 @@ class Conditioning(_Part):
 
 class GeneratedSample(Record):
     schema_name: ClassVar[str] = "GeneratedSample"
+    schema_version: int = 2
     sample_id: Name
     job_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:@+=/-]{0,128}$")]  # empty for ingested or replayed samples
     generator: Name
     generator_version: Name
     seed: int = Field(ge=0)
     conditioning: Conditioning
-    image_png: bytes
+    image: bytes
+    image_format: Literal["png", "raw"] = "png"  # raw: uint8 pixels, height × width × channels, row-major
     image_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     width: int = Field(ge=1, le=MAX_SIDE)
     height: int = Field(ge=1, le=MAX_SIDE)
@@ -120,7 +122,10 @@ class GeneratedSample(Record):
     objects: list[Annotation] = Field(default_factory=list, max_length=1024)
 
     @model_validator(mode="after")
-    def _objects_inside(self) -> GeneratedSample:
+    def _consistent(self) -> GeneratedSample:
+        if self.image_format == "raw" and len(self.image) != self.width * self.height * self.channels:
+            raise ValueError(f"{len(self.image):,} bytes of raw pixels for a {self.width}×{self.height}×"
+                             f"{self.channels} image")
         for o in self.objects:
             x, y, w, h = o.bbox
             if x >= self.width or y >= self.height or x + w <= 0 or y + h <= 0:
@@ -168,17 +173,20 @@ class _Staged(Record):
 
 class LabeledSample(_Staged):
     schema_name: ClassVar[str] = "LabeledSample"
+    schema_version: int = 2
     label: Label
 
 
 class ScoredSample(_Staged):
     schema_name: ClassVar[str] = "ScoredSample"
+    schema_version: int = 2
     label: Label
     score: Score
 
 
 class SampleDecision(_Staged):
     schema_name: ClassVar[str] = "SampleDecision"
+    schema_version: int = 2
     label: Label
     score: Score
     gate: Gate

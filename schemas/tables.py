@@ -36,13 +36,14 @@ SAMPLES = pa.schema([
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("class_label", pa.int32(), nullable=False),
     pa.field("params_json", pa.string()),
-    pa.field("image_png", pa.binary(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),  # PNG, or raw pixels (image_format)
     pa.field("image_sha256", pa.string(), nullable=False),
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
     pa.field("node_id", pa.string()),
     pa.field("objects_json", pa.string()),  # boxes of multi-object scenes (masks stay in the image topic records)
     pa.field("channels", pa.int32()),  # added with colour data: tables written before read it as null (grey)
+    pa.field("image_format", pa.string()),  # png | raw; null in tables written before raw pixels: png
 ])
 
 LINEAGE = pa.schema([

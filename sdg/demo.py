@@ -372,7 +372,7 @@ def _generation(
 ) -> tuple[dict[str, int], dict[str, Path], dict[str, Counter[str]], list[QualityWindow], list[SampleDecision],
            list[str]]:
     """Plan a mix of all three generators; generate, label and gate them; show what arrived and what passed."""
-    from models.image import decode_png, sample_grid
+    from models.image import sample_grid, sample_image
     from processors.generate import plan_jobs
 
     train_s: dict[str, float] = {}  # seconds per model trained in this run
@@ -453,7 +453,7 @@ def _generation(
                       str(len({s.conditioning.class_label for s in samples})),
                       f"{first.scheduler or '-'}{'/' + str(first.steps) if first.steps else ''}", f"{per_sample:.2f}")
         if not first.objects:
-            images = np.stack([decode_png(s.image_png, channels=s.channels) for s in samples])
+            images = np.stack([sample_image(s) for s in samples])
             grids[key] = out / f"samples_{key}.png"
             grids[key].write_bytes(sample_grid(images, [s.conditioning.class_label for s in samples]))
     console.print(table)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from models.image import png_bytes
+from models.image import encode_image, png_bytes, sample_image
 from schemas.errors import SdgError
 from schemas.tables import DERIVED_TABLES, TABLES, ChainBreak, chain_id, verify_chain
 from streams.delta_sink import DeltaTables
@@ -100,7 +100,7 @@ def to_sample(row: dict[str, Any]) -> Any:
         run_id=row["run_id"], created_ms=row["created_ms"], sample_id=row["sample_id"], job_id=row["job_id"] or "",
         generator=row["generator"], generator_version=row["generator_version"], seed=row["seed"],
         conditioning=Conditioning(class_label=row["class_label"], params=json.loads(row["params_json"] or "{}")),
-        image_png=row["image_png"], image_sha256=row["image_sha256"], width=row["width"], height=row["height"],
+        image=row["image"], image_format=row.get("image_format") or "png", image_sha256=row["image_sha256"], width=row["width"], height=row["height"],
         channels=row.get("channels") or 1, node_id=row["node_id"] or "", objects=[Annotation(**o) for o in json.loads(row["objects_json"] or "[]")])
 
 
@@ -113,11 +113,12 @@ def regenerate(rows: list[dict[str, Any]], catalog: Any) -> tuple[list[dict[str,
     for row in rows:
         model = catalog.get(row["generator"], row["generator_version"])
         params = json.loads(row["params_json"] or "{}")
-        image = png_bytes(model([row["seed"]], [row["class_label"]], **params).images[0])
+        image, _ = encode_image(model([row["seed"]], [row["class_label"]], **params).images[0],
+                                row.get("image_format") or "png")
         digest = hashlib.sha256(image).hexdigest()
         if digest != row["image_sha256"]:
             mismatched.append(row["sample_id"])
-        out.append({**row, "image_png": image, "image_sha256": digest})
+        out.append({**row, "image": image, "image_sha256": digest})
     return out, mismatched
 
 
@@ -144,12 +145,13 @@ def export(tables: DeltaTables, out: Path, *, fmt: str, rows: list[dict[str, Any
         pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLES), out / "samples.parquet")
     for index, row in enumerate(rows if fmt != "parquet" else []):
         name = f"{row['sample_id']}.png"
+        png = row["image"] if (row.get("image_format") or "png") == "png" else png_bytes(sample_image(to_sample(row)))
         if fmt == "imagefolder":
             (out / str(row["class_label"])).mkdir(exist_ok=True)
-            (out / str(row["class_label"]) / name).write_bytes(row["image_png"])
+            (out / str(row["class_label"]) / name).write_bytes(png)
             continue
         (out / "images").mkdir(exist_ok=True)
-        (out / "images" / name).write_bytes(row["image_png"])
+        (out / "images" / name).write_bytes(png)
         w, h = row["width"], row["height"]
         if fmt == "yolo":
             (out / "labels").mkdir(exist_ok=True)

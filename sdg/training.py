@@ -117,10 +117,10 @@ def accepted_dataset(records: Sequence[SampleDecision], channels: int = 1) -> tu
     import hashlib
     from collections import Counter
 
-    from models.image import decode_png
+    from models.image import sample_images
 
     kept = [r for r in records if not r.sample.objects]
-    images = np.stack([decode_png(r.sample.image_png, channels=channels) for r in kept]).astype(np.float32) / 255.0
+    images = sample_images([r.sample for r in kept], channels).astype(np.float32) / 255.0
     labels = np.array([r.label.label for r in kept])
     ids = sorted(r.sample.sample_id for r in kept)
     dataset = TrainingSet(len(kept), hashlib.sha256("\n".join(ids).encode()).hexdigest(),

@@ -15,7 +15,7 @@ from models.catalog import GeneratorCatalog
 from models.diffusion import DiffusionConfig, train_diffusion
 from models.gan import GanConfig, GanModel, train_gan
 from models.generator import GeneratorError
-from models.image import decode_png
+from models.image import sample_image
 from models.reference import LabelAccountingError, Splits, check_budget, load_digits_reference, load_folder, make_splits
 from models.registry import ModelRegistry
 from models.render import ProceduralRenderer
@@ -152,11 +152,11 @@ def test_generate_makes_samples_with_provenance_and_stable_ids(tmp_path: Path, g
     assert [s.conditioning.class_label for s in samples] == [3, 1, 2, 3, 1]  # the plan's class cycle goes on
     for s in samples:
         assert s.generator == "gan" and s.generator_version == gan.version and s.node_id == "n9"
-        assert hashlib.sha256(s.image_png).hexdigest() == s.image_sha256
-        assert decode_png(s.image_png).shape == (8, 8)
+        assert hashlib.sha256(s.image).hexdigest() == s.image_sha256
+        assert s.image_format == "raw" and sample_image(s).shape == (8, 8)
     again = generate(job, generators=catalog, config=GenerateConfig(node_id="n2"))
     assert [s.sample_id for s in samples] == [s.sample_id for s in again if isinstance(s, GeneratedSample)]
-    assert [s.image_png for s in samples] == [s.image_png for s in again if isinstance(s, GeneratedSample)]
+    assert [s.image for s in samples] == [s.image for s in again if isinstance(s, GeneratedSample)]
 
 
 def test_plan_covers_every_class_evenly() -> None:

@@ -30,7 +30,7 @@ from confluent_kafka import Producer
 from PIL import Image
 
 from models.corruption import mixed_stream
-from models.image import decode_png, png_bytes
+from models.image import decode_png, png_bytes, sample_image
 from models.reference import load_digits_reference, make_splits
 from models.runtime import ModelFileError
 from schemas.codec import MAGIC, RecordCodec, registry
@@ -62,7 +62,7 @@ def forge(record: Any, **changes: Any) -> bytes:
 
 
 def with_image(sample: GeneratedSample, data: bytes, *, width: int, height: int, **changes: Any) -> GeneratedSample:
-    return sample.model_copy(update={"image_png": data, "image_sha256": hashlib.sha256(data).hexdigest(),
+    return sample.model_copy(update={"image": data, "image_format": "png", "image_sha256": hashlib.sha256(data).hexdigest(),
                                      "width": width, "height": height, **changes})
 
 
@@ -79,9 +79,9 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
                         run_id=run_id, runner=RunnerConfig(batch_size=64))
     labeler = settings.labeler()
     # a sample the labeler gets right: forging its label is then a lie the gate can catch
-    good = next(s for s in stream if labeler.model.run(decode_png(s.image_png)[None]).argmax() == s.conditioning.class_label)
-    image = decode_png(good.image_png)
-    scene = with_image(good, good.image_png, width=8, height=8, generator="procedural", sample_id=f"{run_id}-scene",
+    good = next(s for s in stream if labeler.model.run(sample_image(s)[None]).argmax() == s.conditioning.class_label)
+    image = sample_image(good)
+    scene = with_image(good, good.image, width=8, height=8, generator="procedural", sample_id=f"{run_id}-scene",
                        objects=[Annotation(class_label=(good.conditioning.class_label + 1) % 10, bbox=[0, 0, 8, 8])])
     wrong = (good.conditioning.class_label + 3) % 10
     forged_label = Label(label=wrong, confidence=0.999, margin=0.99, entropy=0.01, agrees=True,
@@ -91,6 +91,7 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
         "run_id ''": (forge(good, run_id=""), "is not a run id"),
         "run_id of 300 characters": (forge(good, run_id="r" * 300), "300 characters"),
         "run_id with a path": (forge(good, run_id="../../etc"), "is not a run id"),
+        "raw pixels short": (forge(good, image_format="raw", image=b"\x00" * 10), "10 bytes of raw pixels"),
         "NaN box": (forge(good, generator="procedural", objects=[
             {"class_label": 1, "bbox": [float("nan"), 0.0, 4.0, 4.0], "mask_png": None}]), "finite"),
         "negative box": (forge(good, generator="procedural", objects=[

@@ -94,7 +94,7 @@ def _procedural(mode: str) -> list[GeneratedSample]:
 def test_label_keeps_renderer_labels_checks_scene_objects_and_returns_bad_images_as_errors(quality_state: Path) -> None:
     labeler = Settings(state_dir=quality_state).labeler()
     crops, scenes = _procedural("crop"), _procedural("scene")
-    broken = crops[0].model_copy(update={"image_png": b"\x89PNG broken"})
+    broken = crops[0].model_copy(update={"image": b"\x89PNG broken", "image_format": "png"})
     out = label([*crops, *scenes[:3], broken], labeler=labeler)
     assert isinstance(out[-1], ValueError) and "not a PNG" in str(out[-1])
     labeled = [r for r in out[:-1] if isinstance(r, LabeledSample)]

@@ -283,7 +283,7 @@ def test_exports_load(fmt: str, kafka: KafkaConfig, run_id: str, tmp_path: Path,
     if fmt == "parquet":
         table = pq.read_table(out / "samples.parquet")
         assert table.num_rows == accepted
-        assert {r["sample_id"]: hashlib.sha256(r["image_png"]).hexdigest() for r in table.to_pylist()} \
+        assert {r["sample_id"]: hashlib.sha256(r["image"]).hexdigest() for r in table.to_pylist()} \
             == manifest["image_sha256"]
         return
     assert {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in files.items()} == manifest["image_sha256"]

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from models.image import decode_png, png_bytes
+from models.image import decode_png, png_bytes, sample_image
 from models.reference import DataConfig, load_reference
 from models.render import ProceduralRenderer, RenderConfig
 from schemas.errors import SdgError
@@ -198,9 +198,9 @@ def test_own_data_end_to_end_through_the_broker(source: str, kafka: KafkaConfig,
     for decision in decided.values():
         sample = decision.sample
         assert (sample.height, sample.width, sample.channels) == (height, width, channels)
-        image = decode_png(sample.image_png, shape=(height, width), channels=channels)
+        image = sample_image(sample)
         assert image.shape == ((height, width, 3) if channels == 3 else (height, width))
-        assert Image.open(io.BytesIO(sample.image_png)).mode == ("RGB" if channels == 3 else "L")
+        assert sample.image_format == "raw"  # small images travel as raw pixels
     assert {d.sample.generator for d in decided.values()} == {"gan", "diffusion", "procedural"}
 
     from sdg.history import query
@@ -256,3 +256,19 @@ def test_samples_tables_written_before_channels_still_take_appends(tmp_path: Pat
     rows = {r["run_id"]: r for r in query(tables, "SELECT * FROM samples").to_pylist()}
     assert rows["old-run"]["channels"] is None and rows["new-run"]["channels"] == 1
     assert to_sample(rows["old-run"]).channels == 1  # a row from before reads as grey
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_raw_and_png_images_give_the_same_pixels(channels: int) -> None:
+    from models.image import encode_image
+    from schemas.examples import example_sample
+
+    images, _ = _digits(20, channels, 1)
+    for image_format in ("raw", "png"):
+        data, kept = encode_image(images[0], image_format)
+        sample = example_sample(0, "t").model_copy(update={"image": data, "image_format": kept, "width": 20,
+                                                           "height": 20, "channels": channels})
+        assert kept == image_format and np.array_equal(sample_image(sample), images[0])
+        other = 3 if channels == 1 else 1  # converted the way PIL converts a PNG
+        assert np.array_equal(sample_image(sample, other), decode_png(png_bytes(images[0]), channels=other))
+    assert encode_image(np.zeros((128, 128), np.uint8))[1] == "raw" and encode_image(np.zeros((129, 128), np.uint8))[1] == "png"

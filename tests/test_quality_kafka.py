@@ -46,7 +46,7 @@ def test_label_then_quality_gate_through_the_broker(kafka: KafkaConfig, run_id: 
                 for sample, _ in stream:
                     producer.send("sdg.samples.raw", sample)
                 producer.send_bytes("sdg.samples.raw", b"bad", b"not avro at all")
-                producer.send("sdg.samples.raw", stream[0][0].model_copy(update={"image_png": b"\x89PNG cut"}))
+                producer.send("sdg.samples.raw", stream[0][0].model_copy(update={"image": b"\x89PNG cut"}))
                 producer.send_bytes("sdg.samples.labeled", b"bad", b"\x00garbage for the quality processor")
                 wrong_type = producer.codec.encode(example(QualityWindow, 0, run_id))  # valid, but not for this topic
                 producer.send_bytes("sdg.samples.labeled", b"wrong", wrong_type)

@@ -163,3 +163,21 @@ def test_schema_files_are_named_by_record_and_version(tmp_path: Path) -> None:
     (tmp_path / "Bad.avsc").write_text("{}")
     with pytest.raises(SchemaError, match="named <Name>.v<N>.avsc"):
         SchemaRegistry(tmp_path)
+
+
+def test_a_v1_sample_is_read_as_a_png_image_and_unchanged_bytes_are_reused() -> None:
+    """v2 renamed image_png to image (an alias) and added image_format: old samples read as PNG; bytes a record
+    was decoded from are its encoding only when written with the newest schema."""
+    from schemas.examples import example_sample
+
+    sample = example_sample(3, "old")
+    values = {k: v for k, v in sample.model_dump().items() if k != "image_format"} | {"schema_version": 1}
+    values["image_png"] = values.pop("image")
+    old = _single_object(registry().versions["GeneratedSample"][1], values)
+    decoded = CODEC.decode(old)
+    assert decoded.image == sample.image and decoded.image_format == "png"  # type: ignore[attr-defined]
+    upgraded = CODEC.encode(decoded, wire=old)
+    assert upgraded[2:10] == registry().latest("GeneratedSample").fingerprint
+    assert CODEC.decode(upgraded).model_dump(exclude={"schema_version"}) == decoded.model_dump(exclude={"schema_version"})
+    new = CODEC.encode(sample)
+    assert CODEC.encode(CODEC.decode(new), wire=new) is new
