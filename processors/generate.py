@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from models.catalog import GeneratorCatalog
 from models.generator import GeneratorError
 from models.image import ImageFormat, channels_of, encode_image, png_bytes
-from schemas.identity import sample_id
+from schemas.identity import sample_ids
 from schemas.records import Annotation, Conditioning, GeneratedSample, GenerationJob, Reading, Record
 
 
@@ -36,6 +36,10 @@ def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: Genera
     output = model(seeds, classes, **job.params)
     compute_ms = (time.perf_counter() - started) * 1000
     samples: list[Record] = []
+    ids = sample_ids(model.name, model.version, seeds, classes, job.params)
+    conditioning = {c: Conditioning(class_label=c, params=dict(job.params)) for c in set(classes)}
+    timings = {"batch_compute": compute_ms, "per_sample": compute_ms / job.count}
+    height, width, channels = int(output.images.shape[1]), int(output.images.shape[2]), channels_of(output.images)
     for i, (seed, label) in enumerate(zip(seeds, classes)):
         image, image_format = encode_image(output.images[i], config.image_format)
         objects = [
@@ -44,22 +48,22 @@ def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: Genera
         ]
         samples.append(GeneratedSample(
             run_id=job.run_id,
-            sample_id=sample_id(model.name, model.version, seed, label, job.params),
+            sample_id=ids[i],
             job_id=job.job_id,
             generator=model.name,
             generator_version=model.version,
             seed=seed,
-            conditioning=Conditioning(class_label=label, params=dict(job.params)),
+            conditioning=conditioning[label],
             image=image,
             image_format=image_format,
             image_sha256=hashlib.sha256(image).hexdigest(),
-            width=int(output.images.shape[2]),
-            height=int(output.images.shape[1]),
-            channels=channels_of(output.images),
+            width=width,
+            height=height,
+            channels=channels,
             node_id=config.node_id,
             scheduler=output.scheduler,
             steps=output.steps,
-            timings_ms={"batch_compute": compute_ms, "per_sample": compute_ms / job.count},
+            timings_ms=timings,
             objects=objects,
         ))
     total_ms = (time.perf_counter() - started) * 1000

@@ -15,7 +15,7 @@ import numpy as np
 
 from models.image import sample_image, sample_images
 from models.runtime import ModelFileError, OnnxModel, fit_image
-from schemas.records import GeneratedSample, Label, LabeledSample
+from schemas.records import GeneratedSample, Label, LabeledSample, now_ms
 
 PROCEDURAL = "procedural"
 
@@ -118,6 +118,7 @@ def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSa
     probabilities = labeler.model.run(np.concatenate(batch)) if batch else np.zeros((0, len(labeler.classes)))
     predicted = np.asarray(labeler.classes)[probabilities.argmax(axis=1)].tolist()
     confidence, margin, entropy = _confidence(probabilities)
+    name, version, now = labeler.name, labeler.model.version, now_ms()
     out: list[LabeledSample | Exception] = []
     for sample in samples:
         rows = owners[id(sample)]
@@ -134,9 +135,9 @@ def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSa
             value = sample.conditioning.class_label if sample.generator == PROCEDURAL else predicted[row]
         out.append(LabeledSample(
             run_id=sample.run_id,
+            created_ms=now,
             sample=sample,
             label=Label(label=value, confidence=confidence[row], margin=margin[row], entropy=entropy[row],
-                        agrees=agrees, labeler=labeler.name, labeler_version=labeler.model.version,
-                        objects=list(sample.objects)),
+                        agrees=agrees, labeler=name, labeler_version=version, objects=sample.objects),
         ))
     return out
