@@ -128,7 +128,10 @@ def latency(kafka: KafkaConfig, arrivals: Arrivals, relay_topic: str, seconds: f
     """Readings at ``rate``/s over ``NODES`` nodes; ten events a second; ms from produce to control record.
 
     The readings' producer batches for 5 ms, as the platform's producers do: a broker on two cores spends
-    a whole core on 1,000 one-record produce requests a second.
+    a whole core on 1,000 one-record produce requests a second. Events fall on every node in turn (every
+    ``rate // 10 + 1``-th reading: co-prime with 32 nodes), so a node's events are ~3 s apart, longer than its
+    coolant trend window: an event closer to the last one meets the control law's hold (a cap is not lifted at
+    once) and would measure the law, not the pipeline.
     """
     producer = Producer(kafka.librdkafka(**{"linger.ms": 5, "acks": "all"}))
     coolant = {n: -178.0 for n in range(NODES)}
@@ -140,7 +143,7 @@ def latency(kafka: KafkaConfig, arrivals: Arrivals, relay_topic: str, seconds: f
         due = int((time.perf_counter() - start) * rate)
         while sent < due:
             node = sent % NODES
-            if sent % (rate // 10) == 0:  # ten events a second, round robin over the nodes
+            if sent % (rate // 10 + 1) == 0:  # ten events a second, each node in turn
                 coolant[node] = marker(k, nth[node])
                 k, nth[node] = k + 1, nth[node] + 1
                 events.append((time.perf_counter(), f"bench-{node:02d}", f"{coolant[node]:.1f}"))

@@ -88,9 +88,9 @@ def _thermal(settings: Settings, spec: ProcessorSpec, source: str | None, sink: 
     from processors.thermal import ThermalProcessor, ThermalRules, dump, load
 
     thermal = ThermalProcessor(ThermalRules(settings.thermal, run_id=settings.run_id))
-    # old readings steer nothing: a new group starts at the end; a cap or an alert commits its transaction at once
+    # old readings steer nothing: a new group starts at the end; caps and alerts go out at once (at least once)
     yield _step(spec, thermal.process, source, load=load, dump=dump, punctuate=thermal.tick, punctuate_s=0.5,
-                start="latest", eager=True), {}
+                start="latest", exactly_once=False), {}
 
 
 @contextmanager

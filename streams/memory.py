@@ -101,7 +101,7 @@ class MemoryBroker:
         """A runner of ``step`` on this broker (its state topics sized like Kafka's)."""
         for spec in state_topics(group, step):
             self.partitions[spec.name] = spec.partitions
-        io = MemoryIO(self, group, transactional=step.kind == "stateful", start=step.start)
+        io = MemoryIO(self, group, transactional=step.kind == "stateful" and step.exactly_once, start=step.start)
         return Runner(step, config=config or RunnerConfig(commit_interval_s=0.05, poll_timeout_s=0.01), group=group,
                       run_id=run_id, io=io, **options)
 

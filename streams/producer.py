@@ -42,7 +42,11 @@ class RecordProducer:
             "message.max.bytes": kafka.max_record_bytes + 64 * 1024,
         }
         if transactional_id is not None:
-            conf |= {"transactional.id": transactional_id, "transaction.timeout.ms": 60_000}
+            # a new transaction's first records wait until the last one's commit markers are written: the broker says
+            # CONCURRENT_TRANSACTIONS and the client retries after retry.backoff.ms (100 ms by default, a control loop's
+            # whole budget); 5 ms, doubling up to 500, keeps back-to-back transactions close together
+            conf |= {"transactional.id": transactional_id, "transaction.timeout.ms": 60_000,
+                     "retry.backoff.ms": 5, "retry.backoff.max.ms": 500}
         self.client = Producer(kafka.librdkafka(**conf))  # the confluent-kafka producer (its transactions)
         self._failures: list[str] = []
 

@@ -9,7 +9,8 @@ A ``Step`` is one of four kinds:
   restored from it when the partition is assigned. A step with ``key_by`` first re-keys its input onto a
   repartition topic, so one worker owns each state key. Stateful checkpoints are Kafka transactions: the
   outputs, the changelog and the input offsets commit together (exactly once: a restart neither loses
-  nor double-counts a record);
+  nor double-counts a record). A control loop (thermal) opts out (``exactly_once=False``): its outputs go
+  out at once and a restart may repeat the last interval's;
 - ``sink``: a ``Sink`` takes each batch's records and writes them out at the checkpoint, before the input
   offsets are committed (lineage to Delta, the trainer).
 
@@ -168,8 +169,10 @@ class Step:
         punctuate: Called every ``punctuate_s`` (with each partition's store for a stateful step, else None).
         start: Where a new consumer group starts: ``earliest`` or ``latest`` (old readings steer nothing).
         commit: False: never commit offsets (a step that rebuilds what it needs from the whole topic at start).
-        eager: Checkpoint as soon as a batch or a timer produced outputs (a stateful step's outputs are visible when
-            its transaction commits: a control loop's caps should not wait for the interval).
+        exactly_once: ``stateful``: checkpoints are Kafka transactions (the default). False: outputs go out at once
+            and the changelog and offsets are written at the checkpoint, so a restart may send the last interval's
+            outputs again (at least once): a control loop whose outputs are states (a cap, an alert), where a
+            transaction's ~25 ms of commit markers are the latency that matters.
         on_error: The error policy: (error, record or None, step) → ``"dead_letter"`` or ``"raise"``.
     """
 
@@ -185,7 +188,7 @@ class Step:
     punctuate_s: float = 1.0
     start: Literal["earliest", "latest"] = "earliest"
     commit: bool = True
-    eager: bool = False
+    exactly_once: bool = True
     on_error: Callable[[BaseException, Record | None, Step], Policy] = data_error
 
     def __post_init__(self) -> None:
@@ -319,13 +322,14 @@ class Runner:
         self._wire: dict[int, tuple[Record, bytes]] = {}  # the batch's decoded records → their bytes (relays reuse them)
         self._checks: dict[str, Callable[[Record], Record]] = {}  # source topic → its type check
         stateful = step.kind == "stateful"
+        transactional = stateful and step.exactly_once
         self._changelog = changelog_topic(group, step.step_id) if stateful else None
         self._repartition = repartition_topic(group, step.step_id) if step.key_by is not None else None
         if io is None:
             if kafka is None:
                 raise ConfigError(f"step {step.step_id}: a runner needs Kafka settings or an io")
             io = KafkaIO(kafka, config, group=group, client=f"{step.step_id}",
-                         transactional_id=f"{group}-{step.step_id}-{config.instance}" if stateful else None,
+                         transactional_id=f"{group}-{step.step_id}-{config.instance}" if transactional else None,
                          start=step.start)
         self.io = io
 
@@ -364,7 +368,6 @@ class Runner:
                 # wait for one record, then take what is already fetched: batches under load, no wait when idle
                 messages = self.io.poll(self.config.batch_size, self.config.poll_timeout_s)
                 now = time.monotonic()
-                produced = self.stats.produced.total()
                 if messages:
                     idle_since = now
                     if self.stats.first_batch_s is None:
@@ -375,8 +378,7 @@ class Runner:
                 if self.step.punctuate is not None and now - last_punctuate >= self.step.punctuate_s:
                     self._punctuate()
                     last_punctuate = now
-                eager = self.step.eager and self.stats.produced.total() > produced
-                if self.step.fn.due() if self.step.kind == "sink" else eager or now - last_checkpoint >= self.config.commit_interval_s:
+                if self.step.fn.due() if self.step.kind == "sink" else now - last_checkpoint >= self.config.commit_interval_s:
                     self._checkpoint()
                     last_checkpoint = now
                 idle = now - max(idle_since, assigned[0]) if assigned else 0.0
