@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from schemas.records import (
@@ -29,8 +30,20 @@ from schemas.records import (
 Rows = dict[str, list[dict[str, Any]]]
 
 
+@lru_cache(maxsize=64)
+def _day(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
+
+
 def _date(ms: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
+    return _day(ms // 86_400_000)
+
+
+def _json(value: Any) -> str:
+    """A map as key-sorted JSON, a list as it is (an empty one, the common case, costs nothing)."""
+    if not value:
+        return "{}" if isinstance(value, dict) else "[]"
+    return json.dumps(value, sort_keys=isinstance(value, dict))
 
 
 def _where(record: Record, topic: str, partition: int, offset: int, *, run_id: str | None = None,
@@ -61,10 +74,10 @@ def rows_of(record: Record, topic: str, partition: int, offset: int) -> Rows:
         sample = {**where, "sample_id": record.sample_id, "job_id": record.job_id, "generator": record.generator,
                   "generator_version": record.generator_version, "seed": record.seed,
                   "class_label": record.conditioning.class_label,
-                  "params_json": json.dumps(record.conditioning.params, sort_keys=True),
+                  "params_json": _json(record.conditioning.params),
                   "image": record.image, "image_format": record.image_format, "image_sha256": record.image_sha256, "width": record.width,
                   "height": record.height, "channels": record.channels, "node_id": record.node_id,
-                  "objects_json": json.dumps([{"class_label": o.class_label, "bbox": o.bbox} for o in record.objects])}
+                  "objects_json": _json([{"class_label": o.class_label, "bbox": o.bbox} for o in record.objects])}
         return {"samples": [sample], "lineage": [_lineage(record, "generated", where)]}
     if isinstance(record, (LabeledSample, ScoredSample, SampleDecision)):
         where = _where(record, topic, partition, offset, run_id=record.sample.run_id, created_ms=record.created_ms)

@@ -32,11 +32,14 @@ class TrainSink:
     def due(self) -> bool:
         return self.fresh >= self.every
 
-    def flush(self) -> list[tuple[Any, Exception]]:
+    def flush(self, *, wait: bool = True) -> list[tuple[Any, Exception]]:
         if self.fresh >= self.every:
             self.fresh = 0
             self.train(self.records)
         return []
+
+    def unwritten(self) -> dict[tuple[str, int], int]:
+        return {}
 
     def assigned(self) -> None:
         pass

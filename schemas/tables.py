@@ -161,11 +161,14 @@ DERIVED_TABLES: dict[str, pa.Schema] = {"generator_stats": GENERATOR_STATS, "mod
 _CHAIN_EXCLUDED = {"seq", "prev_hash", "row_hash"}
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
+
+
 def row_hash(row: dict[str, Any], prev_hash: str) -> str:
     """SHA-256 of the previous row's hash and this row's content (every column but the chain's own)."""
-    content = {k: v for k, v in row.items() if k not in _CHAIN_EXCLUDED}
+    content = row if _CHAIN_EXCLUDED.isdisjoint(row) else {k: v for k, v in row.items() if k not in _CHAIN_EXCLUDED}
     digest = hashlib.sha256(prev_hash.encode())
-    digest.update(json.dumps(content, sort_keys=True, default=str, separators=(",", ":")).encode())
+    digest.update(_CANONICAL.encode(content).encode())
     return digest.hexdigest()
 
 

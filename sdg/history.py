@@ -141,11 +141,13 @@ def export(tables: DeltaTables, out: Path, *, fmt: str, rows: list[dict[str, Any
     classes = sorted({o["class_label"] for r in rows for o in _objects(r)})
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
+    files: dict[str, str] = {}  # sample id → the SHA-256 of its exported PNG (raw pixels are exported as PNG)
     if fmt == "parquet":
         pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLES), out / "samples.parquet")
     for index, row in enumerate(rows if fmt != "parquet" else []):
         name = f"{row['sample_id']}.png"
         png = row["image"] if (row.get("image_format") or "png") == "png" else png_bytes(sample_image(to_sample(row)))
+        files[row["sample_id"]] = hashlib.sha256(png).hexdigest()
         if fmt == "imagefolder":
             (out / str(row["class_label"])).mkdir(exist_ok=True)
             (out / str(row["class_label"]) / name).write_bytes(png)
@@ -174,7 +176,7 @@ def export(tables: DeltaTables, out: Path, *, fmt: str, rows: list[dict[str, Any
     manifest = {"format": fmt, "count": len(rows), "filters": filters,
                 "samples_version": as_of if as_of is not None else (dt.version() if dt is not None else None),
                 "lineage_version": (lineage.version() if (lineage := tables.open("lineage")) is not None else None),
-                "image_sha256": {r["sample_id"]: r["image_sha256"] for r in rows}}
+                "image_sha256": {r["sample_id"]: r["image_sha256"] for r in rows}, "files_sha256": files}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
 

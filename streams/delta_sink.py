@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +28,8 @@ from schemas.tables import CHAIN_KEY, GENESIS, PARTITION_BY, TABLES, chain_id, r
 from streams.config import KafkaConfig
 
 log = logging.getLogger(__name__)
-HEADS_KEY = "sdg.chain_heads"  # commit metadata: the head of every chain the commit extended
+HEADS_KEY = "sdg.chain_heads"
+chain_key = operator.itemgetter(*CHAIN_KEY)  # commit metadata: the head of every chain the commit extended
 
 
 class SinkConfig(BaseModel):
@@ -128,8 +131,11 @@ class DeltaSink:
     """The sink of a ``sink`` step: appends the rows ``fn`` makes of each record to the tables at each checkpoint.
 
     The runtime consumes, decodes and dead-letters; ``write`` buffers a record's rows (skipping tables that
-    already hold it), ``due`` asks for a checkpoint when the buffer is full or old, and ``flush`` writes every
-    table (each with its offsets in the same commit) before the runtime commits the Kafka offsets.
+    already hold it), ``due`` asks for a checkpoint when the buffer is full or old, and ``flush`` builds the
+    batch's Arrow tables and hands them to a writer thread (each table's commit carries its offsets), so the
+    next batch is decoded while this one is written (delta-rs writes without the GIL). The runtime commits a
+    partition's Kafka offset only up to ``unwritten()``: what is buffered or being written is read again after a
+    crash (the tables' versions skip what did land).
     """
 
     def __init__(self, *, fn: Callable[[Record, str, int, int], dict[str, list[dict[str, Any]]]],
@@ -147,8 +153,11 @@ class DeltaSink:
         self._buffer: dict[str, list[dict[str, Any]]] = {}
         self._owners: dict[str, list[Any]] = {}  # per table, per buffered row: the message it came from
         self._covered: dict[tuple[str, int], int] = {}  # source partition → next offset once the buffer is written
+        self._first: dict[tuple[str, int], int] = {}  # source partition → the buffer's first offset
         self._oldest: float | None = None
         self._rejected: list[tuple[Any, Exception]] = []
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="delta-sink")
+        self._inflight: tuple[Future[None], dict[tuple[str, int], int]] | None = None  # a write, its first offsets
 
     def assigned(self) -> None:
         """After a rebalance another member may have written partitions this one had: re-read the tables."""
@@ -180,22 +189,25 @@ class DeltaSink:
         if rows and not wrote:
             self.stats.skipped += 1
         self._covered[(topic, partition)] = offset + 1
+        self._first.setdefault((topic, partition), offset)
         if self._oldest is None:
             self._oldest = time.monotonic()
 
     def _chain(self, rows: list[dict[str, Any]]) -> dict[str, str]:
         """Chain the rows; the commit metadata that records each touched chain's new head."""
-        heads = {}
+        touched: dict[tuple[Any, ...], dict[str, Any]] = {}
+        chains = self._chains
         for row in rows:
-            key = tuple(row[k] for k in CHAIN_KEY)
-            if key not in self._chains:
-                self._chains[key] = self.tables.chain_head(key)
-            seq, previous = self._chains[key]
-            row["seq"], row["prev_hash"] = seq, previous
-            row["row_hash"] = row_hash(row, previous)
-            self._chains[key] = (seq + 1, row["row_hash"])
-            heads[chain_id(row)] = [seq, row["row_hash"]]
-        return {HEADS_KEY: json.dumps(heads)}
+            key = chain_key(row)
+            head = chains.get(key)
+            if head is None:
+                head = chains[key] = self.tables.chain_head(key)
+            seq, previous = head
+            digest = row_hash(row, previous)  # before the chain's own columns are set
+            row["seq"], row["prev_hash"], row["row_hash"] = seq, previous, digest
+            chains[key] = (seq + 1, digest)
+            touched[key] = row
+        return {HEADS_KEY: json.dumps({chain_id(row): [row["seq"], row["row_hash"]] for row in touched.values()})}
 
     def _build(self) -> dict[str, tuple[Any, dict[str, str] | None]]:
         import pyarrow as pa
@@ -234,14 +246,42 @@ class DeltaSink:
             self._buffer[table], self._owners[table] = [r for r, _ in kept], [o for _, o in kept]
         return self._build()
 
-    def flush(self) -> list[tuple[Any, Exception]]:
-        """Write every table's buffered rows, each with its offsets in the same commit; the records whose rows did
-        not fit a table, with why (the runtime dead-letters them before it commits the Kafka offsets)."""
-        if not self._covered:
-            return []
-        for table, (data, metadata) in self._arrow().items():
-            versions = {app_id(self.group, t, p): n for (t, p), n in self._covered.items()
-                        if n > self._needs(table, t, p)}
+    def flush(self, *, wait: bool = True) -> list[tuple[Any, Exception]]:
+        """Start writing every table's buffered rows, each with its offsets in the same commit (after the last
+        write has landed; ``wait``: and this one too); the records whose rows did not fit a table, with why (the
+        runtime dead-letters them before it commits the Kafka offsets).
+
+        Raises:
+            Whatever the last write raised (a disk or storage error stops the step; nothing of it is committed).
+        """
+        self._settle()
+        rejected: list[tuple[Any, Exception]] = []
+        if self._covered:
+            built, covered = self._arrow(), self._covered
+            self._inflight = (self._writer.submit(self._write, built, covered), self._first)
+            rejected, self._rejected = self._rejected, []
+            self.stats.dead_letters += len(rejected)
+            self._buffer, self._owners, self._covered, self._first, self._oldest = {}, {}, {}, {}, None
+        if wait:
+            self._settle()
+        return rejected
+
+    def unwritten(self) -> dict[tuple[str, int], int]:
+        """Per source partition, the first offset not yet in the tables (buffered, or being written)."""
+        out = dict(self._first)
+        for tp, offset in (self._inflight[1] if self._inflight is not None else {}).items():
+            out[tp] = min(offset, out.get(tp, offset))
+        return out
+
+    def _settle(self) -> None:
+        if self._inflight is not None:
+            future, self._inflight = self._inflight[0], None
+            future.result()
+
+    def _write(self, built: dict[str, tuple[Any, dict[str, str] | None]], covered: dict[tuple[str, int], int]) -> None:
+        """The writer thread: one commit per table, with the offsets it now holds."""
+        for table, (data, metadata) in built.items():
+            versions = {app_id(self.group, t, p): n for (t, p), n in covered.items() if n > self._needs(table, t, p)}
             self.tables.append(table, data, versions, retries=self.config.max_commit_retries, metadata=metadata)
             for app, n in versions.items():
                 self._next[(table, app)] = n
@@ -250,10 +290,6 @@ class DeltaSink:
             self._commits[table] = self._commits.get(table, 0) + 1
             if self._commits[table] % self.config.compact_every == 0:
                 self.tables.compact(table)
-        rejected, self._rejected = self._rejected, []
-        self.stats.dead_letters += len(rejected)
-        self._buffer, self._owners, self._covered, self._oldest = {}, {}, {}, None
-        return rejected
 
 
 def delta_runner(topics: list[str], *, fn: Callable[[Record, str, int, int], dict[str, list[dict[str, Any]]]],

@@ -143,12 +143,15 @@ def _raw(value: bytes) -> bytes:
 
 class Sink(Protocol):
     """A sink step's writer: ``write`` buffers a record (raising on bad data), ``due`` asks for a checkpoint,
-    ``flush`` writes the buffer out before the offsets are committed and returns the records it could not write
-    (with why: they go to the error policy), ``assigned`` hears of a rebalance."""
+    ``flush`` writes the buffer out (or starts to: ``wait`` False lets the write run while the next batch comes
+    in) and returns the records it could not write (with why: they go to the error policy), ``unwritten`` says
+    per source partition the first offset not yet written (the runtime commits no further), ``assigned`` hears
+    of a rebalance."""
 
     def write(self, message: Message, record: Record) -> None: ...
     def due(self) -> bool: ...
-    def flush(self) -> list[tuple[Message, Exception]]: ...
+    def flush(self, *, wait: bool) -> list[tuple[Message, Exception]]: ...
+    def unwritten(self) -> dict[tuple[str, int], int]: ...
     def assigned(self) -> None: ...
 
 
@@ -385,7 +388,7 @@ class Runner:
                 if not messages and ((max_idle_s is not None and idle > max_idle_s) or
                                      (self.draining.is_set() and idle > 1.0)):
                     break
-            self._checkpoint()
+            self._checkpoint(final=True)
             failed = False
         finally:
             self._failed = failed
@@ -424,22 +427,26 @@ class Runner:
 
     def _on_revoke(self, partitions: list[tuple[str, int]]) -> None:
         if not self._failed:
-            self._checkpoint()
+            self._checkpoint(final=True)  # whoever gets the partitions next finds every write landed
         for tp in partitions:
             self._done.pop(tp, None)
             self._committed.pop(tp, None)
             if tp[0] == self._state_source():
                 self.stores.pop(tp[1], None)
 
-    def _checkpoint(self) -> None:
-        """Write the sink, the state changes, then commit the inputs processed so far with the outputs."""
+    def _checkpoint(self, *, final: bool = False) -> None:
+        """Write the sink (``final``: and wait for it), the state changes, then commit the inputs processed and
+        written so far with the outputs."""
+        done = self._done
         if self.step.kind == "sink":
-            for message, error in self.step.fn.flush():
+            for message, error in self.step.fn.flush(wait=final):
                 self._fail(message, error)
+            unwritten = self.step.fn.unwritten()
+            done = {tp: min(offset, unwritten.get(tp, offset)) for tp, offset in done.items()}
         for p, store in self.stores.items():
             for key, value in store.changes():
                 self.io.send(self._changelog, key.encode(), value, partition=p)  # type: ignore[arg-type]
-        pending = {tp: offset for tp, offset in self._done.items()
+        pending = {tp: offset for tp, offset in done.items()
                    if self._committed.get(tp) != offset and self.step.commit}
         self.io.checkpoint(pending)
         self._committed.update(pending)

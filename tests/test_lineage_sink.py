@@ -286,7 +286,8 @@ def test_exports_load(fmt: str, kafka: KafkaConfig, run_id: str, tmp_path: Path,
         assert {r["sample_id"]: hashlib.sha256(r["image"]).hexdigest() for r in table.to_pylist()} \
             == manifest["image_sha256"]
         return
-    assert {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in files.items()} == manifest["image_sha256"]
+    assert {k: hashlib.sha256(p.read_bytes()).hexdigest() for k, p in files.items()} == manifest["files_sha256"]
+    assert manifest["image_sha256"].keys() == files.keys()  # the samples' own hashes: the lineage table's key
     for path in files.values():
         Image.open(path).verify()
     if fmt == "imagefolder":

@@ -93,10 +93,13 @@ class ListSink:
     def due(self) -> bool:
         return len(self.buffer) >= 5
 
-    def flush(self) -> list[tuple[Any, Exception]]:
+    def flush(self, *, wait: bool = True) -> list[tuple[Any, Exception]]:
         self.written += self.buffer
         self.buffer = []
         return []
+
+    def unwritten(self) -> dict[tuple[str, int], int]:
+        return {}
 
     def assigned(self) -> None:
         pass
@@ -290,3 +293,56 @@ def test_garbage_in_a_changelog_is_dead_lettered_at_restore_and_the_step_goes_on
     [letter] = letters(broker)
     assert letter.topic == changelog and letter.original_value == b"{not a node state"
     assert letter.step_id == "thermal" and letter.error_type == "ValidationError"
+
+
+class SlowSink:
+    """A sink whose writes land one checkpoint late (as the Delta sink's writer thread does); it keeps messages."""
+
+    def __init__(self) -> None:
+        self.written: list[Any] = []
+        self.writing: list[Any] = []  # the write under way
+        self.buffer: list[Any] = []
+
+    def write(self, message: Any, record: Record) -> None:
+        self.buffer.append(message)
+
+    def due(self) -> bool:
+        return len(self.buffer) >= 5
+
+    def flush(self, *, wait: bool = True) -> list[tuple[Any, Exception]]:
+        self.written += self.writing  # the last write landed
+        self.writing, self.buffer = self.buffer, []
+        if wait:
+            self.written, self.writing = self.written + self.writing, []
+        return []
+
+    def assigned(self) -> None:
+        pass
+
+    def unwritten(self) -> dict[tuple[str, int], int]:
+        out: dict[tuple[str, int], int] = {}
+        for message in self.writing + self.buffer:
+            tp = (message.topic(), message.partition())
+            out[tp] = min(out.get(tp, message.offset()), message.offset())
+        return out
+
+
+def test_a_sink_step_commits_no_offset_beyond_what_its_sink_has_written() -> None:
+    broker = MemoryBroker()
+    for i in range(30):
+        broker.send(SOURCE, example_sample(i, "r"))
+    sink = SlowSink()
+    runner = broker.runner(Step("k", (SOURCE,), sink, kind="sink"), group="g", config=OFTEN)
+    committed: list[int] = []
+    checkpoint = runner.io.checkpoint
+
+    def watched(offsets: dict[tuple[str, int], int]) -> None:
+        landed = {(m.topic(), m.partition(), m.offset()) for m in sink.written}
+        for (topic, partition), offset in offsets.items():  # every offset below a committed one has landed
+            assert all((topic, partition, o) in landed for o in range(offset)), (topic, partition, offset)
+        committed.append(sum(offsets.values()))
+        checkpoint(offsets)
+
+    runner.io.checkpoint = watched  # type: ignore[method-assign]
+    drain(runner)
+    assert len(sink.written) == 30 and sum(broker.committed.values()) == 30 and len(committed) > 2
