@@ -51,19 +51,15 @@ class RunningMoments:
 
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½)."""
-    import warnings
+    """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½).
 
-    from scipy import linalg
-
-    with warnings.catch_warnings():  # small windows have singular covariances: handled below
-        warnings.simplefilter("ignore", RuntimeWarning)
-        covmean = linalg.sqrtm(cov1 @ cov2)
-        if not np.isfinite(covmean).all():  # offset the diagonals, as the reference FID code does
-            offset = np.eye(len(cov1)) * 1e-6
-            covmean = linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
-    covmean = np.real(covmean)
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+    Tr((Σ1 Σ2)^½) is the sum of the square roots of Σ1 Σ2's eigenvalues (real and ≥ 0 for two covariances,
+    up to rounding): no matrix square root, ~10× faster than ``scipy.linalg.sqrtm`` and defined for the
+    singular covariances of small windows too.
+    """
+    eigenvalues = np.linalg.eigvals(cov1 @ cov2)
+    root_trace = np.sqrt(np.clip(eigenvalues.real, 0.0, None)).sum()
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * root_trace)
 
 
 def fid(a: RunningMoments, b: RunningMoments) -> float:

@@ -6,11 +6,10 @@ The Avro files are the contract on the wire; these pydantic models are what code
 
 from __future__ import annotations
 
-import re
 import time
-from typing import Annotated, Callable, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 def now_ms() -> int:
@@ -24,24 +23,9 @@ MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: every timestamp has a 
 MAX_SIDE = 16_384  # pixels per image side
 
 
-
-def _matching(pattern: str, what: str) -> Callable[[str], str]:
-    compiled = re.compile(pattern)
-
-    def check(value: str) -> str:
-        if compiled.match(value) is None:
-            shown = repr(value) if len(value) <= 40 else f"{value[:40]!r}… ({len(value)} characters)"
-            raise ValueError(f"{shown} is not {what}")
-        return value
-
-    return check
-
-
-RunId = Annotated[str, AfterValidator(_matching(
-    RUN_ID_PATTERN, "a run id: 1–100 letters, digits, '.', '_' or '-', starting with a letter or digit"))]
+RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]  # checked by pydantic-core's regex: on every hop of every record
 """A run's id. It names table partitions and folders, so it must make a short, safe path segment."""
-Name = Annotated[str, AfterValidator(_matching(
-    NAME_PATTERN, "an id: 1–128 letters, digits or '._:@+=/-', starting with a letter or digit"))]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 """An identity field (sample, job, generator, version, node, window)."""
 ClassLabel = Annotated[int, Field(ge=0, le=65_535)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]

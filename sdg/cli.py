@@ -163,6 +163,8 @@ def run_processor(
     source: Annotated[Optional[str], typer.Option(help="Topic to consume (default: the processor's).")] = None,
     sink: Annotated[Optional[str], typer.Option(help="Topic to produce to (default: the processor's).")] = None,
     group: Annotated[Optional[str], typer.Option(help="Consumer group (default: sdg-<processor>).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes in the group on this machine (one per core): each "
+                                                     "takes its share of the partitions and of the cores.")] = 1,
     data: DataOption = None,
 ) -> None:
     """Run a stream processor until SIGTERM/SIGINT (finishes its batch, checkpoints, exits 0).
@@ -175,12 +177,37 @@ def run_processor(
     from sdg.workers import processor as make_processor
 
     settings = _settings(data)
+    if workers > 1:
+        options = [f"--{k}={v}" for k, v in {"source": source, "sink": sink, "group": group, "data": data}.items() if v]
+        raise typer.Exit(_run_workers([processor, *options], workers, settings.runner.instance))
     with make_processor(processor, settings, source=source, sink=sink, group=group) as runner:
         inputs, outputs = datasets(processor, settings, source=source, sink=sink)
         with run_events(settings.openlineage, settings.state_dir, job=processor, inputs=inputs, outputs=outputs):
             stats = runner.run(handle_signals=True)
     console.print(f"{processor}: {stats.consumed} consumed, {dict(stats.produced)} produced, "
                   f"{sum(stats.dead_letters.values())} dead letters")
+
+
+def _run_workers(args: list[str], workers: int, instance: str) -> int:
+    """``sdg run ARGS`` as ``workers`` processes of one group, each with its own transactional identity and
+    ``cores // workers`` torch and ONNX Runtime threads (unless set); signals are passed on. The worst exit code."""
+    import os
+    import signal
+    import subprocess
+
+    threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    env = {**os.environ, "SDG_WORKER__THREADS": os.environ.get("SDG_WORKER__THREADS", threads),
+           "SDG_QUALITY__THREADS": os.environ.get("SDG_QUALITY__THREADS", threads)}
+    children = [subprocess.Popen([sys.executable, "-m", "sdg", "run", *args],
+                                 env={**env, "SDG_RUNNER__INSTANCE": f"{instance}-{k}"}) for k in range(workers)]
+    def forward(received: int, _: Any) -> None:
+        for child in children:
+            child.send_signal(received)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
 
 
 @app.command("train-generator")

@@ -106,11 +106,12 @@ def _committed(kafka: KafkaConfig, group: str, topic: str, partitions: int) -> i
         consumer.close()
 
 
-def _runner_process(kafka: KafkaConfig, source: str, sink: str, group: str) -> subprocess.Popen:
+def _runner_process(kafka: KafkaConfig, source: str, sink: str, group: str, workers: int = 1) -> subprocess.Popen:
     env = {**os.environ, "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
            "SDG_RUNNER__BATCH_SIZE": "20", "SDG_RUNNER__SESSION_TIMEOUT_MS": "6000",
            "SDG_RUNNER__HEARTBEAT_INTERVAL_MS": "500"}
-    return subprocess.Popen(sdg_command("run", "passthrough", "--source", source, "--sink", sink, "--group", group),
+    return subprocess.Popen(sdg_command("run", "passthrough", "--source", source, "--sink", sink, "--group", group,
+                                        "--workers", str(workers)),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -160,6 +161,29 @@ def test_group_survives_a_kill_9_without_losing_records(kafka: KafkaConfig, run_
             if worker.poll() is None:
                 worker.kill()
             worker.wait(10)
+
+
+def test_workers_share_the_partitions_of_one_group_and_stop_together(kafka: KafkaConfig, run_id: str,
+                                                                     fresh_topic) -> None:
+    """``sdg run --workers 2``: two processes in one group, each with half the partitions; SIGTERM stops both."""
+    source, sink = fresh_topic(6), fresh_topic()
+    group = f"g-{run_id}"
+    runner = _runner_process(kafka, source, sink, group, workers=2)
+    try:
+        _wait(lambda: sorted(_members(kafka, group)) == [3, 3], 60, "two members sharing six partitions")
+        with RecordProducer(kafka) as producer:
+            for i in range(600):
+                producer.send(source, example_sample(i, run_id))
+        _wait(lambda: _committed(kafka, group, source, 6) == 600, 60, "every record committed")
+        runner.send_signal(signal.SIGTERM)
+        output, _ = runner.communicate(timeout=30)
+        assert runner.returncode == 0, output
+        assert output.count("passthrough: ") == 2, output  # each worker reports what it did
+        assert {r.record.sample_id for r in _read(kafka, sink)} == {f"{run_id}-s{i:06d}" for i in range(600)}
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        runner.wait(10)
 
 
 def test_sigterm_finishes_the_batch_commits_and_exits_0(kafka: KafkaConfig, run_id: str, fresh_topic) -> None:
