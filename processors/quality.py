@@ -475,6 +475,42 @@ class QualityProcessor:
         self._save_head(store, generator, windows)
         return out
 
+    def process_many(self, records: list[LabeledSample], store: Store) -> list[list[Record] | Exception]:
+        """A partition's records of a consumed batch (``Step.batch``): each generator's samples assessed together,
+        as many at a time as its open window has room for. The outputs of a window that closes go with the
+        sample that closed it; a chunk that cannot be assessed is taken sample by sample (its bad one fails alone)."""
+        results: list[list[Record] | Exception] = [[] for _ in records]
+        chunks: dict[str, list[int]] = {}
+        for i, record in enumerate(records):
+            if record.sample.objects:
+                results[i] = self._one(record, store)
+            else:
+                chunks.setdefault(generator_key(record), []).append(i)
+        for generator, indices in chunks.items():
+            windows = self.windows(store, generator)
+            while indices:
+                room = max(1, self.judge.config.window_size - len(windows.pending))
+                chunk, indices = indices[:room], indices[room:]
+                try:
+                    items = self.judge.assess([records[i] for i in chunk], windows.window_id())
+                except Exception:
+                    for i in chunk:
+                        results[i] = self._one(records[i], store)
+                    continue
+                now = now_ms()
+                for i, item in zip(chunk, items):
+                    store[f"{generator}|{windows.seq}|{len(windows.pending)}"] = self.codec.encode(records[i])
+                    windows.add(item, now)
+                results[chunk[-1]] = self._close_if_due(store, generator, windows, now)
+                self._save_head(store, generator, windows)
+        return results
+
+    def _one(self, record: LabeledSample, store: Store) -> list[Record] | Exception:
+        try:
+            return self.process(record, store)
+        except Exception as e:  # the runtime's error policy decides what it is
+            return e
+
     def tick(self, store: Store | None, now: int) -> list[Record]:
         """Decide the windows that are older than ``max_window_s`` (a generator that stopped still gets judged)."""
         assert store is not None

@@ -11,7 +11,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +45,9 @@ class WorkerConfig(BaseModel):
     node_id: str = "node-0"
     max_job_count: int = Field(default=4096, ge=1, description="Samples one job may ask for.")
     threads: int = Field(default=0, ge=0, description="torch threads (0: torch's default).")
+    image_format: Literal["auto", "png", "raw"] = Field(default="auto", description=(
+        "How samples carry their images: raw pixels (free to encode and decode), PNG (smaller), or auto: raw "
+        "up to 16 KiB of pixels, PNG above."))
 
 
 class TrainConfig(BaseModel):

@@ -48,7 +48,8 @@ def _generate(settings: Settings, spec: ProcessorSpec, source: str | None, sink:
     if settings.worker.threads:
         torch.set_num_threads(settings.worker.threads)
     catalog = settings.catalog()
-    config = GenerateConfig(node_id=settings.worker.node_id, max_count=settings.worker.max_job_count)
+    config = GenerateConfig(node_id=settings.worker.node_id, max_count=settings.worker.max_job_count,
+                            image_format=settings.worker.image_format)
     cap = RateCap(settings.worker.node_id)
     listener = ControlListener(settings.kafka_client, cap).start()
 
@@ -79,7 +80,7 @@ def _quality(settings: Settings, spec: ProcessorSpec, source: str | None, sink: 
     from processors.quality import QualityProcessor
 
     quality = QualityProcessor(settings.judge(), max_record_bytes=settings.kafka_client.max_record_bytes)
-    yield _step(spec, quality.process, source, key_by=quality.route, punctuate=quality.tick), {}
+    yield _step(spec, quality.process_many, source, key_by=quality.route, punctuate=quality.tick, batch=True), {}
 
 
 @contextmanager

@@ -165,9 +165,11 @@ class DeltaSink:
         self._chains.clear()
 
     def due(self) -> bool:
+        """A full or old buffer, or a write that has landed (its offsets can be committed)."""
         buffered = sum(map(len, self._buffer.values()))
         return buffered >= self.config.batch_rows or (
-            self._oldest is not None and time.monotonic() - self._oldest >= self.config.max_batch_s)
+            self._oldest is not None and time.monotonic() - self._oldest >= self.config.max_batch_s) or (
+            self._inflight is not None and self._inflight[0].done())
 
     def _needs(self, table: str, topic: str, partition: int) -> int:
         key = (table, app_id(self.group, topic, partition))

@@ -172,6 +172,8 @@ class Step:
         punctuate: Called every ``punctuate_s`` (with each partition's store for a stateful step, else None).
         start: Where a new consumer group starts: ``earliest`` or ``latest`` (old readings steer nothing).
         commit: False: never commit offsets (a step that rebuilds what it needs from the whole topic at start).
+        batch: ``stateful``: ``fn`` takes each partition's records of a consumed batch at once, (records, store) → one
+            result per record (a list of records, or the exception that record raised), in order.
         exactly_once: ``stateful``: checkpoints are Kafka transactions (the default). False: outputs go out at once
             and the changelog and offsets are written at the checkpoint, so a restart may send the last interval's
             outputs again (at least once): a control loop whose outputs are states (a cap, an alert), where a
@@ -191,6 +193,7 @@ class Step:
     punctuate_s: float = 1.0
     start: Literal["earliest", "latest"] = "earliest"
     commit: bool = True
+    batch: bool = False
     exactly_once: bool = True
     on_error: Callable[[BaseException, Record | None, Step], Policy] = data_error
 
@@ -203,8 +206,8 @@ class Step:
             topic_spec(self.sink)
         if self.kind not in ("map", "batch_map", "stateful", "sink"):
             raise ConfigError(f"step {self.step_id}: kind must be map, batch_map, stateful or sink, not {self.kind!r}")
-        if self.key_by is not None and self.kind != "stateful":
-            raise ConfigError(f"step {self.step_id}: key_by is for stateful steps")
+        if (self.key_by is not None or self.batch) and self.kind != "stateful":
+            raise ConfigError(f"step {self.step_id}: key_by and batch are for stateful steps")
 
     def outputs(self, result: Any) -> list[Record]:
         """The records of a function's result: None, a record or a list of records.
@@ -520,6 +523,12 @@ class Runner:
             self._wire.clear()
 
     def _each(self, messages: list[Message]) -> None:
+        held: dict[int, list[tuple[Message, Record]]] = {}  # a batched stateful step's records, per partition
+        self._one_by_one(messages, held)
+        for pairs in held.values():  # marked done: processed even when stopping
+            self._call_many(pairs)
+
+    def _one_by_one(self, messages: list[Message], held: dict[int, list[tuple[Message, Record]]]) -> None:
         for message in messages:
             if self.stopping.is_set():
                 break  # the rest of the batch is not marked done: it is consumed again later
@@ -534,16 +543,22 @@ class Runner:
                 continue
             if self._repartition is not None and message.topic() != self._repartition:
                 self._rekey(message, record)
+            elif self.step.batch:
+                held.setdefault(message.partition(), []).append((message, record))
             else:
                 self._call(message, record)
                 if self.step.kind == "sink" and self.step.fn.due():  # a full buffer is written at once
                     self._checkpoint()
 
-    def _call(self, message: Message, record: Record) -> None:
-        store = self.stores.get(message.partition()) if self.step.kind == "stateful" else None
-        if self.step.kind == "stateful" and store is None:
+    def _store(self, message: Message) -> Store[Any]:
+        store = self.stores.get(message.partition())
+        if store is None:
             raise BrokerError(f"step {self.step.step_id}: a record of {message.topic()}[{message.partition()}], "
                               "a partition without a restored store")
+        return store
+
+    def _call(self, message: Message, record: Record) -> None:
+        store = self._store(message) if self.step.kind == "stateful" else None
         try:
             if self.step.kind == "sink":
                 self.step.fn.write(message, record)
@@ -572,19 +587,26 @@ class Runner:
         decoded = [(m, r) for m in messages if (r := self._decode(m)) is not None]
         for message in messages:
             self._mark(message)
-        if not decoded:
-            return
+        if decoded:
+            self._call_batched(decoded, lambda records: self.step.fn(records))
+
+    def _call_many(self, pairs: list[tuple[Message, Record]]) -> None:
+        store = self._store(pairs[0][0])
+        self._call_batched(pairs, lambda records: self.step.fn(records, store))
+
+    def _call_batched(self, pairs: list[tuple[Message, Record]], call: Callable[[list[Record]], Any]) -> None:
+        """Call a batched function on the records of ``pairs``; produce each one's outputs or apply the policy."""
         try:
-            results = self.step.fn([r for _, r in decoded])
+            results = call([r for _, r in pairs])
         except (BrokerError, StepReturnError, ConfigError):
             raise
         except Exception as e:  # the batch failed as a whole: bad data is told apart per record only
             if self.step.on_error(e, None, self.step) == "raise":
                 raise
-            results = [e] * len(decoded)
-        if not isinstance(results, list) or len(results) != len(decoded):
+            results = [e] * len(pairs)
+        if not isinstance(results, list) or len(results) != len(pairs):
             raise StepReturnError(f"step {self.step.step_id} must return one result per record of its batch")
-        for (message, record), result in zip(decoded, results):
+        for (message, record), result in zip(pairs, results):
             if isinstance(result, BaseException):
                 self._fail(message, result, record)
             else:

@@ -226,8 +226,22 @@ def test_runner_stops_on_request_and_checkpoints() -> None:
     assert not thread.is_alive() and sum(broker.committed.values()) == 1
 
 
-@pytest.mark.parametrize("tampered", [False, True])
-def test_quality_windows_survive_a_crash_and_every_sample_is_decided_once(quality_state: Path, tampered: bool) -> None:
+def crashing_many(fn: Any, crash_at: int | None, error: BaseException) -> Any:
+    """``crashing`` for a batched stateful function: it raises on the batch that holds its ``crash_at``-th record."""
+    seen = [0]
+
+    def call(records: list[Record], store: Store[Any]) -> list[Any]:
+        seen[0] += len(records)
+        if crash_at is not None and seen[0] >= crash_at:
+            raise error
+        return list(fn(records, store))
+
+    return call
+
+
+@pytest.mark.parametrize(("tampered", "batch"), [(False, False), (True, False), (False, True)])
+def test_quality_windows_survive_a_crash_and_every_sample_is_decided_once(quality_state: Path, tampered: bool,
+                                                                          batch: bool) -> None:
     """The real quality step: a crash halfway through a window; the restarted step rebuilds the window from its
     changelog, closes it with every sample once, and the window counts each candidate once. A row of the
     changelog overwritten with garbage (``tampered``) costs that sample only."""
@@ -248,6 +262,9 @@ def test_quality_windows_survive_a_crash_and_every_sample_is_decided_once(qualit
 
     def step(crash_at: int | None = None) -> Step:
         quality = QualityProcessor(settings.judge(), max_record_bytes=broker.max_record_bytes)
+        if batch:
+            return Step("quality", ("sdg.samples.labeled",), crashing_many(quality.process_many, crash_at,
+                        RuntimeError("killed")), kind="stateful", key_by=quality.route, batch=True)
         process = crashing(quality.process, crash_at, RuntimeError("killed"))
         return Step("quality", ("sdg.samples.labeled",), process, kind="stateful", key_by=quality.route)
 
@@ -268,6 +285,42 @@ def test_quality_windows_survive_a_crash_and_every_sample_is_decided_once(qualit
     [tumbling] = [w for w in broker.records("sdg.quality") if w.kind == "tumbling" and w.class_label is None]  # type: ignore[attr-defined]
     refused = [d for d in broker.records("sdg.samples.rejected") if not d.gate.reason.startswith("inadmissible")]  # type: ignore[attr-defined]
     assert tumbling.metrics.n == 40 - len(lost) - len(refused)  # type: ignore[attr-defined]  # none counted twice
+
+
+def test_the_batched_quality_step_decides_as_the_one_by_one_step_does(quality_state: Path) -> None:
+    """The same labeled stream through ``process`` and ``process_many``: the same windows, scores and decisions."""
+    from models.corruption import mixed_stream
+    from models.reference import load_digits_reference, make_splits
+    from processors.label import label
+    from processors.quality import QualityConfig, QualityProcessor
+    from sdg.settings import Settings
+
+    settings = Settings(state_dir=quality_state, quality=QualityConfig(window_size=25, max_window_s=3600, slide=2))
+    stream = [s for s, _ in mixed_stream(make_splits(load_digits_reference()), good=50, noise=15, wrong_class=15,
+                                         run_id="q", seed=3)]
+    labeled = [r for r in label(stream, labeler=settings.labeler()) if not isinstance(r, Exception)]
+    seen: list[tuple[dict[str, Any], list[Any]]] = []
+    for batch in (False, True):
+        broker = MemoryBroker()
+        for record in labeled:
+            broker.send("sdg.samples.labeled", record)
+        quality = QualityProcessor(settings.judge(), max_record_bytes=broker.max_record_bytes)
+        fn = quality.process_many if batch else quality.process
+        drain(broker.runner(Step("quality", ("sdg.samples.labeled",), fn, kind="stateful", key_by=quality.route,
+                                 batch=batch), group="q", config=RunnerConfig(batch_size=64, commit_interval_s=0.001,
+                                                                             poll_timeout_s=0.01)))
+        decisions = {r.sample.sample_id: (r.gate.decision, r.gate.reason, r.score.window_id, r.score.realism)  # type: ignore[attr-defined]
+                     for t in ("sdg.samples.accepted", "sdg.samples.review", "sdg.samples.rejected")
+                     for r in broker.records(t)}
+        windows = sorted((w.window_id, w.kind, w.class_label, w.metrics.n, round(w.metrics.fid, 6))  # type: ignore[attr-defined]
+                         for w in broker.records("sdg.quality"))
+        seen.append((decisions, windows))
+    assert len(seen[0][0]) == 75 and len(seen[0][1]) > 2  # three windows of 25 closed; 5 samples wait in the fourth
+    (one, windows), (many, windows_many) = seen
+    assert windows == windows_many and one.keys() == many.keys()
+    for sample_id, (decision, reason, window_id, realism) in one.items():  # batched ONNX runs round differently
+        assert many[sample_id][:3] == (decision, reason, window_id)
+        assert many[sample_id][3] == pytest.approx(realism, rel=1e-4)
 
 
 def test_garbage_in_a_changelog_is_dead_lettered_at_restore_and_the_step_goes_on() -> None:
