@@ -1,7 +1,7 @@
 """Benchmark: the labeler as static INT8 ONNX versus fp32 ONNX versus eager torch, on the same model.
 
 For 1 and 2 threads: batch-256 throughput (images/s) and batch-1 latency (p50/p99), then the whole
-``label`` function (PNG decoding, inference, records) on 256-sample batches with the INT8 model.
+``label`` function (images, inference, records) on 256-sample batches with the INT8 model.
 The baseline is eager torch in the same process. Accuracy on the real test split is reported for
 each, so a fast model that labels worse cannot hide.
 
@@ -110,7 +110,7 @@ def main() -> None:
     results["label_function_int8_samples_per_s"] = round(done / (time.perf_counter() - start), 1)
     results["label_function_vs_int8_inference_ratio"] = round(results["label_function_int8_samples_per_s"]  # type: ignore[operator]
                                                               / results["int8_2t_images_per_s"], 3)  # type: ignore[operator]
-    console.print(f"label() on 256-sample batches (PNG decode + INT8 inference + records): "
+    console.print(f"label() on 256-sample batches (images + INT8 inference + records): "
                   f"{results['label_function_int8_samples_per_s']:,.0f} samples/s")
     out = ROOT / "bench" / "results" / "label.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

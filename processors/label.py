@@ -68,7 +68,7 @@ def _inputs(sample: GeneratedSample, size: int, channels: int) -> list[np.ndarra
     """What the classifier sees of a sample: each object's crop for a scene, else the whole image.
 
     Raises:
-        ValueError: the image is not a PNG of the sample's size, or a scene comes from another generator than
+        ValueError: the image is not one of the sample's size, or a scene comes from another generator than
             the procedural renderer (whose object labels are its own ground truth).
     """
     image = sample_image(sample)
@@ -88,7 +88,8 @@ def _confidence(p: np.ndarray) -> tuple[list[float], list[float], list[float]]:
 def _direct(sample: GeneratedSample, labeler: Labeler) -> bool:
     """Whether a sample's pixels are the classifier's input as they are (raw, one object, the model's size)."""
     return (not sample.objects and sample.image_format == "raw" and sample.channels == labeler.channels
-            and sample.height == sample.width == labeler.image_size)
+            and sample.height == sample.width == labeler.image_size
+            and len(sample.image) == labeler.image_size ** 2 * labeler.channels)
 
 
 def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSample | Exception]:

@@ -28,8 +28,8 @@ from schemas.tables import CHAIN_KEY, GENESIS, PARTITION_BY, TABLES, chain_id, r
 from streams.config import KafkaConfig
 
 log = logging.getLogger(__name__)
-HEADS_KEY = "sdg.chain_heads"
-chain_key = operator.itemgetter(*CHAIN_KEY)  # commit metadata: the head of every chain the commit extended
+HEADS_KEY = "sdg.chain_heads"  # commit metadata: the head of every chain the commit extended
+chain_key = operator.itemgetter(*CHAIN_KEY)
 
 
 class SinkConfig(BaseModel):

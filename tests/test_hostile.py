@@ -81,7 +81,7 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
     # a sample the labeler gets right: forging its label is then a lie the gate can catch
     good = next(s for s in stream if labeler.model.run(sample_image(s)[None]).argmax() == s.conditioning.class_label)
     image = sample_image(good)
-    scene = with_image(good, good.image, width=8, height=8, generator="procedural", sample_id=f"{run_id}-scene",
+    scene = with_image(good, good.image, width=8, height=8, image_format=good.image_format, generator="procedural", sample_id=f"{run_id}-scene",
                        objects=[Annotation(class_label=(good.conditioning.class_label + 1) % 10, bbox=[0, 0, 8, 8])])
     wrong = (good.conditioning.class_label + 3) % 10
     forged_label = Label(label=wrong, confidence=0.999, margin=0.99, entropy=0.01, agrees=True,
