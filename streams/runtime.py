@@ -524,11 +524,6 @@ class Runner:
 
     def _each(self, messages: list[Message]) -> None:
         held: dict[int, list[tuple[Message, Record]]] = {}  # a batched stateful step's records, per partition
-        self._one_by_one(messages, held)
-        for pairs in held.values():  # marked done: processed even when stopping
-            self._call_many(pairs)
-
-    def _one_by_one(self, messages: list[Message], held: dict[int, list[tuple[Message, Record]]]) -> None:
         for message in messages:
             if self.stopping.is_set():
                 break  # the rest of the batch is not marked done: it is consumed again later
@@ -549,6 +544,8 @@ class Runner:
                 self._call(message, record)
                 if self.step.kind == "sink" and self.step.fn.due():  # a full buffer is written at once
                     self._checkpoint()
+        for pairs in held.values():  # marked done: processed even when stopping
+            self._call_many(pairs)
 
     def _store(self, message: Message) -> Store[Any]:
         store = self.stores.get(message.partition())
