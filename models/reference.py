@@ -302,6 +302,18 @@ def make_splits(reference: ReferenceSet, *, test_fraction: float = 0.25, labels_
                   np.sort(np.concatenate(few)), labels_per_class, seed)
 
 
+HUMAN_SPLIT = "human"
+
+
+def human_budget(sample_ids: Sequence[str]) -> LabelBudget:
+    """The labels people gave to samples of the review queue (the console): one real label per sample.
+
+    Indices are the samples' ids hashed, so a sample two models learned from counts once (``distinct_labels``).
+    """
+    indices = tuple(sorted({int(hashlib.sha256(s.encode()).hexdigest()[:15], 16) for s in sample_ids}))
+    return LabelBudget(HUMAN_SPLIT, len(indices), None, _hash(np.asarray(indices, dtype=np.int64)), HUMAN_SPLIT, indices)
+
+
 def distinct_labels(budgets: Sequence[LabelBudget]) -> int:
     """Distinct real labels across budgets, per reference set: a label two models used counts once."""
     return len({(b.reference_hash, i) for b in budgets for i in b.indices})

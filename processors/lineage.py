@@ -2,7 +2,8 @@
 
 Each stage's record carries every earlier stage, so lineage comes from the stage topics themselves:
 a raw sample becomes a ``samples`` row (payload and provenance) and a ``lineage`` row of stage
-``generated``; a labeled, scored or decided sample becomes one ``lineage`` row of its stage; windows,
+``generated``; a labeled, scored or decided sample becomes one ``lineage`` row of its stage (a person's
+decision from the review queue: stage ``human``, with its decision and reviewer in ``reason``); windows,
 readings, alerts and throttles become rows of their tables. The hash chain is added by the sink,
 which knows each partition's previous row.
 """
@@ -91,7 +92,7 @@ def rows_of(record: Record, topic: str, partition: int, offset: int) -> Rows:
             stage = "scored"
         if isinstance(record, SampleDecision):
             fields |= {"decision": record.gate.decision, "reason": record.gate.reason}
-            stage = record.gate.decision
+            stage = "human" if record.label_source == "human" else record.gate.decision
         return {"lineage": [_lineage(record.sample, stage, where, **fields)]}
     where = _where(record, topic, partition, offset)
     if isinstance(record, QualityWindow):

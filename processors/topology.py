@@ -56,6 +56,9 @@ SPECS = (
     ProcessorSpec("quality", "stateful", ("sdg.samples.labeled",), (ScoredSample, SampleDecision, QualityWindow),
                   "scores windows per generator against the real reference and decides every sample",
                   state_key="generator@version"),
+    ProcessorSpec("review", "stateful", ("sdg.samples.review", "sdg.labels.human"), (SampleDecision,),
+                  "joins people's answers (the console) to the review queue: accepted or rejected, label_source human",
+                  state_key="sample_id"),
     ProcessorSpec("thermal", "stateful", ("sdg.telemetry",), (ThermalAlert, Throttle),
                   "thermal rules and the control law per node: alerts and rate caps", state_key="node_id"),
     ProcessorSpec("plant", "map", ("sdg.telemetry", "sdg.plant.faults"), (Reading,),
@@ -69,7 +72,7 @@ SPECS = (
 )
 
 PROCESSORS = {spec.name: spec for spec in SPECS}
-ProcessorName = Literal["passthrough", "generate", "label", "quality", "thermal", "plant", "lineage", "train"]
+ProcessorName = Literal["passthrough", "generate", "label", "quality", "review", "thermal", "plant", "lineage", "train"]
 assert get_args(ProcessorName) == tuple(PROCESSORS), "ProcessorName lists the processors of SPECS"
 
 

@@ -170,10 +170,12 @@ class ScoredSample(_Staged):
 
 class SampleDecision(_Staged):
     schema_name: ClassVar[str] = "SampleDecision"
-    schema_version: int = 2
+    schema_version: int = 3
     label: Label
     score: Score
     gate: Gate
+    label_source: Literal["labeler", "human"] = "labeler"
+    reviewer: Name | None = None  # who answered, for a human label
 
 
 class Metrics(_Part):
@@ -265,6 +267,26 @@ class PlantFault(Record):
         return self.node_id
 
 
+class HumanLabel(Record):
+    """A person's answer to a sample of the review queue (the console): a label, or a rejection."""
+
+    schema_name: ClassVar[str] = "HumanLabel"
+    sample_id: Name
+    label: ClassLabel | None = None
+    rejected: bool = False
+    reviewer: Name
+    objects: list[Annotation] = Field(default_factory=list, max_length=1024)
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> HumanLabel:
+        if self.rejected == (self.label is not None):
+            raise ValueError("an answer is a label or a rejection, not both or neither")
+        return self
+
+    def key(self) -> str:
+        return self.sample_id
+
+
 class DeadLetter(Record):
     schema_name: ClassVar[str] = "DeadLetter"
     schema_version: int = 2
@@ -298,6 +320,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
         Reading,
         ThermalAlert,
         Throttle,
+        HumanLabel,
         PlantFault,
         DeadLetter,
     )

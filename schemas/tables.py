@@ -49,7 +49,7 @@ SAMPLES = pa.schema([
 LINEAGE = pa.schema([
     *_COMMON,
     pa.field("sample_id", pa.string(), nullable=False),
-    pa.field("stage", pa.string(), nullable=False),  # generated | labeled | scored | accepted | review | rejected
+    pa.field("stage", pa.string(), nullable=False),  # generated | labeled | scored | accepted | review | rejected | human
     pa.field("generator", pa.string(), nullable=False),
     pa.field("generator_version", pa.string(), nullable=False),
     pa.field("seed", pa.int64(), nullable=False),

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from models.edge import EdgeMetrics
 from models.generator import GeneratorError
 from models.image import sample_grid
-from models.reference import LabelBudget, LabeledData, Splits, distinct_labels
+from models.reference import LabelBudget, LabeledData, Splits, distinct_labels, human_budget
 from models.runtime import OnnxModel, OnnxSpec
 from schemas.records import SampleDecision
 from sdg.settings import Settings
@@ -153,6 +153,9 @@ def train_edge_model(settings: Settings, records: Sequence[SampleDecision], *, c
             budgets += [LabelBudget.from_dict(b) for b in registry.load_files(kind, version)[2].get("label_budgets", [])]
     if real_few:
         budgets.append(few.budget)
+    answered = [r.sample.sample_id for r in records if r.label_source == "human"]
+    if answered:  # labels people gave in the console's review queue: real labels spent
+        budgets.append(human_budget(answered))
     config = EdgeConfig(steps=steps, num_classes=reference.num_classes)
     spec = edge_spec(reference.image_size, reference.channels, reference.num_classes)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

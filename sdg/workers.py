@@ -84,6 +84,14 @@ def _quality(settings: Settings, spec: ProcessorSpec, source: str | None, sink: 
 
 
 @contextmanager
+def _review(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
+            group: str) -> Iterator[Wired]:
+    from processors.review import dump, join, load, state_key
+
+    yield _step(spec, join, source, key_by=state_key, load=load, dump=dump), {}
+
+
+@contextmanager
 def _thermal(settings: Settings, spec: ProcessorSpec, source: str | None, sink: str | None,
              group: str) -> Iterator[Wired]:
     from processors.thermal import ThermalProcessor, ThermalRules, dump, load
@@ -137,7 +145,7 @@ def _train(settings: Settings, spec: ProcessorSpec, source: str | None, sink: st
 
 WIRING: dict[str, Callable[[Settings, ProcessorSpec, str | None, str | None, str], ContextManager[Wired]]] = {
     "passthrough": _passthrough, "generate": _generate, "label": _label, "quality": _quality,
-    "thermal": _thermal, "plant": _plant, "lineage": _lineage, "train": _train,
+    "review": _review, "thermal": _thermal, "plant": _plant, "lineage": _lineage, "train": _train,
 }
 assert set(WIRING) == set(PROCESSORS), "every processor of the topology is wired"
 

@@ -248,7 +248,8 @@ def state_topics(group: str, step: Step) -> list[TopicSpec]:
     specs = [TopicSpec(changelog_topic(group, step.step_id), "state key", None, partitions,
                        f"the state of step {step.step_id} (group {group})", {"cleanup.policy": "compact"})]
     if step.key_by is not None:
-        specs.append(TopicSpec(repartition_topic(group, step.step_id), "state key", topic_spec(step.sources[0]).value,
+        kinds = {topic_spec(source).value for source in step.sources}
+        specs.append(TopicSpec(repartition_topic(group, step.step_id), "state key", kinds.pop() if len(kinds) == 1 else None,
                                partitions, f"the input of step {step.step_id}, keyed by state",
                                {"cleanup.policy": "delete", "retention.ms": str(24 * 3600 * 1000)}))
     return specs
@@ -476,8 +477,7 @@ class Runner:
         try:
             check = self._checks.get(topic)
             if check is None:
-                check = self._checks[topic] = topic_spec(
-                    self.step.sources[0] if topic == self._repartition else topic).check
+                check = self._checks[topic] = self._check_of(topic)
             record = check(self.codec.decode(value))
             if topic == self._repartition:
                 assert self.step.key_by is not None
@@ -489,6 +489,20 @@ class Runner:
             return None
         self._wire[id(record)] = (record, value)  # type: ignore[assignment]
         return record
+
+    def _check_of(self, topic: str) -> Callable[[Record], Record]:
+        """The type check of a source topic; the repartition topic carries what any source carries."""
+        if topic != self._repartition or len(self.step.sources) == 1:
+            return topic_spec(self.step.sources[0] if topic == self._repartition else topic).check
+        specs = [topic_spec(source) for source in self.step.sources]
+
+        def check(record: Record) -> Record:
+            if not any(spec.accepts(record) for spec in specs):
+                raise UndecodableRecord(f"{topic} carries what {', '.join(self.step.sources)} carry, "
+                                        f"not {record.schema_name}")
+            return record
+
+        return check
 
     def _produce(self, message: Message | None, result: Any) -> None:
         """Route, encode and size-check every output first: all or nothing."""

@@ -17,7 +17,7 @@ def test_catalog_covers_the_design_topics() -> None:
     assert set(CATALOG) == {
         "sdg.requests", "sdg.samples.raw", "sdg.samples.labeled", "sdg.samples.scored", "sdg.samples.accepted",
         "sdg.samples.review", "sdg.samples.rejected", "sdg.quality", "sdg.telemetry", "sdg.alerts", "sdg.control",
-        "sdg.plant.faults", "sdg.dlq",
+        "sdg.plant.faults", "sdg.labels.human", "sdg.dlq",
     }
     assert CATALOG["sdg.control"].config["cleanup.policy"] == "compact"
     assert all("retention.ms" in s.config for s in CATALOG.values() if s.name != "sdg.control")
