@@ -179,7 +179,7 @@ def run_processor(
     settings = _settings(data)
     if workers > 1:
         options = [f"--{k}={v}" for k, v in {"source": source, "sink": sink, "group": group, "data": data}.items() if v]
-        raise typer.Exit(_run_workers([processor, *options], workers, settings.runner.instance))
+        raise typer.Exit(_run_workers([processor, *options], workers, settings.runner.instance, settings.metrics.port))
     with make_processor(processor, settings, source=source, sink=sink, group=group) as runner:
         inputs, outputs = datasets(processor, settings, source=source, sink=sink)
         with run_events(settings.openlineage, settings.state_dir, job=processor, inputs=inputs, outputs=outputs):
@@ -188,7 +188,7 @@ def run_processor(
                   f"{sum(stats.dead_letters.values())} dead letters")
 
 
-def _run_workers(args: list[str], workers: int, instance: str) -> int:
+def _run_workers(args: list[str], workers: int, instance: str, metrics_port: int | None) -> int:
     """``sdg run ARGS`` as ``workers`` processes of one group, each with its own transactional identity and
     ``cores // workers`` torch and ONNX Runtime threads (unless set); signals are passed on. The worst exit code."""
     import os
@@ -198,8 +198,13 @@ def _run_workers(args: list[str], workers: int, instance: str) -> int:
     threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
     env = {**os.environ, "SDG_WORKER__THREADS": os.environ.get("SDG_WORKER__THREADS", threads),
            "SDG_QUALITY__THREADS": os.environ.get("SDG_QUALITY__THREADS", threads)}
-    children = [subprocess.Popen([sys.executable, "-m", "sdg", "run", *args],
-                                 env={**env, "SDG_RUNNER__INSTANCE": f"{instance}-{k}"}) for k in range(workers)]
+
+    def own(k: int) -> dict[str, str]:  # worker k's identity and metrics port
+        port = {"SDG_METRICS__PORT": str(metrics_port + k)} if metrics_port else {}
+        return {"SDG_RUNNER__INSTANCE": f"{instance}-{k}", **port}
+
+    children = [subprocess.Popen([sys.executable, "-m", "sdg", "run", *args], env={**env, **own(k)})
+                for k in range(workers)]
     def forward(received: int, _: Any) -> None:
         for child in children:
             child.send_signal(received)

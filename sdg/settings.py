@@ -50,6 +50,16 @@ class WorkerConfig(BaseModel):
         "up to 16 KiB of pixels, PNG above."))
 
 
+class MetricsConfig(BaseModel):
+    """Prometheus metrics (``SDG_METRICS__*``): ``sdg run`` serves ``/metrics`` when a port is set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    port: int | None = Field(default=None, ge=1, le=65_535, description=(
+        "Serve /metrics on this port (with --workers N: port, port+1, …); unset: no metrics server."))
+    host: str = Field(default="127.0.0.1", description="The address to serve it on (0.0.0.0: every interface).")
+
+
 class TrainConfig(BaseModel):
     """The edge trainer (``SDG_TRAIN__*``): what it trains on and when it retrains."""
 
@@ -84,6 +94,7 @@ class Settings(BaseSettings):
     plant: PlantConfig = PlantConfig()
     thermal: ThermalConfig = ThermalConfig()
     train: TrainConfig = TrainConfig()
+    metrics: MetricsConfig = MetricsConfig()
     tables_dir: Path | None = Field(default=None, description="The Delta tables (default: <state_dir>/tables).")
 
     @property

@@ -99,7 +99,29 @@ def _thermal(settings: Settings, spec: ProcessorSpec, source: str | None, sink: 
     thermal = ThermalProcessor(ThermalRules(settings.thermal, run_id=settings.run_id))
     # old readings steer nothing: a new group starts at the end; caps and alerts go out at once (at least once)
     yield _step(spec, thermal.process, source, load=load, dump=dump, punctuate=thermal.tick, punctuate_s=0.5,
-                start="latest", exactly_once=False), {}
+                start="latest", exactly_once=False), {"metrics": _node_gauges}
+
+
+def _node_gauges(runner: Runner) -> list[Any]:
+    """The thermal step's view of each node, for its /metrics: die and coolant temperature, the cap it sent."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    die = GaugeMetricFamily("sdg_die_celsius", "A node's last die temperature.", labels=["node"])
+    coolant = GaugeMetricFamily("sdg_coolant_celsius", "A node's last coolant temperature.", labels=["node"])
+    cap = GaugeMetricFamily("sdg_node_cap_sps", "The rate cap sent to a node (+Inf: none; 0: paused).", labels=["node"])
+    for store in list(runner.stores.values()):
+        for node in store.keys():
+            state = store.get(node)
+            if state is None:
+                continue
+            if state.last_die is not None:
+                die.add_metric([node], state.last_die)
+            if state.coolant:
+                coolant.add_metric([node], state.coolant[-1][1])
+            sent = state.cap
+            cap.add_metric([node], float("inf") if sent is None or (sent.max_rate_sps is None and not sent.paused)
+                           else 0.0 if sent.paused else float(sent.max_rate_sps or 0.0))
+    return [die, coolant, cap]
 
 
 @contextmanager
@@ -177,8 +199,14 @@ def processor(name: str, settings: Settings, *, source: str | None = None, sink:
         specs = state_topics(group, step)
         if specs:
             admin.create_topics(settings.kafka_client, settings.topics, specs)
-        yield Runner(step, kafka=settings.kafka_client, config=settings.runner, group=group, run_id=settings.run_id,
-                     **options)
+        extra = options.pop("metrics", None)
+        runner = Runner(step, kafka=settings.kafka_client, config=settings.runner, group=group, run_id=settings.run_id,
+                        **options)
+        if settings.metrics.port is not None:
+            from streams.metrics import serve
+
+            serve(runner, settings.metrics.port, host=settings.metrics.host, extra=extra)
+        yield runner
 
 
 def datasets(name: str, settings: Settings, *, source: str | None,

@@ -169,6 +169,9 @@ class MemoryIO:
         while (wait := wait_s()) > 0 and not stopping.is_set():
             time.sleep(min(wait, 0.05))
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        return {(t, p): len(self.broker.log(t)[p]) - position for (t, p), position in self.positions.items()}
+
     def close(self, *, failed: bool) -> None:
         """Leave the group as confluent-kafka does (the partitions are revoked first); an open transaction is
         aborted."""

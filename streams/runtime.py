@@ -260,6 +260,7 @@ class RunStats:
     """What a runtime did so far."""
 
     consumed: int = 0
+    consumed_by_topic: Counter[str] = field(default_factory=Counter)
     produced: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     batches: int = 0
@@ -289,6 +290,7 @@ class IO(Protocol):
     def checkpoint(self, offsets: dict[tuple[str, int], int]) -> None: ...
     def changelog(self, topic: str, partition: int) -> Iterator[Message]: ...
     def hold(self, wait_s: Callable[[], float], stopping: threading.Event) -> None: ...
+    def lag(self) -> dict[tuple[str, int], int]: ...
     def close(self, *, failed: bool) -> None: ...
 
 
@@ -323,6 +325,8 @@ class Runner:
         self.rate_cap = rate_cap
         self.cost = cost
         self.stores: dict[int, Store[Any]] = {}
+        self.on_batch: Callable[[float], None] | None = None  # told each batch's seconds (the metrics' histogram)
+        self.lag: dict[tuple[str, int], int] = {}  # with metrics: records behind each partition's end, each second
         self._failed = False  # after a failure, the revocation that closing the consumer triggers commits nothing
         self._done: dict[tuple[str, int], int] = {}  # next offset to commit per partition: processed records only
         self._committed: dict[tuple[str, int], int] = {}
@@ -368,7 +372,7 @@ class Runner:
         topics = [*self.step.sources, *([self._repartition] if self._repartition else [])]
         self.io.subscribe(topics, on_assign, self._on_revoke)
         log.info("step %s: consuming %s", self.step.step_id, ", ".join(topics))
-        idle_since = last_checkpoint = last_punctuate = time.monotonic()
+        idle_since = last_checkpoint = last_punctuate = last_lag = time.monotonic()
         failed = True
         try:
             while not self.stopping.is_set():
@@ -381,7 +385,16 @@ class Runner:
                         self.stats.first_batch_s = now
                     self._process(messages)
                     self.stats.batches += 1
+                    self.stats.consumed_by_topic.update(m.topic() for m in messages)
                     self.stats.last_batch_s = time.monotonic()
+                    if self.on_batch is not None:
+                        self.on_batch(self.stats.last_batch_s - now)
+                if self.on_batch is not None and now - last_lag >= 1.0:  # the consumer is this thread's alone
+                    try:
+                        self.lag = self.io.lag()
+                    except Exception as e:  # metrics never stop a processor
+                        log.debug("step %s: lag: %s", self.step.step_id, e)
+                    last_lag = now
                 if self.step.punctuate is not None and now - last_punctuate >= self.step.punctuate_s:
                     self._punctuate()
                     last_punctuate = now
@@ -690,6 +703,15 @@ class KafkaIO:
     def send(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int | None = None,
              headers: dict[str, bytes] | None = None) -> None:
         self.producer.produce(topic, key, value, headers=headers, partition=partition)  # the runtime checked sizes
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records between the position and the end of each assigned partition (the end as last fetched)."""
+        out = {}
+        for tp in self._consumer.position(self._consumer.assignment()):
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0:
+                out[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return out
 
     def checkpoint(self, offsets: dict[tuple[str, int], int]) -> None:
         from confluent_kafka import KafkaException, TopicPartition

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -21,7 +22,7 @@ from streams.dead_letter import DLQ_TOPIC
 from streams.producer import RecordProducer
 from streams.runtime import Runner, Step
 from streams.subscribe import subscribe
-from tests.conftest import sdg_command
+from tests.conftest import free_port, sdg_command
 
 FAST = RunnerConfig(batch_size=100, session_timeout_ms=6000, heartbeat_interval_ms=500)
 
@@ -106,10 +107,11 @@ def _committed(kafka: KafkaConfig, group: str, topic: str, partitions: int) -> i
         consumer.close()
 
 
-def _runner_process(kafka: KafkaConfig, source: str, sink: str, group: str, workers: int = 1) -> subprocess.Popen:
+def _runner_process(kafka: KafkaConfig, source: str, sink: str, group: str, workers: int = 1,
+                    metrics_port: int | None = None) -> subprocess.Popen:
     env = {**os.environ, "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
            "SDG_RUNNER__BATCH_SIZE": "20", "SDG_RUNNER__SESSION_TIMEOUT_MS": "6000",
-           "SDG_RUNNER__HEARTBEAT_INTERVAL_MS": "500"}
+           "SDG_RUNNER__HEARTBEAT_INTERVAL_MS": "500", **({"SDG_METRICS__PORT": str(metrics_port)} if metrics_port else {})}
     return subprocess.Popen(sdg_command("run", "passthrough", "--source", source, "--sink", sink, "--group", group,
                                         "--workers", str(workers)),
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -123,6 +125,18 @@ def _members(kafka: KafkaConfig, group: str) -> list[int]:
     except KafkaException:  # the group coordinator may still be loading: ask again
         return []
     return [len(m.assignment.topic_partitions) for m in description.members]
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """A processor's /metrics: each sample's value summed over its labels, by sample name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
 
 
 def _wait(condition, timeout_s: float, what: str) -> None:
@@ -165,16 +179,25 @@ def test_group_survives_a_kill_9_without_losing_records(kafka: KafkaConfig, run_
 
 def test_workers_share_the_partitions_of_one_group_and_stop_together(kafka: KafkaConfig, run_id: str,
                                                                      fresh_topic) -> None:
-    """``sdg run --workers 2``: two processes in one group, each with half the partitions; SIGTERM stops both."""
+    """``sdg run --workers 2``: two processes in one group, each with half the partitions; SIGTERM stops both.
+    Each serves its Prometheus metrics on a port of its own, and the counters follow the records."""
     source, sink = fresh_topic(6), fresh_topic()
     group = f"g-{run_id}"
-    runner = _runner_process(kafka, source, sink, group, workers=2)
+    port = free_port()
+    runner = _runner_process(kafka, source, sink, group, workers=2, metrics_port=port)
+
+    def total(name: str) -> float:
+        return sum(_scrape(p).get(name, 0.0) for p in (port, port + 1))
+
     try:
         _wait(lambda: sorted(_members(kafka, group)) == [3, 3], 60, "two members sharing six partitions")
+        assert total("sdg_records_in_total") == 0
         with RecordProducer(kafka) as producer:
             for i in range(600):
                 producer.send(source, example_sample(i, run_id))
         _wait(lambda: _committed(kafka, group, source, 6) == 600, 60, "every record committed")
+        assert total("sdg_records_in_total") == total("sdg_records_out_total") == 600
+        assert total("sdg_batch_seconds_count") >= 2 and total("sdg_consumer_lag") == 0
         runner.send_signal(signal.SIGTERM)
         output, _ = runner.communicate(timeout=30)
         assert runner.returncode == 0, output
