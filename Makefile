@@ -4,14 +4,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test check lint install bench clean
+.PHONY: demo test check lint install bench clean browser
 
 demo: $(VENV)/.installed
 	$(BIN)/sdg demo
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest
+
+browser:  # Debian's chromium, for the console's browser test (Playwright drives it; it downloads no browser)
+	@command -v chromium >/dev/null || $(SUDO) sh -c 'apt-get install -y -q chromium >/dev/null || \
+		(apt-get update -q && apt-get install -y -q chromium >/dev/null)'
 
 check: lint
 	$(BIN)/python -m pytest -m "not integration"

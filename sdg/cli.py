@@ -215,6 +215,24 @@ def _run_workers(args: list[str], workers: int, instance: str, metrics_port: int
     return max(codes, key=abs)
 
 
+@app.command("console")
+def console_app(
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default SDG_CONSOLE__HOST, loopback).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default SDG_CONSOLE__PORT, 8700).")] = None,
+    data: DataOption = None,
+) -> None:
+    """The web console: review uncertain labels (answers go to sdg.labels.human), watch the pipeline live,
+    look back at runs, dataset versions, models and exports; /metrics for Prometheus."""
+    from console.app import serve
+
+    settings = _settings(data)
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = settings.model_copy(update={"console": settings.console.model_copy(update=overrides)})
+    _require_broker(settings)
+    console.print(f"console on http://{settings.console.host}:{settings.console.port}/review")
+    serve(settings)
+
+
 @app.command("train-generator")
 def train_generator(
     kind: Annotated[Literal["gan", "diffusion"], typer.Argument(help="The generator to train.")],
@@ -389,6 +407,9 @@ def export_dataset(
     filters = {"decision": decision, "run": run, "generator": generator}
     rows = select_samples(tables, as_of=as_of, run=run, generator=generator, decision=decision)
     manifest = export(tables, out, fmt=fmt, rows=rows, filters=filters, as_of=as_of)
+    with (_settings().state_dir / "exports.jsonl").open("a") as log:  # the console's history lists them
+        log.write(json.dumps({"out": str(out.resolve()), "format": fmt, "samples": manifest["count"],
+                              "samples_version": manifest["samples_version"], "filters": filters}) + "\n")
     console.print(f"exported {manifest['count']} samples as {fmt} to {out} (samples version "
                   f"{manifest['samples_version']}, lineage version {manifest['lineage_version']})")
 

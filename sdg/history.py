@@ -77,17 +77,23 @@ def select_samples(tables: DeltaTables, *, as_of: int | None = None, run: str | 
                    decision: str | None = None) -> list[dict[str, Any]]:
     """Rows of the samples table (at Delta version ``as_of``), filtered, in the order they were generated.
 
-    ``decision`` keeps the samples whose lineage has that decision (accepted, review, rejected).
+    ``decision`` keeps the samples whose last decision is that one (accepted, review, rejected): a sample a person
+    answered in the review queue is accepted with the person's label (its ``class_label`` here), or rejected.
     """
     where, params = ["TRUE"], []
     for column, value in (("s.run_id", run), ("s.generator", generator), ("s.class_label", class_label)):
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
+    select, join = "s.*", ""
     if decision is not None:
-        where.append("s.sample_id IN (SELECT sample_id FROM lineage WHERE stage = ?)")
+        select = "s.* REPLACE (CASE WHEN d.stage = 'human' THEN d.label ELSE s.class_label END AS class_label)"
+        join = ("JOIN (SELECT sample_id, stage, decision, label, row_number() OVER (PARTITION BY sample_id "
+                "ORDER BY created_ms DESC, kafka_offset DESC) AS k FROM lineage WHERE decision IS NOT NULL) d "
+                "ON d.sample_id = s.sample_id AND d.k = 1")
+        where.append("d.decision = ?")
         params.append(decision)
-    sql = (f"SELECT s.* FROM samples s WHERE {' AND '.join(where)} "
+    sql = (f"SELECT {select} FROM samples s {join} WHERE {' AND '.join(where)} "
            "ORDER BY s.created_ms, s.kafka_partition, s.kafka_offset")
     return query(tables, sql, versions={"samples": as_of} if as_of is not None else None, params=params).to_pylist()
 

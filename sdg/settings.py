@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.broker import BrokerConfig, EmbeddedBroker
@@ -23,7 +23,7 @@ from models.registry import ModelRegistry
 from processors.label import Labeler
 from processors.quality import QualityConfig, QualityJudge
 from processors.thermal import ThermalConfig
-from schemas.records import RunId
+from schemas.records import NAME_PATTERN, RunId
 from sdg.run_events import OpenLineageConfig
 from sdg.spark import SparkConfig
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
@@ -58,6 +58,18 @@ class MetricsConfig(BaseModel):
     port: int | None = Field(default=None, ge=1, le=65_535, description=(
         "Serve /metrics on this port (with --workers N: port, port+1, …); unset: no metrics server."))
     host: str = Field(default="127.0.0.1", description="The address to serve it on (0.0.0.0: every interface).")
+
+
+class ConsoleConfig(BaseModel):
+    """The console (``SDG_CONSOLE__*``): where it listens and who answers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Loopback: no login; any other address needs a password.")
+    port: int = Field(default=8700, ge=1, le=65_535)
+    reviewer: str = Field(default="reviewer", pattern=NAME_PATTERN, description=(
+        "Who answers, on loopback (with a password, the login's user name)."))
+    password: SecretStr | None = Field(default=None, description="Basic-auth password (required off loopback).")
 
 
 class TrainConfig(BaseModel):
@@ -95,6 +107,7 @@ class Settings(BaseSettings):
     thermal: ThermalConfig = ThermalConfig()
     train: TrainConfig = TrainConfig()
     metrics: MetricsConfig = MetricsConfig()
+    console: ConsoleConfig = ConsoleConfig()
     tables_dir: Path | None = Field(default=None, description="The Delta tables (default: <state_dir>/tables).")
 
     @property
