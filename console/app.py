@@ -104,6 +104,8 @@ class BasicAuth(BaseHTTPMiddleware):
         self.password = password
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if request.url.path.startswith("/metrics"):  # Prometheus scrapes without a login; the pages need one
+            return await call_next(request)
         header = request.headers.get("authorization", "")
         if header.startswith("Basic "):
             try:
@@ -191,7 +193,8 @@ def create_app(watcher: Watcher, *, send: Callable[[HumanLabel], None], reviewer
         answer = HumanLabel(run_id=run_id, sample_id=sample_id, label=label, rejected=label is None,
                             reviewer=who(request))
         await asyncio.to_thread(send, answer)
-        watcher.take("sdg.labels.human", answer)
+        with watcher.lock:  # off the page at once; the answer is counted when the watcher reads it back
+            watcher.queue.answer(sample_id)
         return JSONResponse({"sample_id": sample_id, "label": label, "waiting": len(watcher.queue.waiting)})
 
     async def live(request: Request) -> Response:

@@ -68,6 +68,8 @@ def test_answers_become_human_labels_and_leave_the_queue() -> None:
     assert [(a.sample_id, a.label, a.rejected, a.reviewer) for a in sent] == [
         (first, 7, False, "ada"), (queued(1).sample.sample_id, None, True, "ada")]
     assert [c["sample_id"] for c in client.get("/api/queue").json()] == [queued(2).sample.sample_id]
+    for answer in sent:  # what the watcher reads back from sdg.labels.human
+        watcher.take("sdg.labels.human", answer)
     metrics = client.get("/metrics/").text
     assert 'sdg_human_labels_total{reviewer="ada"} 2.0' in metrics and "sdg_review_queue 1.0" in metrics
 
