@@ -144,7 +144,7 @@ def _human_decisions(kafka: KafkaConfig, ids: set[str]) -> dict[str, SampleDecis
             if message is None:
                 continue
             if message.error() is not None:
-                ended.add(message.partition())
+                ended.add(message.partition() or 0)
                 continue
             record = RecordCodec().decode(message.value())
             if isinstance(record, SampleDecision) and record.sample.sample_id in ids and record.label_source == "human":
