@@ -20,6 +20,8 @@ import io
 import json
 import logging
 import secrets
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -138,13 +140,53 @@ class ConsoleCollector(Collector):
         yield CounterMetricFamily("sdg_dead_letters_seen", "Dead letters on sdg.dlq.", value=letters)
 
 
+class Retrainer:
+    """``sdg train-labeler --answers`` in a child process: one at a time, its outcome kept for the page."""
+
+    def __init__(self, command: list[str] | None, every: int = 0) -> None:
+        self.command, self.every = command, every
+        self.process: subprocess.Popen[str] | None = None
+        self.answers_at_start = 0
+        self.last: dict[str, Any] = {}
+
+    def start(self, answers: int) -> bool:
+        if self.command is None or self.running():
+            return False
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.answers_at_start = answers
+        self.last = {"running": True, "answers": answers}
+        return True
+
+    def running(self) -> bool:
+        if self.process is None:
+            return False
+        if self.process.poll() is None:
+            return True
+        output = self.process.stdout.read() if self.process.stdout else ""
+        self.last = {"running": False, "answers": self.answers_at_start, "returncode": self.process.returncode,
+                     "output": output.strip().splitlines()[-2:]}
+        self.process = None
+        return False
+
+    def due(self, answers: int) -> bool:
+        return self.every > 0 and answers - self.answers_at_start >= self.every
+
+    def status(self) -> dict[str, Any]:
+        self.running()
+        return self.last
+
+
 def create_app(watcher: Watcher, *, send: Callable[[HumanLabel], None], reviewer: str, run_id: str,
                looks: Looks | None = None, num_classes: int = 10, tables: Any = None,
-               password: str | None = None, exports_log: Path | None = None) -> Starlette:
-    """The console over ``watcher``'s view of the pipeline; ``send`` publishes an answer."""
+               password: str | None = None, exports_log: Path | None = None,
+               retrainer: Retrainer | None = None) -> Starlette:
+    """The console over ``watcher``'s view of the pipeline; ``send`` publishes an answer; ``retrainer`` retrains the
+    labeler from the answers (the page's button, or every ``SDG_CONSOLE__RETRAIN_EVERY`` answers)."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     looks = looks or Looks()
+    retrainer = retrainer or Retrainer(None)
     verified: dict[str, Any] = {}
+    given = [0]  # answers given in this console
 
     def exported() -> list[dict[str, Any]]:
         if exports_log is None or not exports_log.exists():
@@ -195,7 +237,15 @@ def create_app(watcher: Watcher, *, send: Callable[[HumanLabel], None], reviewer
         await asyncio.to_thread(send, answer)
         with watcher.lock:  # off the page at once; the answer is counted when the watcher reads it back
             watcher.queue.answer(sample_id)
+        given[0] += 1
+        if retrainer.due(given[0]):
+            retrainer.start(given[0])
         return JSONResponse({"sample_id": sample_id, "label": label, "waiting": len(watcher.queue.waiting)})
+
+    async def api_retrain(request: Request) -> Response:
+        if request.method == "POST" and not retrainer.start(given[0]):
+            return JSONResponse({"error": "a retraining is running already", **retrainer.status()}, status_code=409)
+        return JSONResponse(retrainer.status())
 
     async def live(request: Request) -> Response:
         return templates.TemplateResponse(request, "live.html", {"page": "live"})
@@ -229,7 +279,7 @@ def create_app(watcher: Watcher, *, send: Callable[[HumanLabel], None], reviewer
     registry.register(ConsoleCollector(watcher))
     routes = [Route("/", index), Route("/review", review), Route("/live", live), Route("/history", history),
               Route("/events", events), Route("/api/queue", api_queue), Route("/api/answers", api_answer, methods=["POST"]),
-              Route("/api/verify", api_verify, methods=["POST"]),
+              Route("/api/verify", api_verify, methods=["POST"]), Route("/api/retrain", api_retrain, methods=["GET", "POST"]),
               Mount("/metrics", make_asgi_app(registry)), Mount("/static", StaticFiles(directory=str(HERE / "static")))]
     middleware = [Middleware(BasicAuth, password=password)] if password else []
     return Starlette(routes=routes, middleware=middleware)
@@ -300,7 +350,9 @@ def build(settings: Any, *, watch: bool = True) -> tuple[Starlette, Watcher]:
 
     app = create_app(watcher, send=send, reviewer=config.reviewer, run_id=settings.run_id, looks=looks,
                      num_classes=reference.num_classes, tables=settings.delta_tables(), password=password,
-                     exports_log=settings.state_dir / "exports.jsonl")
+                     exports_log=settings.state_dir / "exports.jsonl",
+                     retrainer=Retrainer([sys.executable, "-m", "sdg", "train-labeler", "--answers", "--data",
+                                          settings.data.source], config.retrain_every))
     if watch:
         watcher.start()
     return app, watcher

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from models.features import FeatureExtractor, SmallCnn, as_tensor
-from models.reference import LabeledData
+from models.reference import LabelBudget, LabeledData
 from models.runtime import OnnxSpec, export_onnx, quantize_int8
 
 
@@ -79,6 +79,8 @@ def labeler_spec(config: LabelerConfig, image_size: int = 8, channels: int = 1) 
                     image_size=image_size, channels=channels, classes=tuple(range(config.num_classes)))
 
 
-def labeler_config(config: LabelerConfig, data: LabeledData, extractor_version: str | None) -> dict[str, Any]:
-    return {"kind": "labeler", "config": asdict(config), "label_budgets": [data.budget.as_dict()],
+def labeler_config(config: LabelerConfig, data: LabeledData, extractor_version: str | None,
+                   *extra: LabelBudget) -> dict[str, Any]:
+    """The labeler's description: its config and every real label behind it (the few, and any answers)."""
+    return {"kind": "labeler", "config": asdict(config), "label_budgets": [b.as_dict() for b in (data.budget, *extra)],
             "trunk_from": extractor_version}

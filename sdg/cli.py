@@ -256,14 +256,21 @@ def train_labeler(
     extractor_steps: Annotated[int, typer.Option(help="Contrastive training steps of the feature extractor.")] = 800,
     labeler_steps: Annotated[int, typer.Option(help="Training steps of the labeler (FixMatch).")] = 1500,
     seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
+    answers: Annotated[bool, typer.Option("--answers", help="Add the labels people gave in the console's review "
+                                                            "queue (from the lineage table) to the few.")] = False,
     data: DataOption = None,
 ) -> None:
-    """Train the quality feature extractor (no labels) and the labeler (few labels); deploy both as fp32 and INT8 ONNX."""
-    from sdg.training import train_quality_models
+    """Train the quality feature extractor (no labels) and the labeler (few labels); deploy both as fp32 and INT8 ONNX.
+    A running label processor picks the new labeler up without a restart."""
+    from sdg.training import human_answers, train_quality_models
 
     settings = _settings(data)
-    result = train_quality_models(settings, splits=settings.splits(labels_per_class, seed), extractor_steps=extractor_steps,
-                                  labeler_steps=labeler_steps, console=console)
+    splits = settings.splits(labels_per_class, seed)
+    given = human_answers(settings, splits.reference) if answers else None
+    if answers:
+        console.print(f"{0 if given is None else len(given.labels)} answers from the review queue")
+    result = train_quality_models(settings, splits=splits, extractor_steps=extractor_steps,
+                                  labeler_steps=labeler_steps, answers=given, console=console)
     accuracy = ", ".join(f"{k} {v:.1%}" for k, v in result.test_accuracy.items())
     console.print(f"labeler {result.labeler} ({result.labels_used} real labels): real test accuracy {accuracy}")
     console.print(f"extractor {result.extractor} (0 labels)")

@@ -70,6 +70,8 @@ class ConsoleConfig(BaseModel):
     reviewer: str = Field(default="reviewer", pattern=NAME_PATTERN, description=(
         "Who answers, on loopback (with a password, the login's user name)."))
     password: SecretStr | None = Field(default=None, description="Basic-auth password (required off loopback).")
+    retrain_every: int = Field(default=0, ge=0, description=(
+        "Retrain the labeler with the answers after this many new ones (0: only from the page's button)."))
 
 
 class TrainConfig(BaseModel):

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from models.edge import EdgeMetrics
 from models.generator import GeneratorError
 from models.image import sample_grid
-from models.reference import LabelBudget, LabeledData, Splits, distinct_labels, human_budget
+from models.reference import LabelBudget, LabeledData, ReferenceSet, Splits, distinct_labels, human_budget
 from models.runtime import OnnxModel, OnnxSpec
 from schemas.records import SampleDecision
 from sdg.settings import Settings
@@ -212,9 +212,10 @@ class QualityModels:
 
 
 def train_quality_models(settings: Settings, *, splits: Splits | None = None, extractor_steps: int = 800,
-                         labeler_steps: int = 1500, console: Console) -> QualityModels:
-    """Train the contrastive extractor (unlabeled train images) and the labeler (the few labels, and the unlabeled
-    train images FixMatch-style); deploy both."""
+                         labeler_steps: int = 1500, answers: LabeledData | None = None,
+                         console: Console) -> QualityModels:
+    """Train the contrastive extractor (unlabeled train images) and the labeler (the few labels, plus ``answers``:
+    people's labels from the review queue, and the unlabeled train images FixMatch-style); deploy both."""
     import numpy as np
     import torch
 
@@ -244,20 +245,52 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
         started = time.monotonic()
 
         few = splits.labeled("few")
+        extra = [answers.budget] if answers is not None and len(answers.labels) else []
+        if extra:
+            assert answers is not None
+            few = LabeledData(np.concatenate([few.images, answers.images]), np.concatenate([few.labels, answers.labels]),
+                              few.budget)
         l_config = replace(LabelerConfig(), steps=labeler_steps, num_classes=splits.reference.num_classes)
         labeler = train_labeler(few, l_config, init=extractor, unlabeled=splits.unlabeled_images(), progress=bar(
-            f"labeler ({few.budget.n_labels} labels, unlabeled images)", labeler_steps))
+            f"labeler ({few.budget.n_labels + sum(b.n_labels for b in extra)} labels, unlabeled images)", labeler_steps))
         train_s["labeler"] = round(time.monotonic() - started, 1)
     staging = registry.staging("labeler")
     deployed = deploy(labeler, staging, labeler_spec(l_config, size, channels), calibration=calibration,
-                      config=labeler_config(l_config, few, extractor_dir.name))
+                      config=labeler_config(l_config, few, extractor_dir.name, *extra))
     images, labels = splits.test_set()
     u8 = np.floor(images * 255 + 0.5).astype(np.uint8)
     accuracy = {p.stem: float((OnnxModel(p).run(u8).argmax(1) == labels).mean()) for p in (deployed.fp32, deployed.int8)}
     with torch.no_grad():
         accuracy["torch"] = float((labeler(as_tensor(images)).argmax(1).numpy() == labels).mean())
     labeler_dir = registry.publish(staging, "labeler")
-    return QualityModels(labeler_dir, extractor_dir, few.budget.n_labels, accuracy, train_s)
+    return QualityModels(labeler_dir, extractor_dir, few.budget.n_labels + sum(b.n_labels for b in extra), accuracy,
+                         train_s)
+
+
+def human_answers(settings: Settings, reference: ReferenceSet) -> LabeledData | None:
+    """The samples people labeled in the review queue (their last decision: accepted by a person), as labeled
+    images of the reference's size and channels, with their label budget; None when there are none."""
+    import numpy as np
+
+    from models.image import sample_image
+    from models.runtime import fit_image
+    from sdg.history import query, to_sample
+
+    tables = settings.delta_tables()
+    if tables.open("lineage") is None or tables.open("samples") is None:
+        return None
+    rows = query(tables, """
+        SELECT s.*, d.label AS answer FROM samples s JOIN (
+            SELECT sample_id, stage, decision, label, row_number() OVER (
+                PARTITION BY sample_id ORDER BY created_ms DESC, kafka_offset DESC) AS k
+            FROM lineage WHERE decision IS NOT NULL) d ON d.sample_id = s.sample_id AND d.k = 1
+        WHERE d.stage = 'human' AND d.decision = 'accepted' ORDER BY s.sample_id""").to_pylist()
+    if not rows:
+        return None
+    size, channels = reference.image_size, reference.channels
+    images = np.stack([fit_image(sample_image(to_sample(r)), size, channels) for r in rows]).astype(np.float32) / 255.0
+    labels = np.array([r["answer"] for r in rows])
+    return LabeledData(images, labels, human_budget([r["sample_id"] for r in rows]))
 
 
 def labeler_budgets(settings: Settings) -> list[LabelBudget]:

@@ -70,8 +70,31 @@ def _label(settings: Settings, spec: ProcessorSpec, source: str | None, sink: st
            group: str) -> Iterator[Wired]:
     from processors.label import label
 
+    current = _latest_labeler(settings)
+    yield _step(spec, lambda batch: label(batch, labeler=current()), source, sink=sink), {}
+
+
+def _latest_labeler(settings: Settings, every_s: float = 2.0) -> Callable[[], Any]:
+    """The labeler to use now: the configured one, or (by default) the registry's latest, looked up again every
+    ``every_s`` so that a labeler retrained from the review queue's answers is picked up without a restart."""
+    import time
+
     labeler = settings.labeler()
-    yield _step(spec, lambda batch: label(batch, labeler=labeler), source, sink=sink), {}
+    if settings.quality.labeler is not None:
+        return lambda: labeler
+    latest = settings.registry().root / "labeler" / "LATEST"
+    version, checked = latest.read_text().strip(), time.monotonic()
+
+    def current() -> Any:
+        nonlocal labeler, version, checked
+        if time.monotonic() - checked >= every_s:
+            checked = time.monotonic()
+            if (now := latest.read_text().strip()) != version:
+                labeler, version = settings.labeler(), now
+                log.info("label: labeler %s deployed, labeling with it from now on", version)
+        return labeler
+
+    return current
 
 
 @contextmanager

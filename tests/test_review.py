@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -86,3 +88,45 @@ def test_a_human_decision_is_the_human_stage_of_lineage_and_each_answered_sample
     ids = [queued(i).sample.sample_id for i in (0, 1, 2, 0)]  # a corrected sample is still one label
     assert human_budget(ids).n_labels == 3
     assert distinct_labels([human_budget(ids[:2]), human_budget(ids[1:])]) == 3
+
+
+def test_the_labeler_retrained_with_the_answers_counts_them_and_a_running_label_step_picks_it_up(
+        quality_state: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+    from deltalake import write_deltalake
+    from rich.console import Console
+
+    from models.reference import load_digits_reference
+    from processors.review import decided
+    from schemas.tables import LINEAGE, SAMPLES
+    from sdg.settings import Settings
+    from sdg.training import human_answers, labeler_budgets, train_quality_models
+    from sdg.workers import _latest_labeler
+
+    shutil.copytree(quality_state / "models", tmp_path / "models")
+    settings = Settings(state_dir=tmp_path, tables_dir=tmp_path / "tables")
+    digits = load_digits_reference()
+    samples, lineage = [], []
+    for i in range(3):  # three samples a person labeled in the review queue, as the lineage sink writes them
+        pixels = np.round(digits.images[i] * 255).astype(np.uint8).tobytes()
+        record = queued(i).model_copy(update={"sample": queued(i).sample.model_copy(update={
+            "image": pixels, "image_format": "raw", "width": 8, "height": 8})})
+        rows = rows_of(record.sample, "sdg.samples.raw", 0, i)
+        samples += rows["samples"]
+        lineage += rows["lineage"] + rows_of(decided(record, answer(i, int(digits.labels[i]))), "sdg.samples.accepted", 0, i)["lineage"]
+    chained = [{**row, "seq": k, "prev_hash": "", "row_hash": ""} for k, row in enumerate(lineage)]
+    write_deltalake(settings.delta_tables().path("samples"), pa.Table.from_pylist(samples, schema=SAMPLES))
+    write_deltalake(settings.delta_tables().path("lineage"), pa.Table.from_pylist(chained, schema=LINEAGE))
+
+    current = _latest_labeler(settings, every_s=0.0)  # what the label step labels with
+    before = current().model.version
+    answers = human_answers(settings, digits)
+    assert answers is not None and answers.labels.tolist() == digits.labels[:3].tolist()
+    assert answers.images.shape == (3, 8, 8) and answers.budget.split == "human"
+    train_quality_models(settings, extractor_steps=20, labeler_steps=20, answers=answers, console=Console(quiet=True))
+    assert current().model.version != before  # deployed: the running step switched without a restart
+    budgets = labeler_budgets(settings)
+    assert [(b.split, b.n_labels) for b in budgets] == [("few", 100), ("human", 3)]

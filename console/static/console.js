@@ -39,6 +39,14 @@ function reviewPage() {
     e.preventDefault();
   });
   document.querySelectorAll("#cards .card").forEach((c) => c.addEventListener("click", () => select(cards().indexOf(c))));
+  const shown = document.getElementById("retrained");
+  const show = (s) => { shown.textContent = s.error ? s.error : s.running ? `retraining with ${s.answers} answers…` :
+    s.returncode === undefined ? "" : (s.returncode === 0 ? "retrained: " : "retraining failed: ") + (s.output || []).join(" "); };
+  const poll = async () => { const s = await (await fetch("/api/retrain")).json(); show(s); if (s.running) setTimeout(poll, 2000); };
+  document.getElementById("retrain").addEventListener("click", async () => {
+    show(await (await fetch("/api/retrain", {method: "POST"})).json()); setTimeout(poll, 2000);
+  });
+  poll();
 }
 
 const COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d"];
