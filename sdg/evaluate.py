@@ -7,11 +7,13 @@ Every arm trains the same edge architecture with the same budget of steps, over 
 * ``few+pseudo``: k labels plus the unlabeled real train images, FixMatch-style (the strongest arm
   that uses no generator);
 * ``synthetic-only`` per generator: the generator's samples that the labeler agrees with;
-* ``few+synthetic`` and ``few+synthetic+pseudo`` per generator.
+* ``few+synthetic`` and ``few+synthetic+pseudo`` per generator;
+* ``few+human``: k labels plus the samples people labeled in the console's review queue (when there are any).
 
 Label accounting counts every distinct real label any part used: the edge model's, the generator's
 (its conditioning, or the teacher behind its pseudo-labels) and the labeler's that filtered the
-synthetic samples. A generator trained on all labels makes its arms cost all labels.
+synthetic samples (with the review queue's answers, when the labeler was retrained on them), and each answer
+in ``few+human``. A generator trained on all labels makes its arms cost all labels.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class Synthetic:
 
 def synthetic_sets(settings: Any, plan: EvaluationPlan, console: Console) -> list[Synthetic]:
     """Samples of each generator, kept where the labeler agrees with the conditioning (the gate's first test)."""
-    from sdg.training import labeler_budgets
+    from sdg.training import labeler_budgets  # with the review queue's answers when the labeler learned them
 
     labeler, labeler_labels = settings.labeler(), labeler_budgets(settings)
     catalog, registry = settings.catalog(), settings.registry()
@@ -103,18 +105,21 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
     """Train every arm, write ``evaluation.json`` and the report into ``out``; returns the evaluation."""
     from models.edge import EdgeConfig, accuracy, train_edge
     from models.image import sample_grid
+    from sdg.training import human_answers
 
     out.mkdir(parents=True, exist_ok=True)
     reference = settings.reference()
     base = make_splits(reference)
     test_x, test_y = base.test_set()
     synthetic = synthetic_sets(settings, plan, console)
+    human = human_answers(settings, reference)  # the review queue's answers: real labels, counted as such
     splits: dict[int, Splits] = {k: make_splits(reference, labels_per_class=k) for k in plan.ks}
     full = base.labeled("train")
     jobs: list[tuple[str, int | None, Synthetic | None, bool]] = [("real-full", None, None, False)]
     jobs += [("synthetic-only", None, s, False) for s in synthetic]
     for per_class in plan.ks:
         jobs += [("real-few", per_class, None, False), ("few+pseudo", per_class, None, True)]
+        jobs += [("few+human", per_class, None, False)] if human is not None else []
         jobs += [(name, per_class, s, pseudo) for s in synthetic
                  for name, pseudo in (("few+synthetic", False), ("few+synthetic+pseudo", True))]
     arms: list[Arm] = []
@@ -129,6 +134,9 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
             else:
                 few = splits[k].labeled("few")
                 images, labels, budgets = few.images, few.labels, [few.budget]
+                if name == "few+human" and human is not None:
+                    images, labels = np.concatenate([images, human.images]), np.concatenate([labels, human.labels])
+                    budgets = [few.budget, human.budget]
             unlabeled = splits[k].unlabeled_images() if pseudo and k is not None else None
             accuracies = []
             for seed in plan.seeds:
@@ -167,7 +175,8 @@ def _summarize(arms: list[Arm], plan: EvaluationPlan, synthetic: list[Synthetic]
                                 "matching_arm": _arm_dict(best) if best else None}
     synthetic_vs_baseline = {}
     for k in plan.ks:  # at the same count of real labels: the best arm without a generator against the best with one
-        baseline = max((a for a in arms if a.k == k and a.generator is None), key=lambda a: a.mean)
+        baseline = max((a for a in arms if a.k == k and a.generator is None and a.name != "few+human"),
+                       key=lambda a: a.mean)
         same_budget = [a for a in arms if a.generator is not None and a.real_labels == baseline.real_labels]
         top = max(same_budget, key=lambda a: a.mean, default=None)
         if top is not None:
