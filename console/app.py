@@ -42,7 +42,7 @@ from starlette.templating import Jinja2Templates
 from console.queue import ordered, worth
 from console.watch import Watcher
 from models.image import sample_image
-from schemas.records import HumanLabel, SampleDecision
+from schemas.records import Annotation, HumanLabel, SampleDecision
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -232,8 +232,14 @@ def create_app(watcher: Watcher, *, send: Callable[[HumanLabel], None], reviewer
             return JSONResponse({"error": f"{sample_id} is not waiting for review"}, status_code=404)
         if label is not None and not (isinstance(label, int) and 0 <= label < num_classes):
             return JSONResponse({"error": f"label must be a class 0..{num_classes - 1} or null"}, status_code=400)
-        answer = HumanLabel(run_id=run_id, sample_id=sample_id, label=label, rejected=label is None,
-                            reviewer=who(request))
+        try:  # a scene's boxes as the person left them (pixels: x, y, width, height)
+            objects = [Annotation(class_label=o["class_label"], bbox=o["bbox"]) for o in body.get("objects") or []]
+            if any(not 0 <= o.class_label < num_classes for o in objects):
+                raise ValueError(f"object classes must be 0..{num_classes - 1}")
+            answer = HumanLabel(run_id=run_id, sample_id=sample_id, label=label, rejected=label is None,
+                                reviewer=who(request), objects=objects)
+        except (KeyError, TypeError, ValueError) as e:
+            return JSONResponse({"error": f"not an answer: {e}"}, status_code=400)
         await asyncio.to_thread(send, answer)
         with watcher.lock:  # off the page at once; the answer is counted when the watcher reads it back
             watcher.queue.answer(sample_id)

@@ -20,7 +20,7 @@ from console.app import create_app
 from console.queue import ordered
 from console.watch import Watcher
 from schemas.examples import example, example_sample
-from schemas.records import Gate, HumanLabel, Label, SampleDecision
+from schemas.records import Annotation, Gate, HumanLabel, Label, SampleDecision
 from streams.config import KafkaConfig
 from streams.producer import RecordProducer
 from tests.conftest import free_port, sdg_command
@@ -36,6 +36,15 @@ def queued(i: int, run_id: str = "r", *, margin: float = 0.5, agrees: bool = Tru
     return record.model_copy(update={"sample": sample, "label": guess,
                                      "gate": Gate(decision="review", reason=f"uncertain label: margin {margin:.2f}",
                                                   gate="example")})
+
+
+def scene(i: int, run_id: str = "r", **options: Any) -> SampleDecision:
+    """A two-object scene the labeler doubted."""
+    record = queued(i, run_id, **options)
+    objects = [Annotation(class_label=1, bbox=[0, 0, 4, 4]), Annotation(class_label=2, bbox=[4, 4, 4, 4])]
+    sample = record.sample.model_copy(update={"generator": "procedural", "objects": objects,
+                                              "sample_id": f"{record.sample.sample_id}-scene"})
+    return record.model_copy(update={"sample": sample, "label": record.label.model_copy(update={"objects": objects})})
 
 
 def test_the_queue_puts_doubt_and_disagreement_first_and_spreads_generators_and_classes() -> None:
@@ -72,6 +81,19 @@ def test_answers_become_human_labels_and_leave_the_queue() -> None:
         watcher.take("sdg.labels.human", answer)
     metrics = client.get("/metrics/").text
     assert 'sdg_human_labels_total{reviewer="ada"} 2.0' in metrics and "sdg_review_queue 1.0" in metrics
+
+
+def test_a_scene_is_answered_with_its_boxes_as_the_person_left_them() -> None:
+    watcher, sent = Watcher(), []  # type: ignore[var-annotated]
+    watcher.take("sdg.samples.review", scene(0))
+    client = _app(watcher, sent)
+    assert client.get("/review").text.count('class="box') == 2
+    sample_id = scene(0).sample.sample_id
+    bad = {"sample_id": sample_id, "label": 1, "objects": [{"class_label": 42, "bbox": [0, 0, 4, 4]}]}
+    assert client.post("/api/answers", json=bad).status_code == 400
+    boxes = [{"class_label": 1, "bbox": [0, 0, 4, 4]}, {"class_label": 4, "bbox": [3, 3, 5, 5]}]
+    assert client.post("/api/answers", json={"sample_id": sample_id, "label": 1, "objects": boxes}).status_code == 200
+    assert [(o.class_label, o.bbox) for o in sent[0].objects] == [(1, [0, 0, 4, 4]), (4, [3, 3, 5, 5])]
 
 
 def test_off_loopback_the_console_asks_for_a_login_and_the_user_is_the_reviewer() -> None:
@@ -169,6 +191,7 @@ def test_a_person_labels_three_samples_with_the_keyboard_and_they_reach_accepted
         for i in range(5):
             pixels = np.round(digits.images[i] * 255).astype(np.uint8).tobytes()
             producer.send("sdg.samples.review", queued(i, run_id, margin=0.05 + 0.01 * i, image=pixels))
+        producer.send("sdg.samples.review", scene(9, run_id, margin=0.99))  # sure of itself: the end of the queue
     env = {**os.environ, "SDG_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "SDG_STATE_DIR": str(settings.state_dir),
            "SDG_TABLES_DIR": str(settings.tables_dir), "SDG_RUNNER__COMMIT_INTERVAL_S": "0.2",
            "SDG_SINK__MAX_BATCH_S": "0.5"}
@@ -198,9 +221,25 @@ def test_a_person_labels_three_samples_with_the_keyboard_and_they_reach_accepted
                 answered[sample_id] = int(key)
             page.keyboard.press("ArrowRight")
             page.keyboard.press("ArrowLeft")
+            the_scene = scene(9, run_id).sample.sample_id  # a scene: the second box becomes a 4, dragged, accepted
+            page.click(f'.card[data-sample-id="{the_scene}"] .facts')
+            page.keyboard.press("b")
+            page.keyboard.press("4")
+            grip = page.locator(f'.card[data-sample-id="{the_scene}"] .box.on .grip').bounding_box()
+            assert grip is not None
+            page.mouse.move(grip["x"] + 3, grip["y"] + 3)
+            page.mouse.down()
+            page.mouse.move(grip["x"] + 3 + 20, grip["y"] + 3 + 20)
+            page.mouse.up()
+            page.screenshot(path=str(shots / "console-review-scene.png"))
+            page.keyboard.press("Enter")
+            page.wait_for_selector(f'.card.done[data-sample-id="{the_scene}"]')
 
-            decided = _until(lambda: d if len(d := _human_decisions(kafka, set(answered))) == 3 else None, 60,
-                             "the three answers on sdg.samples.accepted")
+            decided = _until(lambda: d if len(d := _human_decisions(kafka, {*answered, the_scene})) == 4 else None,
+                             60, "the four answers on sdg.samples.accepted")
+            edited = decided.pop(the_scene).label.objects
+            assert [o.class_label for o in edited] == [1, 4] and edited[0].bbox == [0, 0, 4, 4]
+            assert edited[1].bbox[:2] == [4, 4] and edited[1].bbox[2] > 4  # resized by the drag
             assert {s: d.label.label for s, d in decided.items()} == answered
             assert {d.reviewer for d in decided.values()} == {"reviewer"}
 
@@ -211,10 +250,10 @@ def test_a_person_labels_three_samples_with_the_keyboard_and_they_reach_accepted
                     return []
                 return query(settings.delta_tables(), "SELECT sample_id, label FROM lineage WHERE stage = 'human'").to_pylist()
 
-            rows = _until(lambda: r if len(r := human_rows()) >= 3 else None, 90, "the human stage in lineage")
-            assert {r["sample_id"]: r["label"] for r in rows} == answered
+            rows = _until(lambda: r if len(r := human_rows()) >= 4 else None, 90, "the human stage in lineage")
+            assert {r["sample_id"]: r["label"] for r in rows if r["sample_id"] != the_scene} == answered
             page.goto(f"{url}/history")
-            assert page.inner_text("#human-labels") == "3"  # each answer is a real label spent
+            assert page.inner_text("#human-labels") == "4"  # each answer is a real label spent
             page.click("#verify")
             page.wait_for_function("document.getElementById('verified').textContent.startsWith('verified')")
             page.screenshot(path=str(shots / "console-history.png"), full_page=True)

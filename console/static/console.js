@@ -13,12 +13,18 @@ function reviewPage() {
     all[index].classList.add("selected");
     all[index].scrollIntoView({block: "nearest"});
   };
+  const objects = (card) => Array.from(card.querySelectorAll(".box")).map((b) => {
+    const w = Number(card.dataset.width) / 100, h = Number(card.dataset.height) / 100, s = b.style;
+    return {class_label: Number(b.dataset.label), bbox: [parseFloat(s.left) * w, parseFloat(s.top) * h,
+                                                          parseFloat(s.width) * w, parseFloat(s.height) * h]};
+  });
   async function answer(label) {
     const card = cards()[index];
     if (!card || card.classList.contains("sending")) return;
     card.classList.add("sending");
     const response = await fetch("/api/answers", {method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({sample_id: card.dataset.sampleId, label: label})});
+      body: JSON.stringify({sample_id: card.dataset.sampleId, label: label,
+                            objects: card.dataset.scene === "1" && label !== null ? objects(card) : []})});
     card.classList.remove("sending");
     if (!response.ok) { card.querySelector(".answer").textContent = (await response.json()).error; return; }
     const body = await response.json();
@@ -29,9 +35,20 @@ function reviewPage() {
     answered.textContent = Number(answered.textContent) + 1;
     if (!cards().length) location.reload(); else select(index);
   }
+  const scene = () => { const c = cards()[index]; return c && c.dataset.scene === "1" ? c : null; };
+  function nextBox(card) {
+    const all = Array.from(card.querySelectorAll(".box")), k = all.findIndex((b) => b.classList.contains("on"));
+    all.forEach((b, i) => b.classList.toggle("on", i === (k + 1) % all.length));
+  }
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
-    if (/^[0-9]$/.test(e.key) && Number(e.key) < classes) answer(Number(e.key));
+    const editing = scene();
+    if (editing && /^[0-9]$/.test(e.key) && Number(e.key) < classes) {  // a scene: the class of its selected box
+      const b = editing.querySelector(".box.on");
+      if (b) { b.dataset.label = e.key; b.querySelector("span").textContent = e.key; }
+    } else if (editing && e.key === "b") nextBox(editing);
+    else if (editing && e.key === "Enter") answer(Number(editing.dataset.label));
+    else if (/^[0-9]$/.test(e.key) && Number(e.key) < classes) answer(Number(e.key));
     else if (e.key === "x") answer(null);
     else if (e.key === "ArrowRight" || e.key === "ArrowDown") select(index + 1);
     else if (e.key === "ArrowLeft" || e.key === "ArrowUp") select(index - 1);
@@ -39,6 +56,21 @@ function reviewPage() {
     e.preventDefault();
   });
   document.querySelectorAll("#cards .card").forEach((c) => c.addEventListener("click", () => select(cards().indexOf(c))));
+  document.querySelectorAll(".box").forEach((b) => b.addEventListener("mousedown", (e) => {  // drag: move, or resize by the grip
+    e.preventDefault();
+    const picture = b.parentElement.getBoundingClientRect(), resize = e.target.classList.contains("grip");
+    const start = {x: e.clientX, y: e.clientY, left: parseFloat(b.style.left), top: parseFloat(b.style.top),
+                   width: parseFloat(b.style.width), height: parseFloat(b.style.height)};
+    b.parentElement.querySelectorAll(".box").forEach((o) => o.classList.toggle("on", o === b));
+    const move = (m) => {
+      const dx = 100 * (m.clientX - start.x) / picture.width, dy = 100 * (m.clientY - start.y) / picture.height;
+      if (resize) { b.style.width = Math.max(2, start.width + dx) + "%"; b.style.height = Math.max(2, start.height + dy) + "%"; }
+      else { b.style.left = (start.left + dx) + "%"; b.style.top = (start.top + dy) + "%"; }
+    };
+    const up = () => { document.removeEventListener("mousemove", move); document.removeEventListener("mouseup", up); };
+    document.addEventListener("mousemove", move);
+    document.addEventListener("mouseup", up);
+  }));
   const shown = document.getElementById("retrained");
   const show = (s) => { shown.textContent = s.error ? s.error : s.running ? `retraining with ${s.answers} answers…` :
     s.returncode === undefined ? "" : (s.returncode === 0 ? "retrained: " : "retraining failed: ") + (s.output || []).join(" "); };
