@@ -19,6 +19,7 @@ import base64
 import io
 import json
 import logging
+import os
 import secrets
 import subprocess
 import sys
@@ -143,8 +144,8 @@ class ConsoleCollector(Collector):
 class Retrainer:
     """``sdg train-labeler --answers`` in a child process: one at a time, its outcome kept for the page."""
 
-    def __init__(self, command: list[str] | None, every: int = 0) -> None:
-        self.command, self.every = command, every
+    def __init__(self, command: list[str] | None, every: int = 0, log: Path | None = None) -> None:
+        self.command, self.every, self.log = command, every, log
         self.process: subprocess.Popen[str] | None = None
         self.answers_at_start = 0
         self.last: dict[str, Any] = {}
@@ -152,7 +153,9 @@ class Retrainer:
     def start(self, answers: int) -> bool:
         if self.command is None or self.running():
             return False
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        log = self.log or Path(os.devnull)  # a file, not a pipe: a pipe nobody reads would block the child
+        with log.open("w") as out:
+            self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, text=True)
         self.answers_at_start = answers
         self.last = {"running": True, "answers": answers}
         return True
@@ -162,7 +165,7 @@ class Retrainer:
             return False
         if self.process.poll() is None:
             return True
-        output = self.process.stdout.read() if self.process.stdout else ""
+        output = self.log.read_text(errors="replace") if self.log is not None and self.log.exists() else ""
         self.last = {"running": False, "answers": self.answers_at_start, "returncode": self.process.returncode,
                      "output": output.strip().splitlines()[-2:]}
         self.process = None
@@ -358,7 +361,8 @@ def build(settings: Any, *, watch: bool = True) -> tuple[Starlette, Watcher]:
                      num_classes=reference.num_classes, tables=settings.delta_tables(), password=password,
                      exports_log=settings.state_dir / "exports.jsonl",
                      retrainer=Retrainer([sys.executable, "-m", "sdg", "train-labeler", "--answers", "--data",
-                                          settings.data.source], config.retrain_every))
+                                          settings.data.source], config.retrain_every,
+                                         settings.state_dir / "console-retrain.log"))
     if watch:
         watcher.start()
     return app, watcher
