@@ -277,3 +277,23 @@ def test_a_person_labels_three_samples_with_the_keyboard_and_they_reach_accepted
             process.send_signal(signal.SIGTERM)
             output, _ = process.communicate(timeout=30)
             assert process.returncode == 0, output
+
+
+def test_the_retrain_button_runs_one_training_at_a_time_and_shows_how_it_ended(tmp_path: Path) -> None:
+    import sys
+
+    from console.app import Retrainer
+
+    watcher, sent = Watcher(), []  # type: ignore[var-annotated]
+    for i in range(3):
+        watcher.take("sdg.samples.review", queued(i))
+    slow = Retrainer([sys.executable, "-c", "import time; time.sleep(1); print('labeler v2 deployed')"], every=2,
+                     log=tmp_path / "retrain.log")
+    client = TestClient(create_app(watcher, send=sent.append, reviewer="ada", run_id="console", retrainer=slow))
+    for i in range(2):  # the second answer makes a retraining due
+        client.post("/api/answers", json={"sample_id": queued(i).sample.sample_id, "label": 1})
+    assert client.get("/api/retrain").json() == {"running": True, "answers": 2}
+    assert client.post("/api/retrain").status_code == 409  # one at a time
+    _until(lambda: not client.get("/api/retrain").json()["running"], 30, "the retraining to end")
+    assert client.get("/api/retrain").json() == {"running": False, "answers": 2, "returncode": 0,
+                                                 "output": ["labeler v2 deployed"]}
