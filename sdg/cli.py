@@ -169,8 +169,8 @@ def run_processor(
 ) -> None:
     """Run a stream processor until SIGTERM/SIGINT (finishes its batch, checkpoints, exits 0).
 
-    Processors (processors/topology.py): passthrough, generate, label, quality, thermal, plant, lineage, train,
-    all on the one runtime. A broken model, broker or disk stops it with a non-zero exit and commits nothing
+    Processors (processors/topology.py): passthrough, generate, label, quality, review, thermal, plant, lineage,
+    train, all on the one runtime. A broken model, broker or disk stops it with a non-zero exit and commits nothing
     after its last checkpoint; bad records go to sdg.dlq."""
     from sdg.run_events import run_events
     from sdg.workers import datasets
