@@ -133,6 +133,10 @@ class RecordCodec:
             raise UndecodableRecord(f"corrupt {writer.name} v{writer.version} body: {e!r}") from e
         if buf.tell() != len(data):
             raise UndecodableRecord(f"{len(data) - buf.tell()} trailing bytes after a {writer.name} record")
+        said = values.get("schema_version") if isinstance(values, dict) else None
+        if said != writer.version:
+            raise UndecodableRecord(f"invalid {writer.name}: written with v{writer.version}, it says schema_version "
+                                    f"{said!r}")
         try:
             return RECORD_TYPES[writer.name].model_validate(values)
         except ValidationError as e:

@@ -95,7 +95,7 @@ def _versions():
 def test_newest_schema_reads_data_written_with_every_version(name: str, version: int) -> None:
     writer = registry().versions[name][version]
     for values in generate_many(writer.parsed, 20):
-        data = _single_object(writer, values)
+        data = _single_object(writer, {**values, "schema_version": version})
         try:
             decoded = CODEC.decode(data)
         except UndecodableRecord as e:
