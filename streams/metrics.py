@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Callable, Iterable
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -33,14 +34,14 @@ BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 class RunnerCollector(Collector):
     """The runner's counters, lag and rate cap, read when scraped."""
 
-    def __init__(self, runner: Runner, extra: Extra | None = None) -> None:
-        self.runner, self.extra = runner, extra
+    def __init__(self, runner: Runner, consumed: Counter[str], extra: Extra | None = None) -> None:
+        self.runner, self.consumed, self.extra = runner, consumed, extra
 
     def collect(self) -> Iterable[Metric]:
         runner, step = self.runner, self.runner.step.step_id
         stats = runner.stats
         records_in = CounterMetricFamily("sdg_records_in", "Records consumed.", labels=["step", "topic"])
-        for topic, n in list(stats.consumed_by_topic.items()):
+        for topic, n in list(self.consumed.items()):
             records_in.add_metric([step, topic], n)
         records_out = CounterMetricFamily("sdg_records_out", "Records produced.", labels=["step", "topic"])
         for topic, n in list(stats.produced.items()):
@@ -69,10 +70,16 @@ def serve(runner: Runner, port: int, *, host: str = "127.0.0.1", extra: Extra | 
     """Expose the runner's metrics on ``http://host:port/metrics`` (a daemon thread); its batch timings are
     observed from now on."""
     registry = CollectorRegistry()
-    registry.register(RunnerCollector(runner, extra))
+    consumed: Counter[str] = Counter()  # per topic: counted here, so a runner without metrics pays nothing
+    registry.register(RunnerCollector(runner, consumed, extra))
     batches = Histogram("sdg_batch_seconds", "Time to process one consumed batch.", ["step"], registry=registry,
                         buckets=BATCH_BUCKETS).labels(runner.step.step_id)
-    runner.on_batch = batches.observe
+
+    def on_batch(messages: list[Any], seconds: float) -> None:
+        consumed.update(m.topic() for m in messages)
+        batches.observe(seconds)
+
+    runner.on_batch = on_batch
     start_http_server(port, addr=host, registry=registry)
     log.info("step %s: metrics on http://%s:%d/metrics", runner.step.step_id, host, port)
     return registry

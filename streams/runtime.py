@@ -260,7 +260,6 @@ class RunStats:
     """What a runtime did so far."""
 
     consumed: int = 0
-    consumed_by_topic: Counter[str] = field(default_factory=Counter)
     produced: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     batches: int = 0
@@ -325,7 +324,7 @@ class Runner:
         self.rate_cap = rate_cap
         self.cost = cost
         self.stores: dict[int, Store[Any]] = {}
-        self.on_batch: Callable[[float], None] | None = None  # told each batch's seconds (the metrics' histogram)
+        self.on_batch: Callable[[list[Message], float], None] | None = None  # each batch and its seconds (metrics)
         self.lag: dict[tuple[str, int], int] = {}  # with metrics: records behind each partition's end, each second
         self._failed = False  # after a failure, the revocation that closing the consumer triggers commits nothing
         self._done: dict[tuple[str, int], int] = {}  # next offset to commit per partition: processed records only
@@ -385,10 +384,9 @@ class Runner:
                         self.stats.first_batch_s = now
                     self._process(messages)
                     self.stats.batches += 1
-                    self.stats.consumed_by_topic.update(m.topic() for m in messages)
                     self.stats.last_batch_s = time.monotonic()
                     if self.on_batch is not None:
-                        self.on_batch(self.stats.last_batch_s - now)
+                        self.on_batch(messages, self.stats.last_batch_s - now)
                 if self.on_batch is not None and now - last_lag >= 1.0:  # the consumer is this thread's alone
                     try:
                         self.lag = self.io.lag()
@@ -505,9 +503,10 @@ class Runner:
 
     def _check_of(self, topic: str) -> Callable[[Record], Record]:
         """The type check of a source topic; the repartition topic carries what any source carries."""
-        if topic != self._repartition or len(self.step.sources) == 1:
-            return topic_spec(self.step.sources[0] if topic == self._repartition else topic).check
-        specs = [topic_spec(source) for source in self.step.sources]
+        sources = self.step.sources if topic == self._repartition else (topic,)
+        if len(sources) == 1:
+            return topic_spec(sources[0]).check
+        specs = [topic_spec(source) for source in sources]
 
         def check(record: Record) -> Record:
             if not any(spec.accepts(record) for spec in specs):
