@@ -72,6 +72,12 @@ def query(tables: DeltaTables, sql: str, *, versions: dict[str, int] | None = No
         con.close()
 
 
+LAST_DECISION = (
+    "(SELECT sample_id, stage, decision, label FROM lineage WHERE decision IS NOT NULL "
+    "QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY created_ms DESC, kafka_offset DESC) = 1)")
+"""A subquery of each sample's last decision in lineage (the gate's, or a person's: stage ``human``)."""
+
+
 def select_samples(tables: DeltaTables, *, as_of: int | None = None, run: str | None = None,
                    generator: str | None = None, class_label: int | None = None,
                    decision: str | None = None) -> list[dict[str, Any]]:
@@ -88,9 +94,7 @@ def select_samples(tables: DeltaTables, *, as_of: int | None = None, run: str | 
     select, join = "s.*", ""
     if decision is not None:
         select = "s.* REPLACE (CASE WHEN d.stage = 'human' THEN d.label ELSE s.class_label END AS class_label)"
-        join = ("JOIN (SELECT sample_id, stage, decision, label, row_number() OVER (PARTITION BY sample_id "
-                "ORDER BY created_ms DESC, kafka_offset DESC) AS k FROM lineage WHERE decision IS NOT NULL) d "
-                "ON d.sample_id = s.sample_id AND d.k = 1")
+        join = f"JOIN {LAST_DECISION} d ON d.sample_id = s.sample_id"
         where.append("d.decision = ?")
         params.append(decision)
     sql = (f"SELECT {select} FROM samples s {join} WHERE {' AND '.join(where)} "

@@ -246,13 +246,14 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
 
         few = splits.labeled("few")
         extra = [answers.budget] if answers is not None and len(answers.labels) else []
+        labels_used = few.budget.n_labels + sum(b.n_labels for b in extra)
         if extra:
             assert answers is not None
             few = LabeledData(np.concatenate([few.images, answers.images]), np.concatenate([few.labels, answers.labels]),
                               few.budget)
         l_config = replace(LabelerConfig(), steps=labeler_steps, num_classes=splits.reference.num_classes)
         labeler = train_labeler(few, l_config, init=extractor, unlabeled=splits.unlabeled_images(), progress=bar(
-            f"labeler ({few.budget.n_labels + sum(b.n_labels for b in extra)} labels, unlabeled images)", labeler_steps))
+            f"labeler ({labels_used} labels, unlabeled images)", labeler_steps))
         train_s["labeler"] = round(time.monotonic() - started, 1)
     staging = registry.staging("labeler")
     deployed = deploy(labeler, staging, labeler_spec(l_config, size, channels), calibration=calibration,
@@ -263,8 +264,7 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
     with torch.no_grad():
         accuracy["torch"] = float((labeler(as_tensor(images)).argmax(1).numpy() == labels).mean())
     labeler_dir = registry.publish(staging, "labeler")
-    return QualityModels(labeler_dir, extractor_dir, few.budget.n_labels + sum(b.n_labels for b in extra), accuracy,
-                         train_s)
+    return QualityModels(labeler_dir, extractor_dir, labels_used, accuracy, train_s)
 
 
 def human_answers(settings: Settings, reference: ReferenceSet) -> LabeledData | None:
@@ -274,17 +274,13 @@ def human_answers(settings: Settings, reference: ReferenceSet) -> LabeledData | 
 
     from models.image import sample_image
     from models.runtime import fit_image
-    from sdg.history import query, to_sample
+    from sdg.history import LAST_DECISION, query, to_sample
 
     tables = settings.delta_tables()
     if tables.open("lineage") is None or tables.open("samples") is None:
         return None
-    rows = query(tables, """
-        SELECT s.*, d.label AS answer FROM samples s JOIN (
-            SELECT sample_id, stage, decision, label, row_number() OVER (
-                PARTITION BY sample_id ORDER BY created_ms DESC, kafka_offset DESC) AS k
-            FROM lineage WHERE decision IS NOT NULL) d ON d.sample_id = s.sample_id AND d.k = 1
-        WHERE d.stage = 'human' AND d.decision = 'accepted' ORDER BY s.sample_id""").to_pylist()
+    rows = query(tables, f"SELECT s.*, d.label AS answer FROM samples s JOIN {LAST_DECISION} d ON d.sample_id = s.sample_id "
+                         "WHERE d.stage = 'human' AND d.decision = 'accepted' ORDER BY s.sample_id").to_pylist()
     if not rows:
         return None
     size, channels = reference.image_size, reference.channels
