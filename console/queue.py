@@ -9,7 +9,7 @@ groups, so one generator's or one class's doubts do not fill the page while othe
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas.records import SampleDecision
 
@@ -38,12 +38,8 @@ def ordered(queue: list[SampleDecision], num_classes: int) -> list[SampleDecisio
 class ReviewQueue:
     """Samples sent to review and not answered yet (answers seen on ``sdg.labels.human`` or given here)."""
 
-    waiting: dict[str, SampleDecision]
-    answered: set[str]
-
-    @classmethod
-    def empty(cls) -> ReviewQueue:
-        return cls({}, set())
+    waiting: dict[str, SampleDecision] = field(default_factory=dict)
+    answered: set[str] = field(default_factory=set)
 
     def queued(self, decision: SampleDecision) -> None:
         if decision.sample.sample_id not in self.answered:

@@ -42,7 +42,7 @@ class Watcher:
     def __init__(self, kafka: KafkaConfig | None = None, *, window_s: float = 600.0) -> None:
         self.kafka, self.window_s = kafka, window_s
         self.lock = threading.Lock()
-        self.queue = ReviewQueue.empty()
+        self.queue = ReviewQueue()
         self.seen: Counter[str] = Counter()
         self.generated: Counter[str] = Counter()
         self.decided: dict[str, Counter[str]] = defaultdict(Counter)

@@ -142,8 +142,11 @@ def _node_gauges(runner: Runner) -> list[Any]:
             if state.coolant:
                 coolant.add_metric([node], state.coolant[-1][1])
             sent = state.cap
-            cap.add_metric([node], float("inf") if sent is None or (sent.max_rate_sps is None and not sent.paused)
-                           else 0.0 if sent.paused else float(sent.max_rate_sps or 0.0))
+            if sent is not None and sent.paused:
+                cap.add_metric([node], 0.0)
+            else:
+                limit = sent.max_rate_sps if sent is not None else None
+                cap.add_metric([node], float("inf") if limit is None else limit)
     return [die, coolant, cap]
 
 

@@ -23,7 +23,7 @@ from schemas.examples import example, example_sample
 from schemas.records import Annotation, Gate, HumanLabel, Label, SampleDecision
 from streams.config import KafkaConfig
 from streams.producer import RecordProducer
-from tests.conftest import free_port, sdg_command
+from tests.conftest import collect, free_port, sdg_command
 
 
 def queued(i: int, run_id: str = "r", *, margin: float = 0.5, agrees: bool = True, generator: str = "gan",
@@ -148,32 +148,10 @@ def _until(condition: Any, timeout_s: float, what: str) -> Any:
     return value
 
 
-def _human_decisions(kafka: KafkaConfig, ids: set[str]) -> dict[str, SampleDecision]:
-    """The committed human decisions of ``ids`` on sdg.samples.accepted (every partition, read to its end)."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    from schemas.codec import RecordCodec
-
-    consumer = Consumer(kafka.librdkafka(**{"group.id": "console-test", "enable.partition.eof": True,
-                                            "isolation.level": "read_committed"}))
-    found = {}
-    try:
-        consumer.assign([TopicPartition("sdg.samples.accepted", p, OFFSET_BEGINNING) for p in range(6)])
-        ended: set[int] = set()
-        deadline = time.monotonic() + 20
-        while len(ended) < 6 and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error() is not None:
-                ended.add(message.partition() or 0)
-                continue
-            record = RecordCodec().decode(message.value())
-            if isinstance(record, SampleDecision) and record.sample.sample_id in ids and record.label_source == "human":
-                found[record.sample.sample_id] = record
-    finally:
-        consumer.close()
-    return found
+def _human_decisions(kafka: KafkaConfig, run_id: str, ids: set[str]) -> dict[str, SampleDecision]:
+    """The human decisions of ``ids`` on sdg.samples.accepted so far."""
+    return {r.sample.sample_id: r for r in collect("sdg.samples.accepted", kafka, run_id)
+            if r.sample.sample_id in ids and r.label_source == "human"}
 
 
 def test_a_person_labels_three_samples_with_the_keyboard_and_they_reach_accepted_lineage_and_history(
@@ -235,7 +213,7 @@ def test_a_person_labels_three_samples_with_the_keyboard_and_they_reach_accepted
             page.keyboard.press("Enter")
             page.wait_for_selector(f'.card.done[data-sample-id="{the_scene}"]')
 
-            decided = _until(lambda: d if len(d := _human_decisions(kafka, {*answered, the_scene})) == 4 else None,
+            decided = _until(lambda: d if len(d := _human_decisions(kafka, run_id, {*answered, the_scene})) == 4 else None,
                              60, "the four answers on sdg.samples.accepted")
             edited = decided.pop(the_scene).label.objects
             assert [o.class_label for o in edited] == [1, 4] and edited[0].bbox == [0, 0, 4, 4]

@@ -12,7 +12,6 @@ records); ``FUZZ_OUT`` writes the counts as JSON (``bench/fuzz.py`` sets both).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct
@@ -22,7 +21,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import fastavro
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -42,21 +40,13 @@ from streams.dead_letter import DLQ_TOPIC
 from streams.delta_sink import DeltaSink, DeltaTables
 from streams.memory import MemoryBroker
 from streams.runtime import Step
+from tests.conftest import forge
 
 CODEC = RecordCodec()
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
 FAST = RunnerConfig(batch_size=64, commit_interval_s=0.001, poll_timeout_s=0.001)
 COUNTS: Counter[str] = Counter()
 SLOWEST_MS = [0.0]
-
-
-def _forge(record: Record, **changes: Any) -> bytes:
-    """``record``'s bytes with values its type refuses, written past validation."""
-    writer = registry().latest(record.schema_name)
-    buf = io.BytesIO()
-    buf.write(MAGIC + writer.fingerprint)
-    fastavro.schemaless_writer(buf, writer.parsed, {**record.model_dump(), "schema_version": writer.version, **changes})
-    return buf.getvalue()
 
 
 def _varint(n: int) -> bytes:
@@ -126,19 +116,19 @@ def _record_traps(record: Record) -> list[tuple[str, bytes]]:
     """Records whose every byte is well-formed but whose values are not."""
     traps = [("tombstone", b""), ("header only", MAGIC + registry().latest(record.schema_name).fingerprint)]
     if isinstance(record, Reading):
-        traps += [("NaN", _forge(record, die_c=float("nan"))), ("inf", _forge(record, coolant_c=float("inf")))]
+        traps += [("NaN", forge(record, die_c=float("nan"))), ("inf", forge(record, coolant_c=float("inf")))]
     if isinstance(record, SampleDecision):
         sample = record.sample
-        traps += [("NaN", _forge(record, label={**record.label.model_dump(), "confidence": float("nan")})),
+        traps += [("NaN", forge(record, label={**record.label.model_dump(), "confidence": float("nan")})),
                   ("non-image PNG", CODEC.encode(record.model_copy(update={"sample": sample.model_copy(
                       update={"image": b"\x89PNG not really", "image_format": "png"})}))),
                   ("decompression-bomb PNG", CODEC.encode(record.model_copy(update={"sample": sample.model_copy(
                       update={"image": BOMB, "image_format": "png"})}))),
-                  ("raw pixels short", _forge(record, sample={**sample.model_dump(), "image_format": "raw",
+                  ("raw pixels short", forge(record, sample={**sample.model_dump(), "image_format": "raw",
                                                               "image": b"\x00"})),
-                  ("run_id with a path", _forge(record, run_id="../../etc"))]
+                  ("run_id with a path", forge(record, run_id="../../etc"))]
     if isinstance(record, HumanLabel):
-        traps += [("label and rejection", _forge(record, rejected=True)), ("label out of range", _forge(record, label=-4))]
+        traps += [("label and rejection", forge(record, rejected=True)), ("label out of range", forge(record, label=-4))]
     return traps
 
 

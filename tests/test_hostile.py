@@ -22,7 +22,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import numpy as np
 import polars as pl
 import pytest
@@ -33,7 +32,7 @@ from models.corruption import mixed_stream
 from models.image import decode_png, png_bytes, sample_image
 from models.reference import load_digits_reference, make_splits
 from models.runtime import ModelFileError
-from schemas.codec import MAGIC, RecordCodec, registry
+from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
 from schemas.examples import example
 from schemas.records import Annotation, GeneratedSample, Label, LabeledSample, Reading
@@ -46,19 +45,9 @@ from streams.dead_letter import DLQ_TOPIC
 from streams.delta_sink import DeltaTables, delta_runner
 from streams.producer import RecordProducer
 from streams.runtime import repartition_topic
-from tests.conftest import REPO, await_decisions, collect, sdg_command
+from tests.conftest import REPO, await_decisions, collect, forge, sdg_command
 
 CODEC = RecordCodec()
-
-
-def forge(record: Any, **changes: Any) -> bytes:
-    """``record``'s Avro bytes with ``changes`` that its Python type would refuse (written past validation)."""
-    writer = registry().latest(record.schema_name)
-    values = {**record.model_dump(), "schema_version": writer.version, **changes}
-    buf = io.BytesIO()
-    buf.write(MAGIC + writer.fingerprint)
-    fastavro.schemaless_writer(buf, writer.parsed, values)
-    return buf.getvalue()
 
 
 def with_image(sample: GeneratedSample, data: bytes, *, width: int, height: int, **changes: Any) -> GeneratedSample:
