@@ -98,6 +98,7 @@ def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSa
 
     Agreement is always computed here, from the image: the label of a GAN or diffusion sample is the labeler's;
     a procedural sample keeps its renderer's labels, and agrees only if the labeler sees the same in every crop.
+    An ingested real image (no class asked for) takes the labeler's label and agrees.
     """
     direct = [s for s in samples if _direct(s, labeler)]  # the common case: one copy for the whole batch
     batch = [sample_images(direct)] if direct else []
@@ -129,11 +130,12 @@ def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSa
         if sample.objects:  # a scene: the renderer's objects are the labels; every one must agree
             agrees = all(predicted[r] == o.class_label for r, o in zip(rows, sample.objects))
             row = min(rows, key=confidence.__getitem__)  # the least sure crop speaks for the scene
-            value = sample.conditioning.class_label
+            value = sample.conditioning.class_label if sample.conditioning.class_label is not None else predicted[row]
         else:
             row = rows[0]
-            agrees = predicted[row] == sample.conditioning.class_label
-            value = sample.conditioning.class_label if sample.generator == PROCEDURAL else predicted[row]
+            asked = sample.conditioning.class_label  # None for an ingested real image: nothing to disagree with
+            agrees = asked is None or predicted[row] == asked
+            value = asked if sample.generator == PROCEDURAL and asked is not None else predicted[row]
         out.append(LabeledSample(
             run_id=sample.run_id,
             created_ms=now,

@@ -27,6 +27,7 @@ from schemas.records import (
     ThermalAlert,
     Throttle,
 )
+from schemas.tables import NO_CLASS
 
 Rows = dict[str, list[dict[str, Any]]]
 
@@ -54,10 +55,15 @@ def _where(record: Record, topic: str, partition: int, offset: int, *, run_id: s
             "kafka_partition": partition, "kafka_offset": offset}
 
 
+def _asked(sample: GeneratedSample) -> int:
+    """The class asked for, or ``NO_CLASS`` for an ingested real image (the tables' column is not nullable)."""
+    return NO_CLASS if sample.conditioning.class_label is None else sample.conditioning.class_label
+
+
 def _lineage(sample: GeneratedSample, stage: str, where: dict[str, Any], **fields: Any) -> dict[str, Any]:
     row = {**where, "sample_id": sample.sample_id, "stage": stage, "generator": sample.generator,
            "generator_version": sample.generator_version, "seed": sample.seed,
-           "class_label": sample.conditioning.class_label, "image_sha256": sample.image_sha256,
+           "class_label": _asked(sample), "image_sha256": sample.image_sha256,
            "label": None, "confidence": None, "margin": None, "agrees": None, "labeler_version": None,
            "window_id": None, "realism": None, "extractor_hash": None, "decision": None, "reason": None}
     row.update(fields)
@@ -74,7 +80,7 @@ def rows_of(record: Record, topic: str, partition: int, offset: int) -> Rows:
         where = _where(record, topic, partition, offset)
         sample = {**where, "sample_id": record.sample_id, "job_id": record.job_id, "generator": record.generator,
                   "generator_version": record.generator_version, "seed": record.seed,
-                  "class_label": record.conditioning.class_label,
+                  "class_label": _asked(record),
                   "params_json": _json(record.conditioning.params),
                   "image": record.image, "image_format": record.image_format, "image_sha256": record.image_sha256, "width": record.width,
                   "height": record.height, "channels": record.channels, "node_id": record.node_id,

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.image import sample_image, sample_images
 from models.quality import Reference, RunningMoments
 from models.reference import Splits
-from processors.label import Labeler
+from processors.label import Labeler, label
 from schemas.errors import UndecodableRecord
 from schemas.records import (
     Gate,
@@ -198,7 +198,6 @@ class QualityJudge:
         """The judge over ``splits`` (its real reference set) with the extractor at ``extractor`` (an ONNX model
         with its description), re-checking every label with ``labeler``."""
         from models.runtime import OnnxModel
-        from processors.label import label
 
         model = OnnxModel(extractor, threads=config.threads)
         reference = Reference.build(splits, model.run, extractor=model.spec.name, extractor_hash=model.version,
@@ -215,17 +214,17 @@ class QualityJudge:
         if self.relabel is None:
             return [(r, None) for r in records]
         out: list[tuple[LabeledSample, str | None]] = []
-        for record, label in zip(records, self.relabel([r.sample for r in records])):
-            if isinstance(label, Exception):
-                raise ValueError(f"sample {record.sample.sample_id} cannot be labeled: {label}")
+        for record, given in zip(records, self.relabel([r.sample for r in records])):
+            if isinstance(given, Exception):
+                raise ValueError(f"sample {record.sample.sample_id} cannot be labeled: {given}")
             said = record.label
             why = None
-            if said.labeler_version != label.labeler_version:
-                why = f"labeled by {said.labeler}@{said.labeler_version}; the gate checks with {label.labeler_version}"
-            elif (said.label, said.agrees) != (label.label, label.agrees):
+            if said.labeler_version != given.labeler_version:
+                why = f"labeled by {said.labeler}@{said.labeler_version}; the gate checks with {given.labeler_version}"
+            elif (said.label, said.agrees) != (given.label, given.agrees):
                 why = (f"class {said.label} (agrees {said.agrees}) the record says; the labeler gives class "
-                       f"{label.label} (agrees {label.agrees})")
-            out.append((record.model_copy(update={"label": label}), None if why is None else f"label not reproduced: {why}"))
+                       f"{given.label} (agrees {given.agrees})")
+            out.append((record.model_copy(update={"label": given}), None if why is None else f"label not reproduced: {why}"))
         return out
 
     def assess(self, records: list[LabeledSample], window_id: str) -> list[Pending]:
@@ -290,7 +289,7 @@ class QualityJudge:
         pending = windows.pending
         candidates = [p for p in pending if p.rejection is None and not p.duplicate]
         features = np.stack([p.features for p in candidates]) if candidates else np.zeros((0, windows.dim), np.float32)
-        labels = np.array([p.record.sample.conditioning.class_label for p in candidates], dtype=np.int64)
+        labels = np.array([p.record.label.label for p in candidates], dtype=np.int64)  # agreed: the class asked for
         moments = windows.moments if windows.moments is not None else RunningMoments(windows.dim)
         times = [p.record.sample.created_ms for p in pending]
         floor = self.reference.memorization_floor
@@ -542,3 +541,18 @@ class QualityProcessor:
     def _save_head(store: Store, generator: str, windows: GeneratorWindows) -> None:
         store[f"{generator}|head"] = json.dumps({"seq": windows.seq, "opened_ms": windows.opened_ms,
                                                  "count": len(windows.pending)}).encode()
+
+
+def gate_offline(judge: QualityJudge, labeler: Labeler, samples: list[GeneratedSample]) -> list[SampleDecision]:
+    """The gate's decisions on ``samples`` without a broker, as the quality processor makes them on the stream: each
+    labeled, scored and decided window by window (``window_size`` samples). Samples that cannot be labeled are left
+    out (on the stream they go to the dead letters)."""
+    labeled = [r for r in label(samples, labeler=labeler) if not isinstance(r, Exception)]
+    windows = GeneratorWindows("offline", judge.reference.sets[None].features.shape[1], judge.config.slide)
+    out: list[Record] = []
+    size = judge.config.window_size
+    for start in range(0, len(labeled), size):
+        for item in judge.assess(labeled[start:start + size], windows.window_id()):
+            windows.add(item, 0)
+        out += judge.close(windows)
+    return [r for r in out if isinstance(r, SampleDecision)]

@@ -35,7 +35,8 @@ def decided(queued: SampleDecision, answer: HumanLabel) -> SampleDecision:
     """The sample as the person decided it: their label (confidence 1) or their rejection."""
     label = queued.label
     if answer.label is not None:
-        agrees = answer.label == queued.sample.conditioning.class_label
+        asked = queued.sample.conditioning.class_label  # None: an ingested real image, nothing asked for
+        agrees = asked is None or answer.label == asked
         label = label.model_copy(update={"label": answer.label, "confidence": 1.0, "margin": 1.0, "entropy": 0.0,
                                          "agrees": agrees, "labeler": HUMAN, "labeler_version": answer.reviewer,
                                          "objects": answer.objects or label.objects})

@@ -79,14 +79,17 @@ class Annotation(_Part):
         return self
 
 
+REAL = "real"  # the generator of ingested real images (sdg ingest): no class asked for, provenance in the params
+
+
 class Conditioning(_Part):
-    class_label: ClassLabel
+    class_label: ClassLabel | None  # None: a real image ingested without a label (generator ``real``)
     params: dict[str, str] = Field(default_factory=dict)
 
 
 class GeneratedSample(Record):
     schema_name: ClassVar[str] = "GeneratedSample"
-    schema_version: int = 2
+    schema_version: int = 3
     sample_id: Name
     job_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:@+=/-]{0,128}$")]  # empty for ingested or replayed samples
     generator: Name
@@ -157,20 +160,20 @@ class _Staged(Record):
 
 class LabeledSample(_Staged):
     schema_name: ClassVar[str] = "LabeledSample"
-    schema_version: int = 2
+    schema_version: int = 3
     label: Label
 
 
 class ScoredSample(_Staged):
     schema_name: ClassVar[str] = "ScoredSample"
-    schema_version: int = 2
+    schema_version: int = 3
     label: Label
     score: Score
 
 
 class SampleDecision(_Staged):
     schema_name: ClassVar[str] = "SampleDecision"
-    schema_version: int = 3
+    schema_version: int = 4
     label: Label
     score: Score
     gate: Gate

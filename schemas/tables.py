@@ -15,6 +15,7 @@ import pyarrow as pa
 
 PARTITION_BY = ["run_id", "date"]
 GENESIS = "0" * 64  # the previous hash of a chain's first row
+NO_CLASS = -1  # class_label of an ingested real image: no class was asked for
 # lineage rows chain per (run, date, source topic, source partition): one writer per chain
 CHAIN_KEY = ("run_id", "date", "kafka_topic", "kafka_partition")
 
@@ -34,8 +35,8 @@ SAMPLES = pa.schema([
     pa.field("generator", pa.string(), nullable=False),
     pa.field("generator_version", pa.string(), nullable=False),
     pa.field("seed", pa.int64(), nullable=False),
-    pa.field("class_label", pa.int32(), nullable=False),
-    pa.field("params_json", pa.string()),
+    pa.field("class_label", pa.int32(), nullable=False),  # the class asked for; NO_CLASS for an ingested real image
+    pa.field("params_json", pa.string()),  # the conditioning's parameters; a real image's provenance (sdg ingest)
     pa.field("image", pa.binary(), nullable=False),  # PNG, or raw pixels (image_format)
     pa.field("image_sha256", pa.string(), nullable=False),
     pa.field("width", pa.int32()),
@@ -53,7 +54,7 @@ LINEAGE = pa.schema([
     pa.field("generator", pa.string(), nullable=False),
     pa.field("generator_version", pa.string(), nullable=False),
     pa.field("seed", pa.int64(), nullable=False),
-    pa.field("class_label", pa.int32(), nullable=False),
+    pa.field("class_label", pa.int32(), nullable=False),  # as in samples
     pa.field("image_sha256", pa.string(), nullable=False),
     pa.field("label", pa.int32()),
     pa.field("confidence", pa.float64()),

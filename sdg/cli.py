@@ -397,6 +397,35 @@ def replay(
         raise typer.Exit(1)
 
 
+@app.command()
+def ingest(
+    source: Annotated[Path, typer.Argument(help="A folder of images (any depth), a Parquet file or folder, or a Delta "
+                                                "table with an image column.")],
+    image_column: Annotated[str, typer.Option(help="A table's column of encoded images.")] = "image",
+    limit: Annotated[Optional[int], typer.Option(help="At most this many images.")] = None,
+    data: DataOption = None,
+) -> None:
+    """Publish real, unlabeled images on sdg.samples.raw (generator real, with their provenance): the labeler labels
+    them, the gate decides, lineage records them, and exports include them, like synthetic samples."""
+    from rich.progress import Progress
+
+    from sdg.ingest import ingest as publish
+
+    settings = _settings(data)
+    sent, unreadable = 0, 0
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"ingesting {source}", total=None)
+        for item in publish(settings, source, image_column=image_column, limit=limit):
+            if isinstance(item, str):
+                unreadable += 1
+                console.print(f"[yellow]skipped[/] {item}")
+                continue
+            sent += 1
+            progress.advance(task)
+    console.print(f"ingested {sent} real images into sdg.samples.raw (run {settings.run_id})"
+                  + (f"; {unreadable} unreadable, skipped" if unreadable else ""))
+
+
 @app.command("export")
 def export_dataset(
     out: Annotated[Path, typer.Argument(help="Output folder.")],
@@ -512,23 +541,28 @@ def train_edge(
 
 @app.command()
 def evaluate(
-    ks: Annotated[str, typer.Option("--ks", help="Real labels per class of the few-label arms.")] = "5,10,20",
-    seeds: Annotated[int, typer.Option(help="Seeds per arm.")] = 3,
+    ks: Annotated[str, typer.Option("--ks", help="Real labels per class of the few-label arms.")] = "1,2,5,10,20,40",
+    seeds: Annotated[int, typer.Option(help="Seeds per arm (a claim needs 5 or more).")] = 5,
     steps: Annotated[int, typer.Option(help="Training steps of every edge model.")] = 1000,
     synthetic_per_class: Annotated[int, typer.Option(help="Samples per class and generator.")] = 200,
-    generator: Annotated[Optional[list[str]], typer.Option(help="kind or kind@version (default: every trained "
-                                                                "one, and procedural).")] = None,
+    dpt: Annotated[Optional[list[str]], typer.Option(help="Generator kinds trained per k on the teacher's labels "
+                                                          "(default: diffusion; none: no DPT arm).")] = None,
+    generator: Annotated[Optional[list[str]], typer.Option(help="Registry generators used as they are: kind or "
+                                                                "kind@version (procedural costs no labels).")] = None,
+    generator_steps: Annotated[Optional[int], typer.Option(help="Training steps of the DPT generators.")] = None,
+    extend: Annotated[bool, typer.Option(help="Past the grid, double k until every arm matches real-full.")] = True,
     data: DataOption = None,
 ) -> None:
     """The label-cost experiment: edge models per arm and seed on the real test split; report in runs/<run-id>/."""
-    from sdg.evaluate import EvaluationPlan, run_evaluation
+    from sdg.evaluate import EvaluationPlan, headline_sentences, run_evaluation
 
     settings = _settings(data)
     plan = EvaluationPlan(ks=tuple(int(k) for k in ks.split(",")), seeds=tuple(range(seeds)), steps=steps,
-                          synthetic_per_class=synthetic_per_class, generators=tuple(generator) if generator else None)
+                          synthetic_per_class=synthetic_per_class, dpt=tuple(d for d in dpt if d != "none") if dpt else ("diffusion",),
+                          generators=tuple(generator or ()), generator_steps=generator_steps, extend=extend)
     evaluation = run_evaluation(settings, plan, Path("runs") / settings.run_id, console=console)
-    match = evaluation["labels_per_class_to_match_real_full"]
-    console.print("labels per class to match real-full: " + ("none of the arms" if match is None else f"{match:g}"))
+    for line in headline_sentences(evaluation):
+        console.print(line)
 
 
 @telemetry_app.command("watch")

@@ -59,7 +59,7 @@ class DemoPlan:
     window_size: int = 100
     max_window_s: float = 3.0
     edge_steps: int = 600  # every edge model's training steps
-    eval_seeds: tuple[int, ...] = (0, 1)
+    eval_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # a claim needs five
     eval_synthetic_per_class: int = 100
     plant_time_scale: float = 10.0  # plant seconds per wall second: the fault plays out while the demo generates
     pump_failure_at_s: float = 20.0  # plant seconds after the plant starts; repaired 240 plant seconds later
@@ -347,7 +347,7 @@ def _thermal_report(settings: Settings, seen: list, out: Path, console: Console)
 def _proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDecision], versions: list[str],
            console: Console) -> tuple[dict[str, Any], Path]:
     """The edge model from this run's accepted samples, then the label-cost experiment and its report."""
-    from sdg.evaluate import EvaluationPlan, run_evaluation
+    from sdg.evaluate import EvaluationPlan, headline_sentences, run_evaluation
     from sdg.training import train_edge_model
 
     out = Path("runs") / settings.run_id
@@ -362,8 +362,11 @@ def _proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDecision], v
                       f"{m.int8_bytes / 1024:.0f} KB, {trained.real_labels} real labels behind it")
         _record_training(settings, {"edge": round(time.monotonic() - started, 1)})
     evaluation_plan = EvaluationPlan(ks=(10,), seeds=plan.eval_seeds, steps=plan.edge_steps,
-                                     synthetic_per_class=plan.eval_synthetic_per_class, generators=tuple(versions))
+                                     synthetic_per_class=plan.eval_synthetic_per_class, dpt=(), generators=tuple(versions),
+                                     extractor_steps=plan.extractor_steps, extend=False)
     evaluation = run_evaluation(settings, evaluation_plan, out, console=console)
+    for line in headline_sentences(evaluation):
+        console.print(line)
     return evaluation, out / "report.md"
 
 

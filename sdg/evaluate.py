@@ -1,19 +1,23 @@
 """``sdg evaluate``: the label-cost experiment, on the real test split.
 
-Every arm trains the same edge architecture with the same budget of steps, over several seeds:
+Every arm trains the same edge network (the contrastive extractor's trunk, trained on the unlabeled train images,
+as its start) with the same budget of steps, on the same seeds; seed s of every arm sees the same split, the same
+few labels and the same initialisation, so arms compare seed by seed (``sdg.stats``):
 
 * ``real-full``: every train label;
 * ``real-few``: k labels per class;
-* ``few+pseudo``: k labels plus the unlabeled real train images, FixMatch-style (the strongest arm
-  that uses no generator);
-* ``synthetic-only`` per generator: the generator's samples that the labeler agrees with;
-* ``few+synthetic`` and ``few+synthetic+pseudo`` per generator;
+* ``few+pseudo``: k labels plus the unlabeled real train images, FixMatch-style: the semi-supervised learner
+  that uses no generator. Its seed-0 model is also the *teacher* at k;
+* ``few+pseudo+<generator>``: the same, plus generated samples the quality gate accepted. For each kind in
+  ``dpt`` a generator is trained per k the DPT way: the teacher labels every unlabeled train image and the
+  generator learns from all of them (it costs only the k labels behind the teacher); the teacher, deployed as
+  INT8 ONNX, is the gate's labeler. ``generators`` adds registry generators as they are (their labels count);
 * ``few+human``: k labels plus the samples people labeled in the console's review queue (when there are any).
 
-Label accounting counts every distinct real label any part used: the edge model's, the generator's
-(its conditioning, or the teacher behind its pseudo-labels) and the labeler's that filtered the
-synthetic samples (with the review queue's answers, when the labeler was retrained on them), and each answer
-in ``few+human``. A generator trained on all labels makes its arms cost all labels.
+Label accounting counts every distinct real label any part used: the edge model's, the generator's and the
+teacher's. For each arm the experiment finds the fewest labels per class whose mean accuracy is within
+``WITHIN_PT`` of real-full: it runs the ``ks`` grid, stops an arm once it matches, and past the grid doubles
+k for the arms that have not matched yet, up to every train label.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +34,24 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from models.reference import LabelBudget, Splits, distinct_labels, make_splits
+from models.reference import LabelBudget, LabeledData, Splits, distinct_labels, make_splits
+from sdg.stats import MIN_SEEDS, interval, paired
 
 WITHIN_PT = 0.5  # "matches real-full": mean accuracy within this many points
+BASELINE = "few+pseudo"  # the semi-supervised learner without a generator, and the teacher behind the generators
 
 
 @dataclass(frozen=True)
 class EvaluationPlan:
-    ks: tuple[int, ...] = (5, 10, 20)
-    seeds: tuple[int, ...] = (0, 1, 2)
+    ks: tuple[int, ...] = (1, 2, 5, 10, 20, 40)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     steps: int = 1000
     synthetic_per_class: int = 200
-    generators: tuple[str, ...] | None = None  # kind or kind@version; None: every one in the registry + procedural
+    dpt: tuple[str, ...] = ("diffusion",)  # generator kinds trained per k on the teacher's labels
+    generators: tuple[str, ...] = ()  # registry generators (kind or kind@version), used as they are
+    generator_steps: int | None = None  # the DPT generators' training steps (default: the kind's)
+    extractor_steps: int = 800
+    extend: bool = True  # past the grid, double k for the arms that have not matched real-full
 
 
 @dataclass
@@ -52,6 +62,10 @@ class Arm:
     accuracies: list[float]
     real_labels: int  # distinct real labels across the whole pipeline
     num_classes: int = 10
+    family: str = ""  # the arm across k (a DPT generator has a version per k): its name by default
+
+    def __post_init__(self) -> None:
+        self.family = self.family or self.name
 
     @property
     def mean(self) -> float:
@@ -68,92 +82,123 @@ class Arm:
 
 @dataclass(frozen=True)
 class Synthetic:
-    name: str
+    name: str  # kind@version
+    family: str  # the arm's family: few+pseudo+<kind> (DPT) or few+pseudo+<kind@version> (registry)
     images: np.ndarray  # (N, H, W[, C]) in [0, 1]
     labels: np.ndarray
-    budgets: list[LabelBudget]  # the generator's and the labeler's
-    kept: float  # fraction the labeler agreed with
+    budgets: list[LabelBudget]  # the generator's and the gate labeler's
+    accepted: float  # fraction of the generated samples the gate accepted
 
 
-def synthetic_sets(settings: Any, plan: EvaluationPlan, console: Console) -> list[Synthetic]:
-    """Samples of each generator, kept where the labeler agrees with the conditioning (the gate's first test)."""
-    from sdg.training import labeler_budgets  # with the review queue's answers when the labeler learned them
+@dataclass
+class Experiment:
+    """What every arm shares: the data, the extractor whose trunk starts every edge model, the teachers."""
 
-    labeler, labeler_labels = settings.labeler(), labeler_budgets(settings)
-    catalog, registry = settings.catalog(), settings.registry()
-    wanted = plan.generators or tuple([f"{kind}@{v}" for kind in ("gan", "diffusion") for v in registry.versions(kind)]
-                                      + ["procedural"])
-    out = []
-    for spec in wanted:
-        kind, _, version = spec.partition("@")
-        model = catalog.get(kind, version or None)
-        classes = [c for c in labeler.classes for _ in range(plan.synthetic_per_class)]
-        images = []
-        with console.status(f"generating {len(classes)} samples with {kind}@{model.version}"):
-            for start in range(0, len(classes), 500):
-                chunk = classes[start:start + 500]
-                images.append(model(list(range(start, start + len(chunk))), chunk).images)
-        pixels = np.concatenate(images)
-        agree = np.asarray(labeler.model.run(pixels).argmax(1)) == np.asarray(classes)
-        out.append(Synthetic(f"{kind}@{model.version}", pixels[agree].astype(np.float32) / 255.0,
-                             np.asarray(classes)[agree], [*model.label_budgets, *labeler_labels],
-                             float(agree.mean())))
-    return out
+    settings: Any
+    plan: EvaluationPlan
+    out: Path
+    console: Console
+    base: Splits
+    extractor: Any  # FeatureExtractor: its trunk starts every edge model
+    width: int  # the extractor's width, so the edge models' too
+    extractor_onnx: Path  # the quality gate's extractor
+    teachers: dict[int, Any] = field(default_factory=dict)  # k → the seed-0 few+pseudo model
+
+    @property
+    def num_classes(self) -> int:
+        return self.base.reference.num_classes
+
+    def splits(self, k: int) -> Splits:
+        return make_splits(self.base.reference, labels_per_class=k)  # nested: k's few labels hold each smaller k's
+
+    def train(self, data: LabeledData, seed: int, *, synthetic: Synthetic | None = None,
+              unlabeled: np.ndarray | None = None) -> Any:
+        from models.edge import EdgeConfig, train_edge
+
+        config = EdgeConfig(steps=self.plan.steps, seed=seed, num_classes=self.num_classes,
+                            width=self.width)
+        return train_edge(data.images, data.labels, config, init=self.extractor.net, unlabeled=unlabeled,
+                          synthetic=(synthetic.images, synthetic.labels) if synthetic is not None else None)
 
 
 def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: Console) -> dict[str, Any]:
     """Train every arm, write ``evaluation.json`` and the report into ``out``; returns the evaluation."""
-    from models.edge import EdgeConfig, accuracy, train_edge
+    from models.edge import accuracy
+    from models.features import ExtractorConfig, train_extractor
     from models.image import sample_grid
-    from sdg.training import human_answers
+    from models.labeler import deploy
+    from sdg.training import extractor_spec, human_answers
 
     out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     reference = settings.reference()
     base = make_splits(reference)
     test_x, test_y = base.test_set()
-    synthetic = synthetic_sets(settings, plan, console)
+    with console.status("contrastive extractor on the unlabeled train images (costs no labels)"):
+        e_config = ExtractorConfig(steps=plan.extractor_steps)
+        extractor = train_extractor(reference.images[base.train], e_config)
+        onnx = deploy(extractor.net, out / "models" / "extractor", extractor_spec(reference.image_size, reference.channels),
+                      calibration=base.unlabeled_images()[:512], config={"kind": "features"}).fp32
+    experiment = Experiment(settings, plan, out, console, base, extractor, e_config.width, onnx)
     human = human_answers(settings, reference)  # the review queue's answers: real labels, counted as such
-    splits: dict[int, Splits] = {k: make_splits(reference, labels_per_class=k) for k in plan.ks}
-    full = base.labeled("train")
-    jobs: list[tuple[str, int | None, Synthetic | None, bool]] = [("real-full", None, None, False)]
-    jobs += [("synthetic-only", None, s, False) for s in synthetic]
-    for per_class in plan.ks:
-        jobs += [("real-few", per_class, None, False), ("few+pseudo", per_class, None, True)]
-        jobs += [("few+human", per_class, None, False)] if human is not None else []
-        jobs += [(name, per_class, s, pseudo) for s in synthetic
-                 for name, pseudo in (("few+synthetic", False), ("few+synthetic+pseudo", True))]
+    max_k = int(min(np.bincount(reference.labels[base.train], minlength=reference.num_classes)))
     arms: list[Arm] = []
-    started = time.monotonic()
-    with Progress(console=console) as progress:
-        task = progress.add_task("training edge models (arms × seeds)", total=len(jobs) * len(plan.seeds))
-        for name, k, syn, pseudo in jobs:
-            if name == "real-full":
-                images, labels, budgets = full.images, full.labels, [full.budget]
-            elif k is None:
-                images, labels, budgets = full.images[:0], full.labels[:0], []
-            else:
-                few = splits[k].labeled("few")
-                images, labels, budgets = few.images, few.labels, [few.budget]
-                if name == "few+human" and human is not None:
-                    images, labels = np.concatenate([images, human.images]), np.concatenate([labels, human.labels])
-                    budgets = [few.budget, human.budget]
-            unlabeled = splits[k].unlabeled_images() if pseudo and k is not None else None
+    synthetic: list[Synthetic] = []
+    families = ["real-few", BASELINE, *(f"{BASELINE}+{g}" for g in (*plan.dpt, *plan.generators))]
+    families += ["few+human"] if human is not None else []
+    with Progress(console=console, transient=True) as progress:
+        seeds = progress.add_task("edge models (arms × seeds)", total=None)
+
+        def trained(name: str, k: int | None, data: LabeledData, *, syn: Synthetic | None = None,
+                    unlabeled: np.ndarray | None = None, extra: tuple[LabelBudget, ...] = ()) -> Arm:
             accuracies = []
             for seed in plan.seeds:
-                config = EdgeConfig(steps=plan.steps, seed=seed, num_classes=reference.num_classes)
-                model = train_edge(images, labels, config,
-                                   synthetic=(syn.images, syn.labels) if syn is not None else None, unlabeled=unlabeled)
+                model = experiment.train(data, seed, synthetic=syn, unlabeled=unlabeled)
+                if name == BASELINE and seed == plan.seeds[0] and k is not None:
+                    experiment.teachers[k] = model
                 accuracies.append(accuracy(model, test_x, test_y))
-                progress.advance(task)
-            arms.append(Arm(name, k, syn.name if syn else None, accuracies,
-                            distinct_labels(budgets + (syn.budgets if syn else [])), reference.num_classes))
-    evaluation = _summarize(arms, plan, synthetic, time.monotonic() - started)
+                progress.advance(seeds)
+            budgets = [data.budget, *extra, *(syn.budgets if syn is not None else [])]
+            arm = Arm(syn.family if syn else name, k, syn.name if syn else None, accuracies, distinct_labels(budgets),
+                      reference.num_classes)
+            arms.append(arm)
+            return arm
+
+        full = trained("real-full", None, base.labeled("train"))
+        threshold = full.mean - WITHIN_PT / 100
+        matched: set[str] = set()
+        ks = sorted(plan.ks)
+        while ks:
+            k = ks.pop(0)
+            if k > max_k:
+                break
+            splits = experiment.splits(k)
+            few, unlabeled = splits.labeled("few"), splits.unlabeled_images()
+            wanted = [f for f in families if f not in matched]
+            progress.update(seeds, description=f"k = {k}: {', '.join(wanted)}")
+            done = [trained("real-few", k, few)] if "real-few" in wanted else []
+            if any(f.startswith(BASELINE) for f in wanted):
+                done.append(trained(BASELINE, k, few, unlabeled=unlabeled))
+            if "few+human" in wanted and human is not None:
+                both = LabeledData(np.concatenate([few.images, human.images]),
+                                   np.concatenate([few.labels, human.labels]), few.budget)
+                done.append(trained("few+human", k, both, extra=(human.budget,)))
+            for kind in [*plan.dpt, *plan.generators]:
+                if f"{BASELINE}+{kind}" in wanted:
+                    syn = gated_synthetic(experiment, splits, kind, dpt=kind in plan.dpt)
+                    synthetic.append(syn)
+                    done.append(trained(BASELINE, k, few, syn=syn, unlabeled=unlabeled))
+            matched |= {a.family for a in done if a.mean >= threshold}
+            if not ks and plan.extend and k < max_k and any(f not in matched for f in families):
+                ks.append(min(2 * k, max_k))
+    evaluation = summarize(arms, plan, synthetic, time.monotonic() - started)
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     console.print(evaluation_table(arms, evaluation))
     grids = {}
-    for syn in synthetic:
+    for syn in (s for s in synthetic if len(s.labels)):
         grids[syn.name] = out / f"samples_{syn.name.replace('@', '_')}.png"
-        grids[syn.name].write_bytes(sample_grid((syn.images * 255).astype(np.uint8), [int(c) for c in syn.labels]))
+        grids[syn.name].write_bytes(sample_grid((syn.images[:400] * 255).astype(np.uint8),
+                                                [int(c) for c in syn.labels[:400]]))
     figures = {"accuracy against real labels": accuracy_curve(evaluation, out / "accuracy_vs_labels.png")}
     windows = quality_over_time(settings, out / "quality_windows.png", run=settings.run_id)
     if windows is not None:
@@ -165,51 +210,142 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
     return evaluation
 
 
-def _summarize(arms: list[Arm], plan: EvaluationPlan, synthetic: list[Synthetic], seconds: float) -> dict[str, Any]:
+def gated_synthetic(experiment: Experiment, splits: Splits, kind: str, *, dpt: bool) -> Synthetic:
+    """Generated samples of ``kind`` that the quality gate accepts, with the teacher at ``splits``' k as the gate's
+    labeler. With ``dpt`` a generator is trained first on every unlabeled train image, labeled by the teacher."""
+    from models.catalog import GeneratorCatalog, trainer
+    from models.edge import probabilities
+    from models.labeler import LabelerConfig, deploy, labeler_spec
+    from models.render import RenderConfig
+    from processors.generate import GenerateConfig, generate, plan_jobs
+    from processors.label import Labeler
+    from processors.quality import QualityJudge, gate_offline
+    from schemas.records import GeneratedSample
+    from sdg.training import accepted_dataset
+
+    k, plan, reference, spec_name = splits.labels_per_class, experiment.plan, splits.reference, kind
+    teacher = experiment.teachers[k]
+    few, unlabeled = splits.labeled("few"), splits.unlabeled_images()
+    folder = experiment.out / "models" / f"teacher-k{k}"
+    onnx = labeler_spec(LabelerConfig(num_classes=reference.num_classes), reference.image_size, reference.channels)
+    labeler = Labeler.load(deploy(teacher, folder, onnx, calibration=unlabeled[:512], config={
+        "kind": "labeler", "label_budgets": [few.budget.as_dict()]}).int8)
+    render = RenderConfig(image_size=reference.image_size, channels=reference.channels, dark_ink=reference.dark_ink)
+    catalog = GeneratorCatalog(experiment.out / "models", render) if dpt else experiment.settings.catalog()
+    version = None
+    if dpt:  # DPT: the teacher labels every unlabeled image; the generator learns from all of them
+        data = LabeledData(np.concatenate([few.images, unlabeled]),
+                           np.concatenate([few.labels, probabilities(teacher, unlabeled).argmax(1)]), few.budget)
+        train, config = trainer(kind, reference.image_size, reference.channels, reference.num_classes, seed=0,
+                                **({} if plan.generator_steps is None else {"steps": plan.generator_steps}))
+        with experiment.console.status(f"k = {k}: {kind} on {len(data.labels)} teacher-labeled images (DPT)"):
+            model = train(data, config)
+        version = catalog.registry.save(kind, model.weights(), model.checkpoint_config())
+    else:
+        kind, _, version = kind.partition("@")
+    jobs = plan_jobs(kind, classes=list(range(reference.num_classes)), per_class=plan.synthetic_per_class, seed=k,
+                     run_id="evaluate", version=version or None)
+    samples = [r for job in jobs for r in generate(job, generators=catalog, config=GenerateConfig())
+               if isinstance(r, GeneratedSample)]
+    judge = QualityJudge.load(experiment.extractor_onnx, splits, experiment.settings.quality, labeler)
+    decisions = [d for d in gate_offline(judge, labeler, samples) if d.gate.decision == "accepted"]
+    images, labels = (accepted_dataset(decisions, reference.channels)[:2] if decisions else
+                      (reference.images[:0], reference.labels[:0]))
+    generator = catalog.get(kind, version or None)
+    return Synthetic(f"{kind}@{generator.version}", f"{BASELINE}+{spec_name}", images, labels,
+                     [*generator.label_budgets, few.budget], len(decisions) / max(len(samples), 1))
+
+
+def summarize(arms: list[Arm], plan: EvaluationPlan, synthetic: list[Synthetic], seconds: float) -> dict[str, Any]:
+    """The headline: labels per class to match real-full per arm, the label-saving factor for the best arm with a
+    generator and the best without, and every comparison with a generator as paired differences per seed."""
     full = next(a for a in arms if a.name == "real-full")
-    matching = [a for a in arms if a.name != "real-full" and a.mean >= full.mean - WITHIN_PT / 100]
-    best = min(matching, key=lambda a: (a.real_labels, -a.mean)) if matching else None
-    headline: dict[str, Any] = {"real_full": {"mean": full.mean, "std": full.std, "labels": full.real_labels,
-                                              "labels_per_class": full.labels_per_class},
-                                "labels_per_class_to_match_real_full": best.labels_per_class if best else None,
-                                "matching_arm": _arm_dict(best) if best else None}
-    synthetic_vs_baseline = {}
-    for k in plan.ks:  # at the same count of real labels: the best arm without a generator against the best with one
-        baseline = max((a for a in arms if a.k == k and a.generator is None and a.name != "few+human"),
-                       key=lambda a: a.mean)
-        same_budget = [a for a in arms if a.generator is not None and a.real_labels == baseline.real_labels]
-        top = max(same_budget, key=lambda a: a.mean, default=None)
-        if top is not None:
-            synthetic_vs_baseline[str(k)] = {"no_generator": _arm_dict(baseline), "best_with_generator": _arm_dict(top),
-                                             "synthetic_beats_baseline": top.mean > baseline.mean}
-    headline["synthetic_vs_no_generator_baseline"] = synthetic_vs_baseline
-    return {"plan": asdict(plan), "seconds": round(seconds, 1), "within_pt": WITHIN_PT, "headline": headline,
-            "labels_per_class_to_match_real_full": headline["labels_per_class_to_match_real_full"],
-            "synthetic": [{"generator": s.name, "kept": len(s.labels), "agreement": s.kept,
+    threshold = full.mean - WITHIN_PT / 100
+    families: dict[str, list[Arm]] = {}
+    for arm in arms:
+        if arm.k is not None:
+            families.setdefault(arm.family, []).append(arm)
+    to_match: dict[str, dict[str, Any] | None] = {}
+    for family, members in families.items():
+        hit = min((a for a in members if a.mean >= threshold), key=lambda a: a.real_labels, default=None)
+        to_match[family] = None if hit is None else {
+            "labels_per_class": hit.labels_per_class, "k": hit.k, "mean": hit.mean,
+            "label_saving_factor": full.real_labels / hit.real_labels}
+
+    def best(with_generator: bool) -> dict[str, Any] | None:
+        found = [(v["labels_per_class"], -v["mean"], f, v) for f, v in to_match.items()
+                 if v is not None and any(a.generator is not None for a in families[f]) == with_generator
+                 and f != "few+human"]
+        return {"arm": min(found)[2], **min(found)[3]} if found else None
+
+    comparisons = []  # each generator arm against the arm without one, at the same k and seeds
+    for arm in arms:
+        baseline = next((a for a in arms if a.name == BASELINE and a.k == arm.k), None)
+        if arm.generator is not None and baseline is not None:
+            comparison = paired(arm.accuracies, baseline.accuracies)
+            comparisons.append({"k": arm.k, "arm": arm.name, "generator": arm.generator, "baseline": BASELINE,
+                                "real_labels": arm.real_labels, "baseline_real_labels": baseline.real_labels,
+                                **comparison.as_dict(), "sentence": comparison.sentence(arm.name, BASELINE)})
+    with_generator, without = best(True), best(False)
+    fewer = None  # does the best arm with a generator match with fewer labels, by a margin beyond noise?
+    if with_generator is not None:
+        at_k = next(a for a in arms if a.family == with_generator["arm"] and a.k == with_generator["k"])
+        rivals = [a for a in arms if a.k == at_k.k and a.generator is None and a.family != "few+human"]
+        rival = max(rivals, key=lambda a: a.mean, default=None)
+        if rival is not None and (without is None or without["labels_per_class"] > with_generator["labels_per_class"]):
+            comparison = paired(at_k.accuracies, rival.accuracies)
+            fewer = {"k": at_k.k, "against": rival.name, **comparison.as_dict(),
+                     "sentence": comparison.sentence(at_k.name, rival.name)}
+    headline = {"real_full": {"mean": full.mean, "std": full.std, "ci95": [(ci := interval(full.accuracies)).low, ci.high],
+                              "labels": full.real_labels, "labels_per_class": full.labels_per_class},
+                "within_pt": WITHIN_PT, "labels_per_class_to_match_real_full": to_match,
+                "best_with_generator": with_generator, "best_without_generator": without,
+                "generator_needs_fewer_labels": fewer}
+    return {"plan": asdict(plan), "seconds": round(seconds, 1), "headline": headline,
+            "labels_per_class_to_match_real_full": {"with_generator": with_generator and with_generator["labels_per_class"],
+                                                    "without_generator": without and without["labels_per_class"]},
+            "comparisons": comparisons,
+            "synthetic": [{"generator": s.name, "arm": s.family, "accepted": len(s.labels), "accepted_fraction": s.accepted,
                            "real_labels": distinct_labels(s.budgets)} for s in synthetic],
             "arms": [_arm_dict(a) for a in arms]}
 
 
 def _arm_dict(arm: Arm) -> dict[str, Any]:
     return {"arm": arm.name, "k": arm.k, "generator": arm.generator, "mean": arm.mean, "std": arm.std,
-            "accuracies": arm.accuracies, "real_labels": arm.real_labels, "labels_per_class": arm.labels_per_class}
+            "ci95": [(ci := interval(arm.accuracies)).low, ci.high], "accuracies": arm.accuracies,
+            "real_labels": arm.real_labels, "labels_per_class": arm.labels_per_class}
+
+
+def headline_sentences(evaluation: dict[str, Any]) -> list[str]:
+    """What the report and the demo say: labels to match real-full, and each claim only as its interval allows."""
+    h = evaluation["headline"]
+    full = h["real_full"]
+    lines = [f"real-full: {100 * full['mean']:.2f}% (95% interval {100 * full['ci95'][0]:.2f}–"
+             f"{100 * full['ci95'][1]:.2f}) with {full['labels']} real labels"]
+    for name, key in (("with a generator", "best_with_generator"), ("without a generator", "best_without_generator")):
+        best = h[key]
+        lines.append(f"best arm {name}: none matched real-full within {h['within_pt']} pt" if best is None else
+                     f"best arm {name}: {best['arm']} matches real-full within {h['within_pt']} pt at "
+                     f"{best['labels_per_class']:g} real labels per class ({best['label_saving_factor']:.1f}× fewer labels)")
+    if h["generator_needs_fewer_labels"] is not None:
+        lines.append(f"at k = {h['generator_needs_fewer_labels']['k']}: {h['generator_needs_fewer_labels']['sentence']}")
+    lines += [f"k = {c['k']}: {c['sentence']}" for c in evaluation["comparisons"]]
+    return lines
 
 
 def evaluation_table(arms: list[Arm], evaluation: dict[str, Any]) -> Table:
-    table = Table("arm", "k", "generator", "real labels (per class)", "accuracy (mean ± std)",
+    table = Table("arm", "k", "generator", "real labels (per class)", "accuracy (mean, 95% interval)",
                   title="label cost on the real test split")
-    for arm in sorted(arms, key=lambda a: (a.k or 0, a.name, a.generator or "")):
-        table.add_row(arm.name, str(arm.k or "-"), arm.generator or "-",
-                      f"{arm.real_labels} ({arm.labels_per_class:g})",
-                      f"{100 * arm.mean:.2f} ± {100 * arm.std:.2f}%")
-    match = evaluation["labels_per_class_to_match_real_full"]
-    table.caption = ("no arm matches real-full within 0.5 pt" if match is None else
-                     f"fewest real labels per class matching real-full within 0.5 pt: {match:g}")
+    for arm in sorted(arms, key=lambda a: (a.k or 0, a.name)):
+        ci = interval(arm.accuracies)
+        table.add_row(arm.name, str(arm.k or "-"), arm.generator or "-", f"{arm.real_labels} ({arm.labels_per_class:g})",
+                      f"{100 * arm.mean:.2f}% [{100 * ci.low:.2f}, {100 * ci.high:.2f}]")
+    table.caption = "\n".join(headline_sentences(evaluation)[1:3])
     return table
 
 
 def accuracy_curve(evaluation: dict[str, Any], out: Path) -> Path:
-    """Accuracy against the real labels each arm cost (per class), one line per arm family."""
+    """Accuracy against the real labels each arm cost (per class), one line per arm with its 95% intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,15 +357,16 @@ def accuracy_curve(evaluation: dict[str, Any], out: Path) -> Path:
                label=f"real-full ({full['labels_per_class']:g} labels/class) − {WITHIN_PT} pt")
     families: dict[str, list[dict[str, Any]]] = {}
     for arm in evaluation["arms"]:
-        if arm["arm"] != "real-full":
-            families.setdefault(arm["arm"] + (f" [{arm['generator']}]" if arm["generator"] else ""), []).append(arm)
+        if arm["k"] is not None:
+            families.setdefault(arm["arm"], []).append(arm)
     for name, members in sorted(families.items()):
         members.sort(key=lambda a: a["labels_per_class"])
-        ax.errorbar([a["labels_per_class"] for a in members], [100 * a["mean"] for a in members],
-                    yerr=[100 * a["std"] for a in members], marker="o", capsize=3, label=name)
+        means = np.array([100 * a["mean"] for a in members])
+        errors = np.array([[m - 100 * a["ci95"][0], 100 * a["ci95"][1] - m] for m, a in zip(means, members)]).T
+        ax.errorbar([a["labels_per_class"] for a in members], means, yerr=errors, marker="o", capsize=3, label=name)
     ax.set_xscale("log")
     ax.set_xlabel("real labels per class, counted across the pipeline (log)")
-    ax.set_ylabel("accuracy on the real test split (%)")
+    ax.set_ylabel("accuracy on the real test split (%, 95% interval)")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -277,27 +414,14 @@ def quality_over_time(settings: Any, out: Path, *, run: str) -> Path | None:
 
 def write_report(evaluation: dict[str, Any], out: Path, *, grids: dict[str, Path], figures: dict[str, Path]) -> Path:
     """``report.md`` and ``report.html`` in ``out``: the headline, the table of arms, and the pictures."""
-    headline = evaluation["headline"]
-    match = evaluation["labels_per_class_to_match_real_full"]
-    lines = ["# sdg-edge: labels saved on real data", "",
-             f"Real-full: {100 * headline['real_full']['mean']:.2f} ± {100 * headline['real_full']['std']:.2f}% "
-             f"with {headline['real_full']['labels']} real labels.", "",
-             ("No arm matched real-full within 0.5 pt." if match is None else
-              f"Fewest real labels per class, counted across the pipeline, that match real-full within 0.5 pt: "
-              f"**{match:g}** ({headline['matching_arm']['arm']}, "
-              f"{headline['matching_arm']['generator'] or 'no generator'})."),
-             ""]
-    for k, cmp in headline["synthetic_vs_no_generator_baseline"].items():
-        base, top = cmp["no_generator"], cmp["best_with_generator"]
-        lines.append(f"- {base['labels_per_class']:g} real labels per class: best without a generator "
-                     f"({base['arm']}, k = {k}) "
-                     f"{100 * base['mean']:.2f}%; best with a generator at the same count {100 * top['mean']:.2f}% "
-                     f"({top['arm']}, k = {top['k']}, {top['generator']}): synthetic data "
-                     f"{'beats' if cmp['synthetic_beats_baseline'] else 'does not beat'} the baseline.")
-    lines += ["", "| arm | k | generator | real labels (per class) | accuracy |", "|---|---|---|---|---|"]
+    lines = ["# sdg-edge: labels saved on real data", "", *(f"- {line}" for line in headline_sentences(evaluation)), "",
+             f"A difference is a claim only with {MIN_SEEDS} seeds or more and a 95% interval (paired by seed) that "
+             "excludes zero; otherwise it reads \"within noise\".", ""]
+    lines += ["| arm | k | generator | real labels (per class) | accuracy (mean, 95% interval) |", "|---|---|---|---|---|"]
     for arm in evaluation["arms"]:
         lines.append(f"| {arm['arm']} | {arm['k'] or '-'} | {arm['generator'] or '-'} | {arm['real_labels']} "
-                     f"({arm['labels_per_class']:g}) | {100 * arm['mean']:.2f} ± {100 * arm['std']:.2f}% |")
+                     f"({arm['labels_per_class']:g}) | {100 * arm['mean']:.2f}% [{100 * arm['ci95'][0]:.2f}, "
+                     f"{100 * arm['ci95'][1]:.2f}] |")
     lines.append("")
     pictures = {**{f"samples: {name}": path for name, path in grids.items()}, **figures}
     for title, path in pictures.items():

@@ -11,7 +11,8 @@ from typing import Any, Literal, get_args
 
 from models.image import encode_image, png_bytes, sample_image
 from schemas.errors import SdgError
-from schemas.tables import DERIVED_TABLES, TABLES, ChainBreak, chain_id, verify_chain
+from schemas.records import REAL
+from schemas.tables import DERIVED_TABLES, NO_CLASS, TABLES, ChainBreak, chain_id, verify_chain
 from streams.delta_sink import DeltaTables
 
 ExportFormat = Literal["imagefolder", "yolo", "coco", "parquet"]
@@ -84,7 +85,8 @@ def select_samples(tables: DeltaTables, *, as_of: int | None = None, run: str | 
     """Rows of the samples table (at Delta version ``as_of``), filtered, in the order they were generated.
 
     ``decision`` keeps the samples whose last decision is that one (accepted, review, rejected): a sample a person
-    answered in the review queue is accepted with the person's label (its ``class_label`` here), or rejected.
+    answered in the review queue is accepted with the person's label (its ``class_label`` here), or rejected; an
+    ingested real image has the label it was decided with.
     """
     where, params = ["TRUE"], []
     for column, value in (("s.run_id", run), ("s.generator", generator), ("s.class_label", class_label)):
@@ -93,7 +95,8 @@ def select_samples(tables: DeltaTables, *, as_of: int | None = None, run: str | 
             params.append(value)
     select, join = "s.*", ""
     if decision is not None:
-        select = "s.* REPLACE (CASE WHEN d.stage = 'human' THEN d.label ELSE s.class_label END AS class_label)"
+        select = (f"s.* REPLACE (CASE WHEN d.stage = 'human' OR s.class_label = {NO_CLASS} THEN d.label "
+                  "ELSE s.class_label END AS class_label)")  # a person's label; an ingested real image's labeler's
         join = f"JOIN {LAST_DECISION} d ON d.sample_id = s.sample_id"
         where.append("d.decision = ?")
         params.append(decision)
@@ -109,7 +112,7 @@ def to_sample(row: dict[str, Any]) -> Any:
     return GeneratedSample(
         run_id=row["run_id"], created_ms=row["created_ms"], sample_id=row["sample_id"], job_id=row["job_id"] or "",
         generator=row["generator"], generator_version=row["generator_version"], seed=row["seed"],
-        conditioning=Conditioning(class_label=row["class_label"], params=json.loads(row["params_json"] or "{}")),
+        conditioning=Conditioning(class_label=None if row["class_label"] == NO_CLASS else row["class_label"], params=json.loads(row["params_json"] or "{}")),
         image=row["image"], image_format=row.get("image_format") or "png", image_sha256=row["image_sha256"], width=row["width"], height=row["height"],
         channels=row.get("channels") or 1, node_id=row["node_id"] or "", objects=[Annotation(**o) for o in json.loads(row["objects_json"] or "[]")])
 
@@ -117,10 +120,14 @@ def to_sample(row: dict[str, Any]) -> Any:
 def regenerate(rows: list[dict[str, Any]], catalog: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """Re-create each sample from its provenance (generator, version, seed, conditioning).
 
-    Returns the rows with the re-created image, and the ids whose bytes do not hash to what was stored.
+    Returns the rows with the re-created image, and the ids whose bytes do not hash to what was stored. An
+    ingested real image has no generator to re-create it: its row comes back as it was stored.
     """
     out, mismatched = [], []
     for row in rows:
+        if row["generator"] == REAL:
+            out.append(row)
+            continue
         model = catalog.get(row["generator"], row["generator_version"])
         params = json.loads(row["params_json"] or "{}")
         image, _ = encode_image(model([row["seed"]], [row["class_label"]], **params).images[0],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ from models.reference import load_digits_reference, make_splits
 from processors.generate import GenerateConfig, generate, plan_jobs
 from schemas.examples import example
 from schemas.records import GeneratedSample, SampleDecision
-from sdg.evaluate import Arm, EvaluationPlan, _summarize, run_evaluation
+from sdg.evaluate import Arm, EvaluationPlan, headline_sentences, run_evaluation, summarize
 from sdg.settings import Settings, TrainConfig
+from sdg.stats import paired
 from sdg.training import pseudo_labeled, train_edge_model
 
 SPLITS = make_splits(load_digits_reference(), labels_per_class=5)
@@ -86,31 +88,60 @@ def test_edge_model_from_accepted_samples_is_recorded_with_its_labels(quality_st
 def test_evaluation_counts_every_label_and_writes_its_report(quality_state: Path, run_id: str,
                                                             tmp_path: Path) -> None:
     settings = Settings(state_dir=quality_state, tables_dir=tmp_path / "tables", run_id=run_id)
-    plan = EvaluationPlan(ks=(5,), seeds=(0, 1), steps=20, synthetic_per_class=5, generators=("procedural",))
+    plan = EvaluationPlan(ks=(5,), seeds=(0, 1), steps=20, synthetic_per_class=12, dpt=("gan",), generator_steps=10,
+                          generators=("procedural",), extractor_steps=10, extend=False)
     evaluation = run_evaluation(settings, plan, tmp_path / "run", console=Console(quiet=True))
     arms = {(a["arm"], a["k"]): a for a in evaluation["arms"]}
-    assert set(arms) == {("real-full", None), ("synthetic-only", None), ("real-few", 5), ("few+pseudo", 5),
-                         ("few+synthetic", 5), ("few+synthetic+pseudo", 5)}
+    assert set(arms) == {("real-full", None), ("real-few", 5), ("few+pseudo", 5), ("few+pseudo+gan", 5),
+                         ("few+pseudo+procedural", 5)}
     assert arms[("real-full", None)]["real_labels"] == len(SPLITS.train)
-    assert arms[("real-few", 5)]["real_labels"] == 50
-    # the synthetic samples were filtered by the labeler: its 100 labels count (they include the 50 few ones)
-    assert arms[("synthetic-only", None)]["real_labels"] == 100 == arms[("few+synthetic", 5)]["real_labels"]
-    assert all(len(a["accuracies"]) == 2 for a in evaluation["arms"])
-    assert "labels_per_class_to_match_real_full" in json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    # DPT: the GAN learned from every unlabeled image, labeled by the teacher, and the teacher gated the samples:
+    # the arm costs only the 50 labels behind the teacher
+    assert {a["real_labels"] for (name, _), a in arms.items() if name != "real-full"} == {50}
+    dpt = next(s for s in evaluation["synthetic"] if s["arm"] == "few+pseudo+gan")
+    gan = json.loads(next((tmp_path / "run" / "models" / "gan").glob("*/config.json")).read_text())
+    assert [b["n_labels"] for b in gan["label_budgets"]] == [50] and dpt["real_labels"] == 50
+    assert all(len(a["accuracies"]) == 2 and a["ci95"][0] <= a["mean"] <= a["ci95"][1] for a in evaluation["arms"])
+    # two seeds: no claim either way
+    assert {c["verdict"] for c in evaluation["comparisons"]} == {"too few seeds"}
+    saved = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert set(saved["labels_per_class_to_match_real_full"]) == {"with_generator", "without_generator"}
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "| few+pseudo | 5 |" in report and "accuracy_vs_labels.png" in report
+    assert "| few+pseudo | 5 |" in report and "accuracy_vs_labels.png" in report and "too few seeds" in report
     assert "<table>" in (tmp_path / "run" / "report.html").read_text()
     assert (tmp_path / "run" / "accuracy_vs_labels.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_headline_compares_at_the_same_label_count_against_the_best_arm_without_a_generator() -> None:
-    arms = [Arm("real-full", None, None, [0.993, 0.993], 1347),
-            Arm("real-few", 10, None, [0.97, 0.97], 100), Arm("few+pseudo", 10, None, [0.96, 0.96], 100),
-            Arm("few+synthetic", 10, "diffusion@a", [0.965, 0.965], 100),  # beats FixMatch, not the plain labels
-            Arm("real-few", 20, None, [0.99, 0.99], 200), Arm("few+pseudo", 20, None, [0.98, 0.98], 200),
-            Arm("few+synthetic", 20, "diffusion@b", [0.985, 0.985], 1347)]  # an all-labels generator: not at 200
-    headline = _summarize(arms, EvaluationPlan(ks=(10, 20)), [], 1.0)["headline"]
-    versus = headline["synthetic_vs_no_generator_baseline"]
-    assert versus["10"]["no_generator"]["arm"] == "real-few" and not versus["10"]["synthetic_beats_baseline"]
-    assert "20" not in versus  # no generator arm costs 200 labels
-    assert headline["labels_per_class_to_match_real_full"] == 20 and headline["matching_arm"]["arm"] == "real-few"
+def test_claims_need_an_interval_that_excludes_zero() -> None:
+    baseline = [0.950, 0.962, 0.941, 0.958, 0.947]
+    noisy = [0.957, 0.955, 0.950, 0.951, 0.949]  # a higher mean, inside the seeds' noise
+    assert statistics.fmean(noisy) > statistics.fmean(baseline)
+    assert paired(noisy, baseline).verdict == "within noise"
+    assert "within noise" in paired(noisy, baseline).sentence("few+pseudo+diffusion", "few+pseudo")
+    better = [b + 0.01 + 0.002 * i for i, b in enumerate(baseline)]
+    assert paired(better, baseline).verdict == "beats" and paired(baseline, better).verdict == "worse than"
+    assert paired(better[:3], baseline[:3]).verdict == "too few seeds"
+    with pytest.raises(ValueError):
+        paired(better, baseline[:4])
+    # and the report says so
+    arms = [Arm("real-full", None, None, [0.993] * 5, 1347), Arm("few+pseudo", 10, None, baseline, 100),
+            Arm("few+pseudo+diffusion", 10, "diffusion@a", noisy, 100),
+            Arm("few+pseudo+gan", 10, "gan@b", better, 100)]
+    sentences = "\n".join(headline_sentences(summarize(arms, EvaluationPlan(ks=(10,)), [], 1.0)))
+    assert "few+pseudo+diffusion and few+pseudo are within noise" in sentences
+    assert "few+pseudo+gan beats few+pseudo" in sentences
+
+
+def test_labels_to_match_is_the_fewest_labels_within_half_a_point_of_real_full() -> None:
+    full = [0.993] * 5
+    arms = [Arm("real-full", None, None, full, 1347),
+            *(Arm("real-few", k, None, [acc] * 5, 10 * k) for k, acc in ((5, 0.9), (10, 0.95), (20, 0.97), (80, 0.99))),
+            *(Arm("few+pseudo", k, None, [acc] * 5, 10 * k) for k, acc in ((5, 0.96), (10, 0.985), (20, 0.99))),
+            *(Arm("few+pseudo+diffusion", k, f"diffusion@{k}", [acc] * 5, 10 * k) for k, acc in ((5, 0.98), (10, 0.99)))]
+    headline = summarize(arms, EvaluationPlan(ks=(5, 10, 20)), [], 1.0)["headline"]
+    matches = {f: m and m["labels_per_class"] for f, m in headline["labels_per_class_to_match_real_full"].items()}
+    assert matches == {"real-few": 80, "few+pseudo": 20, "few+pseudo+diffusion": 10}
+    assert headline["best_with_generator"]["arm"] == "few+pseudo+diffusion"
+    assert headline["best_with_generator"]["label_saving_factor"] == pytest.approx(13.47)
+    assert headline["best_without_generator"]["labels_per_class"] == 20
+    assert headline["generator_needs_fewer_labels"]["against"] == "few+pseudo"

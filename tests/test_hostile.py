@@ -69,6 +69,7 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
     labeler = settings.labeler()
     # a sample the labeler gets right: forging its label is then a lie the gate can catch
     good = next(s for s in stream if labeler.model.run(sample_image(s)[None]).argmax() == s.conditioning.class_label)
+    assert good.conditioning.class_label is not None
     image = sample_image(good)
     scene = with_image(good, good.image, width=8, height=8, image_format=good.image_format, generator="procedural", sample_id=f"{run_id}-scene",
                        objects=[Annotation(class_label=(good.conditioning.class_label + 1) % 10, bbox=[0, 0, 8, 8])])
