@@ -551,6 +551,8 @@ def evaluate(
                                                                 "kind@version (procedural costs no labels).")] = None,
     generator_steps: Annotated[Optional[int], typer.Option(help="Training steps of the DPT generators.")] = None,
     extend: Annotated[bool, typer.Option(help="Past the grid, double k until every arm matches real-full.")] = True,
+    stream_run: Annotated[Optional[str], typer.Option(help="Add an arm with the samples this run accepted (from the "
+                                                           "Delta tables).")] = None,
     data: DataOption = None,
 ) -> None:
     """The label-cost experiment: edge models per arm and seed on the real test split; report in runs/<run-id>/."""
@@ -559,7 +561,8 @@ def evaluate(
     settings = _settings(data)
     plan = EvaluationPlan(ks=tuple(int(k) for k in ks.split(",")), seeds=tuple(range(seeds)), steps=steps,
                           synthetic_per_class=synthetic_per_class, dpt=tuple(d for d in dpt if d != "none") if dpt else ("diffusion",),
-                          generators=tuple(generator or ()), generator_steps=generator_steps, extend=extend)
+                          generators=tuple(generator or ()), generator_steps=generator_steps, extend=extend,
+                          stream_run=stream_run)
     evaluation = run_evaluation(settings, plan, Path("runs") / settings.run_id, console=console)
     for line in headline_sentences(evaluation):
         console.print(line)

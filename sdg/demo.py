@@ -60,7 +60,6 @@ class DemoPlan:
     max_window_s: float = 3.0
     edge_steps: int = 600  # every edge model's training steps
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # a claim needs five
-    eval_synthetic_per_class: int = 100
     plant_time_scale: float = 10.0  # plant seconds per wall second: the fault plays out while the demo generates
     pump_failure_at_s: float = 20.0  # plant seconds after the plant starts; repaired 240 plant seconds later
 
@@ -149,8 +148,8 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console, pl
             if isinstance(letter, DeadLetter) and letter.run_id == run_id and letter.step_id != "example":
                 console.print(f"  dead letter from {letter.topic}[{letter.partition}]@{letter.offset} "
                               f"({len(letter.original_value or b'')} bytes kept): {letter.error}")
-        generated, grids, decisions, windows, accepted, versions = _generation(settings, plan, console)
-        evaluation, report = _proof(settings, plan, accepted, versions, console)
+        generated, grids, decisions, windows, accepted = _generation(settings, plan, console)
+        evaluation, report = _proof(settings, plan, accepted, console)
         return DemoResult(growth, generated, grids, decisions, windows, evaluation, report)
     finally:
         if started_here and broker is not None:
@@ -344,8 +343,7 @@ def _thermal_report(settings: Settings, seen: list, out: Path, console: Console)
     return path
 
 
-def _proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDecision], versions: list[str],
-           console: Console) -> tuple[dict[str, Any], Path]:
+def _proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDecision], console: Console) -> tuple[dict[str, Any], Path]:
     """The edge model from this run's accepted samples, then the label-cost experiment and its report."""
     from sdg.evaluate import EvaluationPlan, headline_sentences, run_evaluation
     from sdg.training import train_edge_model
@@ -362,7 +360,7 @@ def _proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDecision], v
                       f"{m.int8_bytes / 1024:.0f} KB, {trained.real_labels} real labels behind it")
         _record_training(settings, {"edge": round(time.monotonic() - started, 1)})
     evaluation_plan = EvaluationPlan(ks=(10,), seeds=plan.eval_seeds, steps=plan.edge_steps,
-                                     synthetic_per_class=plan.eval_synthetic_per_class, dpt=(), generators=tuple(versions),
+                                     dpt=(), stream_run=settings.run_id,
                                      extractor_steps=plan.extractor_steps, extend=False)
     evaluation = run_evaluation(settings, evaluation_plan, out, console=console)
     for line in headline_sentences(evaluation):
@@ -372,8 +370,7 @@ def _proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDecision], v
 
 def _generation(
     settings: Settings, plan: DemoPlan, console: Console
-) -> tuple[dict[str, int], dict[str, Path], dict[str, Counter[str]], list[QualityWindow], list[SampleDecision],
-           list[str]]:
+) -> tuple[dict[str, int], dict[str, Path], dict[str, Counter[str]], list[QualityWindow], list[SampleDecision]]:
     """Plan a mix of all three generators; generate, label and gate them; show what arrived and what passed."""
     from models.image import sample_grid, sample_image
     from processors.generate import plan_jobs
@@ -467,9 +464,7 @@ def _generation(
         console.print(quality_table(latest, title="latest sliding window per generator (value / real-vs-real baseline)"))
     _thermal_report(settings, thermal, out, console)
     _lineage_report(settings, console)
-    versions = sorted({f"{s[0].generator}@{s[0].generator_version}" for s in arrived.values()})
-    return ({key: len(samples) for key, samples in arrived.items()}, grids, decisions, latest, accepted,
-            versions)
+    return {key: len(samples) for key, samples in arrived.items()}, grids, decisions, latest, accepted
 
 
 def _record_training(settings: Settings, train_s: dict[str, float]) -> None:

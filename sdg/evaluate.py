@@ -12,6 +12,9 @@ few labels and the same initialisation, so arms compare seed by seed (``sdg.stat
   ``dpt`` a generator is trained per k the DPT way: the teacher labels every unlabeled train image and the
   generator learns from all of them (it costs only the k labels behind the teacher); the teacher, deployed as
   INT8 ONNX, is the gate's labeler. ``generators`` adds registry generators as they are (their labels count);
+* ``few+pseudo+stream``: the same, plus the samples a run of the pipeline accepted (``stream_run``: generated and
+  ingested real ones, labeled and gated by the stream's processors, read from the Delta tables), at the k of the
+  pipeline's labeler; its labeler's, generators' and reviewers' labels count;
 * ``few+human``: k labels plus the samples people labeled in the console's review queue (when there are any).
 
 Label accounting counts every distinct real label any part used: the edge model's, the generator's and the
@@ -39,6 +42,7 @@ from sdg.stats import MIN_SEEDS, interval, paired
 
 WITHIN_PT = 0.5  # "matches real-full": mean accuracy within this many points
 BASELINE = "few+pseudo"  # the semi-supervised learner without a generator, and the teacher behind the generators
+STREAM = f"{BASELINE}+stream"  # with a run's accepted samples, as the pipeline labeled and gated them
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class EvaluationPlan:
     dpt: tuple[str, ...] = ("diffusion",)  # generator kinds trained per k on the teacher's labels
     generators: tuple[str, ...] = ()  # registry generators (kind or kind@version), used as they are
     generator_steps: int | None = None  # the DPT generators' training steps (default: the kind's)
+    stream_run: str | None = None  # a run whose accepted samples (from the Delta tables) make an arm, at its k
     extractor_steps: int = 800
     extend: bool = True  # past the grid, double k for the arms that have not matched real-full
 
@@ -146,6 +151,8 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
     synthetic: list[Synthetic] = []
     families = ["real-few", BASELINE, *(f"{BASELINE}+{g}" for g in (*plan.dpt, *plan.generators))]
     families += ["few+human"] if human is not None else []
+    stream_k = settings.splits().labels_per_class if plan.stream_run is not None else None
+    families += [STREAM] if plan.stream_run is not None else []
     with Progress(console=console, transient=True) as progress:
         seeds = progress.add_task("edge models (arms × seeds)", total=None)
 
@@ -183,6 +190,9 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
                 both = LabeledData(np.concatenate([few.images, human.images]),
                                    np.concatenate([few.labels, human.labels]), few.budget)
                 done.append(trained("few+human", k, both, extra=(human.budget,)))
+            if k == stream_k and STREAM in wanted and (syn := accepted_stream(settings, plan.stream_run or "")):
+                synthetic.append(syn)
+                done.append(trained(BASELINE, k, few, syn=syn, unlabeled=unlabeled))
             for kind in [*plan.dpt, *plan.generators]:
                 if f"{BASELINE}+{kind}" in wanted:
                     syn = gated_synthetic(experiment, splits, kind, dpt=kind in plan.dpt)
@@ -208,6 +218,23 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
     report = write_report(evaluation, out, grids=grids, figures=figures)
     console.print(f"report: {report} and {report.with_suffix('.html')}")
     return evaluation
+
+
+def accepted_stream(settings: Any, run: str) -> Synthetic | None:
+    """The single-object samples of ``run`` whose last decision is accepted (the gate's, or a person's), as the
+    pipeline labeled them, with every real label behind them; None when there are none."""
+    from sdg.history import query
+    from sdg.training import decided_samples, stream_budgets
+
+    rows, images, labels = decided_samples(settings, settings.reference(), "d.decision = 'accepted' AND s.run_id = ?",
+                                           [run])
+    if not rows:
+        return None
+    decided = query(settings.delta_tables(), "SELECT count(DISTINCT sample_id) AS n FROM lineage WHERE run_id = ? AND "
+                    "decision IS NOT NULL", params=[run]).to_pylist()[0]["n"]
+    budgets = stream_budgets(settings, {f"{r['generator']}@{r['generator_version']}" for r in rows},
+                             [str(r["sample_id"]) for r in rows if r["decided_by"] == "human"])
+    return Synthetic(f"stream@{run}", STREAM, images, labels, budgets, len(rows) / max(decided, 1))
 
 
 def gated_synthetic(experiment: Experiment, splits: Splits, kind: str, *, dpt: bool) -> Synthetic:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -146,16 +146,10 @@ def train_edge_model(settings: Settings, records: Sequence[SampleDecision], *, c
     images, labels, dataset = accepted_dataset(records, reference.channels)
     few, unlabeled = splits.labeled("few"), splits.unlabeled_images()
     registry = settings.registry()
-    budgets = labeler_budgets(settings)
-    for name in dataset.per_generator:
-        kind, version = name.split("@")
-        if kind in ("gan", "diffusion"):
-            budgets += [LabelBudget.from_dict(b) for b in registry.load_files(kind, version)[2].get("label_budgets", [])]
+    budgets = stream_budgets(settings, dataset.per_generator,
+                             [r.sample.sample_id for r in records if r.label_source == "human"])
     if real_few:
         budgets.append(few.budget)
-    answered = [r.sample.sample_id for r in records if r.label_source == "human"]
-    if answered:  # labels people gave in the console's review queue: real labels spent
-        budgets.append(human_budget(answered))
     config = EdgeConfig(steps=steps, num_classes=reference.num_classes)
     spec = edge_spec(reference.image_size, reference.channels, reference.num_classes)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -267,26 +261,46 @@ def train_quality_models(settings: Settings, *, splits: Splits | None = None, ex
     return QualityModels(labeler_dir, extractor_dir, labels_used, accuracy, train_s)
 
 
-def human_answers(settings: Settings, reference: ReferenceSet) -> LabeledData | None:
-    """The samples people labeled in the review queue (their last decision: accepted by a person), as labeled
-    images of the reference's size and channels, with their label budget; None when there are none."""
-    import numpy as np
+def stream_budgets(settings: Settings, generators: Iterable[str], answered: Sequence[str]) -> list[LabelBudget]:
+    """The real labels behind samples the pipeline accepted: its labeler's, those of each trained generator
+    (``kind@version``) among them, and one per sample a person ``answered`` in the review queue."""
+    registry = settings.registry()
+    budgets = labeler_budgets(settings)
+    for name in generators:
+        kind, version = name.split("@")
+        if kind in ("gan", "diffusion"):
+            budgets += [LabelBudget.from_dict(b) for b in registry.load_files(kind, version)[2].get("label_budgets", [])]
+    if answered:
+        budgets.append(human_budget(answered))
+    return budgets
 
+
+def decided_samples(settings: Settings, reference: ReferenceSet, where: str, params: Sequence[object] = ()) -> tuple[
+        list[dict[str, object]], np.ndarray, np.ndarray]:
+    """Single-object samples whose last decision ``d`` (``sdg.history.LAST_DECISION``) meets ``where``: their rows,
+    and their images at the reference's size and channels in [0, 1] with the label they were decided with."""
     from models.image import sample_image
     from models.runtime import fit_image
     from sdg.history import LAST_DECISION, query, to_sample
 
     tables = settings.delta_tables()
     if tables.open("lineage") is None or tables.open("samples") is None:
-        return None
-    rows = query(tables, f"SELECT s.*, d.label AS answer FROM samples s JOIN {LAST_DECISION} d ON d.sample_id = s.sample_id "
-                         "WHERE d.stage = 'human' AND d.decision = 'accepted' ORDER BY s.sample_id").to_pylist()
+        return [], reference.images[:0], reference.labels[:0]
+    rows = [r for r in query(tables, f"SELECT s.*, d.label AS answer, d.stage AS decided_by FROM samples s JOIN "
+                                     f"{LAST_DECISION} d ON d.sample_id = s.sample_id WHERE {where} ORDER BY s.sample_id",
+                             params=list(params)).to_pylist() if not json.loads(r["objects_json"] or "[]")]
     if not rows:
-        return None
+        return [], reference.images[:0], reference.labels[:0]
     size, channels = reference.image_size, reference.channels
     images = np.stack([fit_image(sample_image(to_sample(r)), size, channels) for r in rows]).astype(np.float32) / 255.0
-    labels = np.array([r["answer"] for r in rows])
-    return LabeledData(images, labels, human_budget([r["sample_id"] for r in rows]))
+    return rows, images, np.array([r["answer"] for r in rows])
+
+
+def human_answers(settings: Settings, reference: ReferenceSet) -> LabeledData | None:
+    """The samples people labeled in the review queue (their last decision: accepted by a person), as labeled
+    images of the reference's size and channels, with their label budget; None when there are none."""
+    rows, images, labels = decided_samples(settings, reference, "d.stage = 'human' AND d.decision = 'accepted'")
+    return LabeledData(images, labels, human_budget([str(r["sample_id"]) for r in rows])) if rows else None
 
 
 def labeler_budgets(settings: Settings) -> list[LabelBudget]:

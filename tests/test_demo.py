@@ -23,8 +23,7 @@ def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path:
                         state_dir=tmp_path / "state")
     assert not settings.embedded
     out = io.StringIO()
-    tiny = DemoPlan(per_class=2, gan_steps=20, diffusion_steps=5, extractor_steps=30, labeler_steps=30, pump_failure_at_s=5, edge_steps=20, eval_seeds=(0,),
-                    eval_synthetic_per_class=3)
+    tiny = DemoPlan(per_class=2, gan_steps=20, diffusion_steps=5, extractor_steps=30, labeler_steps=30, pump_failure_at_s=5, edge_steps=20, eval_seeds=(0,))
     result = run_demo(settings, records_per_topic=20, console=Console(file=out, width=200), plan=tiny)
     growth = result.growth
     bad = len(POISON) + 1  # plus one record of the wrong type
@@ -65,5 +64,6 @@ def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path:
     assert {"extractor", "labeler", "gan", "diffusion"} <= set(trained) and min(trained.values()) > 0  # edge: if any
     report = result.report.read_text()
     assert "## accuracy against real labels" in report and "## thermal: the demo's pump failure" in report
-    assert {a["arm"] for a in result.evaluation["arms"]} >= {"real-full", "real-few", "few+pseudo", "few+synthetic"}
+    assert {a["arm"] for a in result.evaluation["arms"]} >= {"real-full", "real-few", "few+pseudo"}
+    assert "best arm without a generator" in text  # the headline, in words that claim only what the seeds allow
 

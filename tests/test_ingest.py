@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from rich.console import Console
 
 from models.reference import load_digits_reference, make_splits
 from processors.quality import QualityConfig
+from sdg.evaluate import EvaluationPlan, run_evaluation
 from sdg.history import query, select_samples
 from sdg.ingest import read_source, real_samples
 from sdg.settings import Settings
@@ -92,3 +94,10 @@ def test_sdg_ingest_puts_every_image_through_label_quality_and_lineage_once(kafk
     assert decided["accepted"] > 0, decided
     accepted = select_samples(tables, run=run_id, decision="accepted")
     assert len(accepted) == decided["accepted"] and all(0 <= r["class_label"] <= 9 for r in accepted)
+    # and the label-cost experiment learns from the accepted stream; the labeler's 100 labels are its cost
+    plan = EvaluationPlan(ks=(10,), seeds=(0,), steps=10, dpt=(), stream_run=run_id, extractor_steps=10, extend=False)
+    evaluation = run_evaluation(settings, plan, tmp_path / "report", console=Console(quiet=True))
+    (stream,) = [s for s in evaluation["synthetic"] if s["arm"] == "few+pseudo+stream"]
+    assert stream["accepted"] == decided["accepted"] and stream["real_labels"] == 100
+    assert {(a["arm"], a["real_labels"]) for a in evaluation["arms"] if a["k"] == 10} == {
+        ("real-few", 100), ("few+pseudo", 100), ("few+pseudo+stream", 100)}
