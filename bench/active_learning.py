@@ -33,17 +33,13 @@ from console.queue import ordered  # noqa: E402
 from models.reference import load_digits_reference, make_splits  # noqa: E402
 from schemas.examples import example  # noqa: E402
 from schemas.records import Gate, Label, SampleDecision  # noqa: E402
+from sdg import stats  # noqa: E402
 
 
 def interval(values: np.ndarray) -> tuple[float, float, float]:
     """Mean and 95% t-interval."""
-    from scipy import stats
-
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return mean, mean - half, mean + half
+    found = stats.interval(values.tolist())
+    return found.mean, found.low, found.high
 
 
 def queue_of(pool: np.ndarray, probabilities: np.ndarray, template: SampleDecision) -> list[SampleDecision]:

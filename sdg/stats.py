@@ -36,7 +36,7 @@ def interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
     mean = statistics.fmean(values)
     if len(values) < 2:
         return Interval(mean, mean, mean, len(values))
-    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
     return Interval(mean, mean - half, mean + half, len(values))
 
 
