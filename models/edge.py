@@ -109,7 +109,7 @@ def probabilities(model: SmallCnn, images: np.ndarray) -> np.ndarray:
     """Class probabilities (N, classes) for images (N, H, W[, C]) in [0, 1]."""
     with torch.no_grad():
         return np.concatenate([F.softmax(model(as_tensor(images[i:i + 1024])), dim=1).numpy()
-                               for i in range(0, len(images), 1024)])
+                               for i in range(0, len(images), 1024)] or [np.zeros((0, model.head.out_features))])
 
 
 def accuracy(model: SmallCnn, images: np.ndarray, labels: np.ndarray) -> float:

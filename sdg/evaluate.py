@@ -199,9 +199,11 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
                     synthetic.append(syn)
                     done.append(trained(BASELINE, k, few, syn=syn, unlabeled=unlabeled))
             matched |= {a.family for a in done if a.mean >= threshold}
+            partial = summarize(arms, plan, synthetic, time.monotonic() - started) | {"complete": False}
+            (out / "evaluation.json").write_text(json.dumps(partial, indent=2))  # what is done survives a crash
             if not ks and plan.extend and k < max_k and any(f not in matched for f in families):
                 ks.append(min(2 * k, max_k))
-    evaluation = summarize(arms, plan, synthetic, time.monotonic() - started)
+    evaluation = summarize(arms, plan, synthetic, time.monotonic() - started) | {"complete": True}
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     console.print(evaluation_table(arms, evaluation))
     grids = {}
@@ -255,7 +257,7 @@ def gated_synthetic(experiment: Experiment, splits: Splits, kind: str, *, dpt: b
     few, unlabeled = splits.labeled("few"), splits.unlabeled_images()
     folder = experiment.out / "models" / f"teacher-k{k}"
     onnx = labeler_spec(LabelerConfig(num_classes=reference.num_classes), reference.image_size, reference.channels)
-    labeler = Labeler.load(deploy(teacher, folder, onnx, calibration=unlabeled[:512], config={
+    labeler = Labeler.load(deploy(teacher, folder, onnx, calibration=reference.images[splits.train][:512], config={
         "kind": "labeler", "label_budgets": [few.budget.as_dict()]}).int8)
     render = RenderConfig(image_size=reference.image_size, channels=reference.channels, dark_ink=reference.dark_ink)
     catalog = GeneratorCatalog(experiment.out / "models", render) if dpt else experiment.settings.catalog()

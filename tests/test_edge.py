@@ -145,3 +145,23 @@ def test_labels_to_match_is_the_fewest_labels_within_half_a_point_of_real_full()
     assert headline["best_with_generator"]["label_saving_factor"] == pytest.approx(13.47)
     assert headline["best_without_generator"]["labels_per_class"] == 20
     assert headline["generator_needs_fewer_labels"]["against"] == "few+pseudo"
+
+
+def test_an_arm_with_every_train_label_leaves_nothing_unlabeled_and_still_runs(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from models.reference import DataConfig
+
+    reference = load_digits_reference()
+    for c in range(10):  # 16 images per class: 12 train, 4 test; k = 12 labels every train image
+        (tmp_path / "data" / str(c)).mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(reference.labels == c)[:16]):
+            Image.fromarray((reference.images[index] * 255).astype(np.uint8)).save(tmp_path / "data" / str(c) / f"{i}.png")
+    settings = Settings(state_dir=tmp_path / "state", tables_dir=tmp_path / "tables",
+                        data=DataConfig(source=str(tmp_path / "data")))
+    plan = EvaluationPlan(ks=(12,), seeds=(0,), steps=5, synthetic_per_class=2, dpt=("gan",), generator_steps=2,
+                          extractor_steps=2, extend=False)
+    evaluation = run_evaluation(settings, plan, tmp_path / "run", console=Console(quiet=True))
+    assert {(a["arm"], a["real_labels"]) for a in evaluation["arms"]} == {
+        ("real-full", 120), ("real-few", 120), ("few+pseudo", 120), ("few+pseudo+gan", 120)}
+    assert evaluation["complete"]
