@@ -143,7 +143,7 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
         e_config = ExtractorConfig(steps=plan.extractor_steps)
         extractor = train_extractor(reference.images[base.train], e_config)
         onnx = deploy(extractor.net, out / "models" / "extractor", extractor_spec(reference.image_size, reference.channels),
-                      calibration=base.unlabeled_images()[:512], config={"kind": "features"}).fp32
+                      calibration=reference.images[base.train][:512], config={"kind": "features"}).fp32
     experiment = Experiment(settings, plan, out, console, base, extractor, e_config.width, onnx)
     human = human_answers(settings, reference)  # the review queue's answers: real labels, counted as such
     max_k = int(min(np.bincount(reference.labels[base.train], minlength=reference.num_classes)))
