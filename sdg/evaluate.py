@@ -67,10 +67,6 @@ class Arm:
     accuracies: list[float]
     real_labels: int  # distinct real labels across the whole pipeline
     num_classes: int = 10
-    family: str = ""  # the arm across k (a DPT generator has a version per k): its name by default
-
-    def __post_init__(self) -> None:
-        self.family = self.family or self.name
 
     @property
     def mean(self) -> float:
@@ -88,7 +84,7 @@ class Arm:
 @dataclass(frozen=True)
 class Synthetic:
     name: str  # kind@version
-    family: str  # the arm's family: few+pseudo+<kind> (DPT) or few+pseudo+<kind@version> (registry)
+    arm: str  # the arm it makes, across k: few+pseudo+<kind> (DPT) or few+pseudo+<kind@version> (registry)
     images: np.ndarray  # (N, H, W[, C]) in [0, 1]
     labels: np.ndarray
     budgets: list[LabelBudget]  # the generator's and the gate labeler's
@@ -166,7 +162,7 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
                 accuracies.append(accuracy(model, test_x, test_y))
                 progress.advance(seeds)
             budgets = [data.budget, *extra, *(syn.budgets if syn is not None else [])]
-            arm = Arm(syn.family if syn else name, k, syn.name if syn else None, accuracies, distinct_labels(budgets),
+            arm = Arm(syn.arm if syn else name, k, syn.name if syn else None, accuracies, distinct_labels(budgets),
                       reference.num_classes)
             arms.append(arm)
             return arm
@@ -198,7 +194,7 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
                     syn = gated_synthetic(experiment, splits, kind, dpt=kind in plan.dpt)
                     synthetic.append(syn)
                     done.append(trained(BASELINE, k, few, syn=syn, unlabeled=unlabeled))
-            matched |= {a.family for a in done if a.mean >= threshold}
+            matched |= {a.name for a in done if a.mean >= threshold}
             partial = summarize(arms, plan, synthetic, time.monotonic() - started) | {"complete": False}
             (out / "evaluation.json").write_text(json.dumps(partial, indent=2))  # what is done survives a crash
             if not ks and plan.extend and k < max_k and any(f not in matched for f in families):
@@ -249,7 +245,7 @@ def gated_synthetic(experiment: Experiment, splits: Splits, kind: str, *, dpt: b
     from processors.generate import GenerateConfig, generate, plan_jobs
     from processors.label import Labeler
     from processors.quality import QualityJudge, gate_offline
-    from schemas.records import GeneratedSample
+    from schemas.records import GeneratedSample, SampleDecision
     from sdg.training import accepted_dataset
 
     k, plan, reference, spec_name = splits.labels_per_class, experiment.plan, splits.reference, kind
@@ -277,7 +273,8 @@ def gated_synthetic(experiment: Experiment, splits: Splits, kind: str, *, dpt: b
     samples = [r for job in jobs for r in generate(job, generators=catalog, config=GenerateConfig())
                if isinstance(r, GeneratedSample)]
     judge = QualityJudge.load(experiment.extractor_onnx, splits, experiment.settings.quality, labeler)
-    decisions = [d for d in gate_offline(judge, labeler, samples) if d.gate.decision == "accepted"]
+    decisions = [d for d in gate_offline(judge, labeler, samples)
+                 if isinstance(d, SampleDecision) and d.gate.decision == "accepted"]
     images, labels = (accepted_dataset(decisions, reference.channels)[:2] if decisions else
                       (reference.images[:0], reference.labels[:0]))
     generator = catalog.get(kind, version or None)
@@ -293,7 +290,7 @@ def summarize(arms: list[Arm], plan: EvaluationPlan, synthetic: list[Synthetic],
     families: dict[str, list[Arm]] = {}
     for arm in arms:
         if arm.k is not None:
-            families.setdefault(arm.family, []).append(arm)
+            families.setdefault(arm.name, []).append(arm)
     to_match: dict[str, dict[str, Any] | None] = {}
     for family, members in families.items():
         hit = min((a for a in members if a.mean >= threshold), key=lambda a: a.real_labels, default=None)
@@ -318,8 +315,8 @@ def summarize(arms: list[Arm], plan: EvaluationPlan, synthetic: list[Synthetic],
     with_generator, without = best(True), best(False)
     fewer = None  # does the best arm with a generator match with fewer labels, by a margin beyond noise?
     if with_generator is not None:
-        at_k = next(a for a in arms if a.family == with_generator["arm"] and a.k == with_generator["k"])
-        rivals = [a for a in arms if a.k == at_k.k and a.generator is None and a.family != "few+human"]
+        at_k = next(a for a in arms if a.name == with_generator["arm"] and a.k == with_generator["k"])
+        rivals = [a for a in arms if a.k == at_k.k and a.generator is None and a.name != "few+human"]
         rival = max(rivals, key=lambda a: a.mean, default=None)
         if rival is not None and (without is None or without["labels_per_class"] > with_generator["labels_per_class"]):
             comparison = paired(at_k.accuracies, rival.accuracies)
@@ -334,7 +331,7 @@ def summarize(arms: list[Arm], plan: EvaluationPlan, synthetic: list[Synthetic],
             "labels_per_class_to_match_real_full": {"with_generator": with_generator and with_generator["labels_per_class"],
                                                     "without_generator": without and without["labels_per_class"]},
             "comparisons": comparisons,
-            "synthetic": [{"generator": s.name, "arm": s.family, "accepted": len(s.labels), "accepted_fraction": s.accepted,
+            "synthetic": [{"generator": s.name, "arm": s.arm, "accepted": len(s.labels), "accepted_fraction": s.accepted,
                            "real_labels": distinct_labels(s.budgets)} for s in synthetic],
             "arms": [_arm_dict(a) for a in arms]}
 
