@@ -38,21 +38,13 @@ from models.quality import RunningMoments, fid, prdc  # noqa: E402
 from models.reference import load_digits_reference, make_splits  # noqa: E402
 from processors.generate import GenerateConfig, generate, plan_jobs  # noqa: E402
 from processors.label import label  # noqa: E402
-from processors.quality import GeneratorWindows, QualityConfig  # noqa: E402
+from processors.quality import GeneratorWindows, QualityConfig, gate_offline  # noqa: E402
 from schemas.records import GeneratedSample, QualityWindow, SampleDecision  # noqa: E402
 from sdg.report import quality_table  # noqa: E402
 from sdg.settings import Settings  # noqa: E402
 from sdg.training import train_quality_models  # noqa: E402
 
 console = Console()
-
-
-def judged(judge, labeler, samples: list[GeneratedSample], name: str):  # type: ignore[no-untyped-def]
-    labeled = label(samples, labeler=labeler)
-    windows = GeneratorWindows(name, judge.reference.sets[None].features.shape[1], judge.config.slide)
-    for item in judge.assess(labeled, windows.window_id()):
-        windows.add(item, 0)
-    return labeled, judge.close(windows)
 
 
 def main() -> None:
@@ -98,7 +90,7 @@ def main() -> None:
 
     # the router on known-bad samples
     stream = mixed_stream(splits, good=380, noise=40, wrong_class=60, memorized=20, run_id="bench", seed=2)
-    labeled, out = judged(judge, labeler, [s for s, _ in stream], "probe")
+    out = gate_offline(judge, labeler, [s for s, _ in stream])
     decisions = {r.sample.sample_id: r for r in out if isinstance(r, SampleDecision)}
     kinds = [(kind, decisions[s.sample_id]) for s, kind in stream]
     flagged = np.array([d.gate.decision != "accepted" for _, d in kinds])
@@ -129,9 +121,9 @@ def main() -> None:
         except GeneratorError as e:
             console.print(f"{name}: skipped ({e})")
             continue
-        labeled, out = judged(judge, labeler, samples, name)
+        out = gate_offline(judge, labeler, samples)
         c = Counter(r.gate.decision for r in out if isinstance(r, SampleDecision))
-        agrees = float(np.mean([r.label.agrees for r in labeled if not isinstance(r, Exception)]))
+        agrees = float(np.mean([r.label.agrees for r in out if isinstance(r, SampleDecision)]))
         windows_out += [r for r in out if isinstance(r, QualityWindow) and r.kind == "sliding"]
         results[f"generator_{name}"] = dict(c) | {"labeler_agreement": round(agrees, 3)}
         gens.add_row(name, str(c["accepted"]), str(c["review"]), str(c["rejected"]), f"{agrees:.1%}")

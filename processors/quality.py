@@ -543,16 +543,18 @@ class QualityProcessor:
                                                  "count": len(windows.pending)}).encode()
 
 
-def gate_offline(judge: QualityJudge, labeler: Labeler, samples: list[GeneratedSample]) -> list[SampleDecision]:
-    """The gate's decisions on ``samples`` without a broker, as the quality processor makes them on the stream: each
-    labeled, scored and decided window by window (``window_size`` samples). Samples that cannot be labeled are left
-    out (on the stream they go to the dead letters)."""
+def gate_offline(judge: QualityJudge, labeler: Labeler, samples: list[GeneratedSample]) -> list[Record]:
+    """What the quality processor emits for one generator's ``samples`` on the stream, without a broker: each sample
+    labeled, scored and decided window by window (``window_size`` samples), and the windows. Samples that cannot be
+    labeled are left out (on the stream they go to the dead letters)."""
     labeled = [r for r in label(samples, labeler=labeler) if not isinstance(r, Exception)]
-    windows = GeneratorWindows("offline", judge.reference.sets[None].features.shape[1], judge.config.slide)
+    first = samples[0] if samples else None
+    windows = GeneratorWindows(first.generator if first else "", judge.reference.sets[None].features.shape[1],
+                               judge.config.slide, version=first.generator_version if first else "")
     out: list[Record] = []
     size = judge.config.window_size
     for start in range(0, len(labeled), size):
         for item in judge.assess(labeled[start:start + size], windows.window_id()):
             windows.add(item, 0)
         out += judge.close(windows)
-    return [r for r in out if isinstance(r, SampleDecision)]
+    return out
