@@ -153,20 +153,28 @@ def load_folder(root: Path, *, size: int | None = None) -> ReferenceSet:
     return ReferenceSet(f"folder:{root.name}", images, np.array(labels, dtype=np.int64), len(classes), tuple(classes))
 
 
+def read_columns(path: Path, columns: list[str]) -> Any:
+    """``columns`` of a Delta table (a folder with ``_delta_log/``) or a Parquet file or folder, as an Arrow table.
+
+    Raises:
+        OSError, KeyError, ValueError: no such table, or no such column.
+    """
+    if (path / "_delta_log").is_dir():
+        from deltalake import DeltaTable
+
+        return DeltaTable(str(path)).to_pyarrow_table(columns=columns)
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=columns)
+
+
 def load_table(path: Path, *, image_column: str = "image", label_column: str = "label",
                size: int | None = None) -> ReferenceSet:
     """A Parquet file or folder, or a Delta table, of (encoded image bytes, label) rows. Labels may be integers
     (class = value) or names (classes sorted by name)."""
     path = Path(path)
     try:
-        if (path / "_delta_log").is_dir():
-            from deltalake import DeltaTable
-
-            table = DeltaTable(str(path)).to_pyarrow_table(columns=[image_column, label_column])
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path, columns=[image_column, label_column])
+        table = read_columns(path, [image_column, label_column])
     except (OSError, KeyError, ValueError) as e:
         raise SdgError(f"{path}: cannot read columns {image_column!r}, {label_column!r}: {e}") from e
     raw = table.column(label_column).to_pylist()

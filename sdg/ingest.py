@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.reference import read_columns
 from schemas.errors import SdgError
 from schemas.records import REAL, Conditioning, GeneratedSample
 from sdg.settings import Settings
@@ -47,14 +48,7 @@ def read_source(path: Path, *, image_column: str = "image", limit: int | None = 
             raise SdgError(f"no {'/'.join(SUFFIXES)} images under {path}")
         return Source(str(path), [({"path": str(p.relative_to(path))}, p.read_bytes()) for p in files])
     try:
-        if (path / "_delta_log").is_dir():
-            from deltalake import DeltaTable
-
-            table = DeltaTable(str(path)).to_pyarrow_table(columns=[image_column])
-        else:
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path, columns=[image_column])
+        table = read_columns(path, [image_column])
     except (OSError, KeyError, ValueError) as e:
         raise SdgError(f"{path}: not an image folder, and no table with a column {image_column!r}: {e}") from e
     values = table.column(image_column).to_pylist()[:limit]
