@@ -20,7 +20,7 @@ from streams.memory import MemoryBroker
 from streams.runtime import Runner, Step, Store, changelog_topic
 
 CODEC = RecordCodec()
-OFTEN = RunnerConfig(batch_size=10, commit_interval_s=0.001, poll_timeout_s=0.01)  # a checkpoint after every batch
+OFTEN = RunnerConfig(batch_size=10, commit_interval_s=1e-9, poll_timeout_s=0.01)  # a checkpoint after every batch, however fast
 SOURCE = "sdg.replay.in"
 SINK = "sdg.replay.out"
 
