@@ -12,6 +12,8 @@ few labels and the same initialisation, so arms compare seed by seed (``sdg.stat
   ``dpt`` a generator is trained per k the DPT way: the teacher labels every unlabeled train image and the
   generator learns from all of them (it costs only the k labels behind the teacher); the teacher, deployed as
   INT8 ONNX, is the gate's labeler. ``generators`` adds registry generators as they are (their labels count);
+* ``few+<generator>``: the same accepted samples with the k labels and no unlabeled images (real-few plus the
+  generator), so a generator arm is measured apart from the semi-supervised learner too;
 * ``few+pseudo+stream``: the same, plus the samples a run of the pipeline accepted (``stream_run``: generated and
   ingested real ones, labeled and gated by the stream's processors, read from the Delta tables), at the k of the
   pipeline's labeler; its labeler's, generators' and reviewers' labels count;
@@ -84,7 +86,7 @@ class Arm:
 @dataclass(frozen=True)
 class Synthetic:
     name: str  # kind@version
-    arm: str  # the arm it makes, across k: few+pseudo+<kind> (DPT) or few+pseudo+<kind@version> (registry)
+    kind: str  # what names its arms across k: the DPT kind, a registry kind[@version], or "stream"
     images: np.ndarray  # (N, H, W[, C]) in [0, 1]
     labels: np.ndarray
     budgets: list[LabelBudget]  # the generator's and the gate labeler's
@@ -145,7 +147,8 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
     max_k = int(min(np.bincount(reference.labels[base.train], minlength=reference.num_classes)))
     arms: list[Arm] = []
     synthetic: list[Synthetic] = []
-    families = ["real-few", BASELINE, *(f"{BASELINE}+{g}" for g in (*plan.dpt, *plan.generators))]
+    kinds = [*plan.dpt, *plan.generators]
+    families = ["real-few", BASELINE, *(f"{base}+{g}" for g in kinds for base in (BASELINE, "few"))]
     families += ["few+human"] if human is not None else []
     stream_k = settings.splits().labels_per_class if plan.stream_run is not None else None
     families += [STREAM] if plan.stream_run is not None else []
@@ -162,8 +165,7 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
                 accuracies.append(accuracy(model, test_x, test_y))
                 progress.advance(seeds)
             budgets = [data.budget, *extra, *(syn.budgets if syn is not None else [])]
-            arm = Arm(syn.arm if syn else name, k, syn.name if syn else None, accuracies, distinct_labels(budgets),
-                      reference.num_classes)
+            arm = Arm(name, k, syn.name if syn else None, accuracies, distinct_labels(budgets), reference.num_classes)
             arms.append(arm)
             return arm
 
@@ -180,7 +182,8 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
             wanted = [f for f in families if f not in matched]
             progress.update(seeds, description=f"k = {k}: {', '.join(wanted)}")
             done = [trained("real-few", k, few)] if "real-few" in wanted else []
-            if any(f.startswith(BASELINE) for f in wanted):
+            generated = [g for g in kinds if {f"{BASELINE}+{g}", f"few+{g}"} & set(wanted)]
+            if BASELINE in wanted or generated or (k == stream_k and STREAM in wanted):  # the teacher at k
                 done.append(trained(BASELINE, k, few, unlabeled=unlabeled))
             if "few+human" in wanted and human is not None:
                 both = LabeledData(np.concatenate([few.images, human.images]),
@@ -188,12 +191,14 @@ def run_evaluation(settings: Any, plan: EvaluationPlan, out: Path, *, console: C
                 done.append(trained("few+human", k, both, extra=(human.budget,)))
             if k == stream_k and STREAM in wanted and (syn := accepted_stream(settings, plan.stream_run or "")):
                 synthetic.append(syn)
-                done.append(trained(BASELINE, k, few, syn=syn, unlabeled=unlabeled))
-            for kind in [*plan.dpt, *plan.generators]:
+                done.append(trained(STREAM, k, few, syn=syn, unlabeled=unlabeled))
+            for kind in generated:
+                syn = gated_synthetic(experiment, splits, kind, dpt=kind in plan.dpt)
+                synthetic.append(syn)
                 if f"{BASELINE}+{kind}" in wanted:
-                    syn = gated_synthetic(experiment, splits, kind, dpt=kind in plan.dpt)
-                    synthetic.append(syn)
-                    done.append(trained(BASELINE, k, few, syn=syn, unlabeled=unlabeled))
+                    done.append(trained(f"{BASELINE}+{kind}", k, few, syn=syn, unlabeled=unlabeled))
+                if f"few+{kind}" in wanted:  # the same accepted samples without the unlabeled images
+                    done.append(trained(f"few+{kind}", k, few, syn=syn))
             matched |= {a.name for a in done if a.mean >= threshold}
             partial = summarize(arms, plan, synthetic, time.monotonic() - started) | {"complete": False}
             (out / "evaluation.json").write_text(json.dumps(partial, indent=2))  # what is done survives a crash
@@ -232,7 +237,7 @@ def accepted_stream(settings: Any, run: str) -> Synthetic | None:
                     "decision IS NOT NULL", params=[run]).to_pylist()[0]["n"]
     budgets = stream_budgets(settings, {f"{r['generator']}@{r['generator_version']}" for r in rows},
                              [str(r["sample_id"]) for r in rows if r["decided_by"] == "human"])
-    return Synthetic(f"stream@{run}", STREAM, images, labels, budgets, len(rows) / max(decided, 1))
+    return Synthetic(f"stream@{run}", "stream", images, labels, budgets, len(rows) / max(decided, 1))
 
 
 def gated_synthetic(experiment: Experiment, splits: Splits, kind: str, *, dpt: bool) -> Synthetic:
@@ -278,7 +283,7 @@ def gated_synthetic(experiment: Experiment, splits: Splits, kind: str, *, dpt: b
     images, labels = (accepted_dataset(decisions, reference.channels)[:2] if decisions else
                       (reference.images[:0], reference.labels[:0]))
     generator = catalog.get(kind, version or None)
-    return Synthetic(f"{kind}@{generator.version}", f"{BASELINE}+{spec_name}", images, labels,
+    return Synthetic(f"{kind}@{generator.version}", spec_name, images, labels,
                      [*generator.label_budgets, few.budget], len(decisions) / max(len(samples), 1))
 
 
@@ -304,14 +309,15 @@ def summarize(arms: list[Arm], plan: EvaluationPlan, synthetic: list[Synthetic],
                  and f != "few+human"]
         return {"arm": min(found)[2], **min(found)[3]} if found else None
 
-    comparisons = []  # each generator arm against the arm without one, at the same k and seeds
+    comparisons = []  # each generator arm against the same arm without the generator, at the same k and seeds
     for arm in arms:
-        baseline = next((a for a in arms if a.name == BASELINE and a.k == arm.k), None)
+        base = BASELINE if arm.name.startswith(f"{BASELINE}+") else "real-few"
+        baseline = next((a for a in arms if a.name == base and a.k == arm.k), None)
         if arm.generator is not None and baseline is not None:
             comparison = paired(arm.accuracies, baseline.accuracies)
-            comparisons.append({"k": arm.k, "arm": arm.name, "generator": arm.generator, "baseline": BASELINE,
+            comparisons.append({"k": arm.k, "arm": arm.name, "generator": arm.generator, "baseline": base,
                                 "real_labels": arm.real_labels, "baseline_real_labels": baseline.real_labels,
-                                **comparison.as_dict(), "sentence": comparison.sentence(arm.name, BASELINE)})
+                                **comparison.as_dict(), "sentence": comparison.sentence(arm.name, base)})
     with_generator, without = best(True), best(False)
     fewer = None  # does the best arm with a generator match with fewer labels, by a margin beyond noise?
     if with_generator is not None:
@@ -331,7 +337,7 @@ def summarize(arms: list[Arm], plan: EvaluationPlan, synthetic: list[Synthetic],
             "labels_per_class_to_match_real_full": {"with_generator": with_generator and with_generator["labels_per_class"],
                                                     "without_generator": without and without["labels_per_class"]},
             "comparisons": comparisons,
-            "synthetic": [{"generator": s.name, "arm": s.arm, "accepted": len(s.labels), "accepted_fraction": s.accepted,
+            "synthetic": [{"generator": s.name, "kind": s.kind, "accepted": len(s.labels), "accepted_fraction": s.accepted,
                            "real_labels": distinct_labels(s.budgets)} for s in synthetic],
             "arms": [_arm_dict(a) for a in arms]}
 

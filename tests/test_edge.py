@@ -93,17 +93,20 @@ def test_evaluation_counts_every_label_and_writes_its_report(quality_state: Path
     evaluation = run_evaluation(settings, plan, tmp_path / "run", console=Console(quiet=True))
     arms = {(a["arm"], a["k"]): a for a in evaluation["arms"]}
     assert set(arms) == {("real-full", None), ("real-few", 5), ("few+pseudo", 5), ("few+pseudo+gan", 5),
-                         ("few+pseudo+procedural", 5)}
+                         ("few+pseudo+procedural", 5), ("few+gan", 5), ("few+procedural", 5)}
     assert arms[("real-full", None)]["real_labels"] == len(SPLITS.train)
     # DPT: the GAN learned from every unlabeled image, labeled by the teacher, and the teacher gated the samples:
     # the arm costs only the 50 labels behind the teacher
     assert {a["real_labels"] for (name, _), a in arms.items() if name != "real-full"} == {50}
-    dpt = next(s for s in evaluation["synthetic"] if s["arm"] == "few+pseudo+gan")
+    dpt = next(s for s in evaluation["synthetic"] if s["kind"] == "gan")
     gan = json.loads(next((tmp_path / "run" / "models" / "gan").glob("*/config.json")).read_text())
     assert [b["n_labels"] for b in gan["label_budgets"]] == [50] and dpt["real_labels"] == 50
     assert all(len(a["accuracies"]) == 2 and a["ci95"][0] <= a["mean"] <= a["ci95"][1] for a in evaluation["arms"])
     # two seeds: no claim either way
     assert {c["verdict"] for c in evaluation["comparisons"]} == {"too few seeds"}
+    assert {(c["arm"], c["baseline"]) for c in evaluation["comparisons"]} == {
+        ("few+pseudo+gan", "few+pseudo"), ("few+pseudo+procedural", "few+pseudo"), ("few+gan", "real-few"),
+        ("few+procedural", "real-few")}
     saved = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     assert set(saved["labels_per_class_to_match_real_full"]) == {"with_generator", "without_generator"}
     report = (tmp_path / "run" / "report.md").read_text()

@@ -97,7 +97,7 @@ def test_sdg_ingest_puts_every_image_through_label_quality_and_lineage_once(kafk
     # and the label-cost experiment learns from the accepted stream; the labeler's 100 labels are its cost
     plan = EvaluationPlan(ks=(10,), seeds=(0,), steps=10, dpt=(), stream_run=run_id, extractor_steps=10, extend=False)
     evaluation = run_evaluation(settings, plan, tmp_path / "report", console=Console(quiet=True))
-    (stream,) = [s for s in evaluation["synthetic"] if s["arm"] == "few+pseudo+stream"]
+    (stream,) = [s for s in evaluation["synthetic"] if s["kind"] == "stream"]
     assert stream["accepted"] == decided["accepted"] and stream["real_labels"] == 100
     assert {(a["arm"], a["real_labels"]) for a in evaluation["arms"] if a["k"] == 10} == {
         ("real-few", 100), ("few+pseudo", 100), ("few+pseudo+stream", 100)}
