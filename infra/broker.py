@@ -17,9 +17,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from infra.security import ADMIN, MECHANISM, BrokerSecrets, apply, broker_properties, scram_bootstrap
 from streams.admin import wait_for_broker
 from streams.config import KafkaConfig
 from streams.errors import BrokerError
@@ -49,6 +51,8 @@ class BrokerConfig(BaseModel):
     heap: str = "768m"
     jars_dir: Path | None = Field(default=None, description="Cache of the Kafka jars (default: <state>/kafka/jars).")
     start_timeout_s: float = Field(default=90, gt=0)
+    security: Literal["plaintext", "sasl_ssl"] = Field(
+        default="plaintext", description="sasl_ssl: TLS, a SCRAM user per processor and least-privilege ACLs.")
     extra_properties: dict[str, str] = Field(default_factory=dict)
 
     @property
@@ -76,11 +80,24 @@ class EmbeddedBroker:
         self.pid_file = self.home / "broker.pid"
         self.log_file = self.home / "broker.log"
         self.properties_file = self.home / "server.properties"
+        self.secrets = BrokerSecrets(self.home / "security")
+
+    @property
+    def secured(self) -> bool:
+        return self.config.security == "sasl_ssl"
 
     @property
     def kafka(self) -> KafkaConfig:
-        """Client settings that reach this broker."""
-        return KafkaConfig(bootstrap_servers=self.config.bootstrap)
+        """Client settings that reach this broker (as the admin when it is secured)."""
+        return self.client(ADMIN)
+
+    def client(self, user: str) -> KafkaConfig:
+        """Client settings that reach this broker as ``user`` (its SCRAM principal when the broker is secured)."""
+        if not self.secured:
+            return KafkaConfig(bootstrap_servers=self.config.bootstrap)
+        return KafkaConfig(bootstrap_servers=self.config.bootstrap, security_protocol="SASL_SSL",
+                           sasl_mechanism=MECHANISM, sasl_username=user,
+                           sasl_password=SecretStr(self.secrets.password(user)), ssl_ca_location=str(self.secrets.ca))
 
     def _java(self) -> str:
         java = shutil.which("java")
@@ -130,6 +147,7 @@ class EmbeddedBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.check.interval.ms": "60000",
+            **(broker_properties(self.secrets.ensure(c.host), c.host, c.port, c.controller_port) if self.secured else {}),
             **c.extra_properties,
         }
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -145,14 +163,21 @@ class EmbeddedBroker:
         return str(self.ensure_jars() / "*")
 
     def _format_storage(self, java: str) -> None:
+        mode = self.data_dir / "sdg-security"  # what the storage was formatted for: its users live in it
         if (self.data_dir / "meta.properties").exists():
+            formatted = mode.read_text().strip() if mode.exists() else "plaintext"
+            if formatted != self.config.security:
+                raise BrokerError(f"the broker's storage in {self.data_dir} was formatted for {formatted}, not "
+                                  f"{self.config.security}; set SDG_BROKER__SECURITY={formatted} or remove the folder")
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         command = [java, "-cp", self._classpath(), f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
-                   "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(self.properties_file)]
+                   "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(self.properties_file),
+                   *(scram_bootstrap(self.secrets) if self.secured else [])]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise BrokerError(f"formatting Kafka storage in {self.data_dir} failed:\n{result.stdout}{result.stderr}")
+        mode.write_text(self.config.security)
 
     def pid(self) -> int | None:
         """The broker's process id when it is running (from the pid file)."""
@@ -198,6 +223,8 @@ class EmbeddedBroker:
                 raise BrokerError(f"the Kafka broker exited with code {process.returncode}; log tail:\n{self._log_tail()}")
             try:
                 wait_for_broker(self.kafka, timeout_s=1.0)
+                if self.secured:
+                    apply(self.kafka, self.secrets)  # every principal's credential and ACLs, new processors' too
                 return self.status()
             except BrokerError:
                 if time.monotonic() > deadline:

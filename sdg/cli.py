@@ -59,6 +59,12 @@ def broker_start() -> None:
     with console.status("starting Apache Kafka (KRaft)…"):
         status = broker.start()
     console.print(f"broker running: pid {status.pid}, {status.bootstrap}, data in {status.data_dir}")
+    if broker.secured:
+        console.print(f"secured: SASL_SSL, SCRAM-SHA-512, a principal per processor with its ACLs; CA {broker.secrets.ca}, "
+                      f"passwords in {broker.secrets.passwords_file} (owner-only)")
+    else:
+        console.print("[yellow]warning: PLAINTEXT, no authentication: any local process may write any topic "
+                      "(SDG_BROKER__SECURITY=sasl_ssl secures it)[/yellow]")
 
 
 @broker_app.command("install")

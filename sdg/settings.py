@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.broker import BrokerConfig, EmbeddedBroker
 from infra.plant import PlantConfig
+from infra.security import ADMIN
 from models.reference import DataConfig, ReferenceSet, Splits, load_reference, make_splits
 from models.registry import ModelRegistry
 from processors.label import Labeler
@@ -119,10 +120,17 @@ class Settings(BaseSettings):
 
     @property
     def kafka_client(self) -> KafkaConfig:
-        """Kafka settings with the embedded broker's address filled in when it is the one in use."""
-        if self.embedded:
-            return self.kafka.model_copy(update={"bootstrap_servers": self.broker.bootstrap})
-        return self.kafka
+        """Kafka settings with the embedded broker's address filled in when it is the one in use (and, when it
+        is secured, the admin's credentials: the command line's)."""
+        return self.kafka_as(ADMIN)
+
+    def kafka_as(self, user: str) -> KafkaConfig:
+        """Kafka settings for the principal ``user`` (``infra.security.principal(processor)`` for a processor):
+        its own SCRAM credentials when the embedded broker is secured, the configured ones otherwise."""
+        if not self.embedded:
+            return self.kafka
+        reach = self.embedded_broker().client(user)
+        return self.kafka.model_copy(update={f: getattr(reach, f) for f in reach.model_fields_set})
 
     @property
     def models_dir(self) -> Path:

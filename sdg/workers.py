@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
+from infra.security import ADMIN, principal
 from processors.topology import PROCESSORS, ProcessorSpec
 from schemas.records import Record
 from sdg.settings import Settings
@@ -51,7 +52,7 @@ def _generate(settings: Settings, spec: ProcessorSpec, source: str | None, sink:
     config = GenerateConfig(node_id=settings.worker.node_id, max_count=settings.worker.max_job_count,
                             image_format=settings.worker.image_format)
     cap = RateCap(settings.worker.node_id)
-    listener = ControlListener(settings.kafka_client, cap).start()
+    listener = ControlListener(settings.kafka_as(principal("generate")), cap).start()
 
     def on_error(error: BaseException, record: Record | None, step: Step) -> Policy:
         """A job the generators cannot serve (an unknown generator or version, too many samples) is bad data."""
@@ -226,7 +227,8 @@ def processor(name: str, settings: Settings, *, source: str | None = None, sink:
         if specs:
             admin.create_topics(settings.kafka_client, settings.topics, specs)
         extra = options.pop("metrics", None)
-        runner = Runner(step, kafka=settings.kafka_client, config=settings.runner, group=group, run_id=settings.run_id,
+        user = ADMIN if name == "passthrough" else principal(name)  # a relay's topics are whatever it is given
+        runner = Runner(step, kafka=settings.kafka_as(user), config=settings.runner, group=group, run_id=settings.run_id,
                         **options)
         if settings.metrics.port is not None:
             from streams.metrics import serve
