@@ -460,19 +460,28 @@ def export_dataset(
 def verify(
     table: Annotated[str, typer.Option(help="The hash-chained table.")] = "lineage",
     as_of: Annotated[Optional[int], typer.Option("--as-of", help="A Delta version of the table.")] = None,
+    anchors: Annotated[bool, typer.Option("--anchors", help="Also hold the table to the signed chain heads kept "
+                                                            "outside it (the latest version).")] = False,
 ) -> None:
     """Recompute the lineage hash chains; report the first edited, removed, inserted or reordered row."""
     from sdg.history import verify_lineage
 
     if table != "lineage":
         raise typer.BadParameter("only the lineage table is hash-chained")
-    result = verify_lineage(_settings().delta_tables(), as_of=as_of)
+    if anchors and as_of is not None:
+        raise typer.BadParameter("anchors hold the latest version; leave out --as-of", param_hint="--anchors")
+    settings = _settings()
+    result = verify_lineage(settings.delta_tables(), as_of=as_of, anchors=settings.anchors() if anchors else None)
     broken = result.broken
     if broken is not None:
         console.print(f"[red]{table} (version {result.version}): chain {broken.chain} breaks at seq {broken.seq} "
                       f"(sample {broken.sample_id}): {broken.reason}[/]")
         raise typer.Exit(1)
-    console.print(f"{table} (version {result.version}): {result.rows} rows in {result.chains} chains verify")
+    if result.unanchored is not None:
+        console.print(f"[red]{table} (version {result.version}): {result.unanchored}[/]")
+        raise typer.Exit(1)
+    anchored = f", held to {result.anchors} signed anchors" if result.anchors is not None else ""
+    console.print(f"{table} (version {result.version}): {result.rows} rows in {result.chains} chains verify{anchored}")
 
 
 @app.command()

@@ -13,6 +13,7 @@ from models.image import encode_image, png_bytes, sample_image
 from schemas.errors import SdgError
 from schemas.records import REAL
 from schemas.tables import DERIVED_TABLES, NO_CLASS, TABLES, ChainBreak, chain_id, verify_chain
+from streams.anchors import Anchors
 from streams.delta_sink import DeltaTables
 
 ExportFormat = Literal["imagefolder", "yolo", "coco", "parquet"]
@@ -212,11 +213,19 @@ class Verified:
     rows: int
     chains: int
     broken: ChainBreak | None
+    anchors: int | None = None  # anchor lines checked (None: not asked)
+    unanchored: str | None = None  # what the anchors found wrong
 
 
-def verify_lineage(tables: DeltaTables, *, as_of: int | None = None) -> Verified:
-    """Recompute the lineage hash chains at ``as_of`` (default: the latest version) against the recorded heads."""
+def verify_lineage(tables: DeltaTables, *, as_of: int | None = None, anchors: Anchors | None = None) -> Verified:
+    """Recompute the lineage hash chains at ``as_of`` (default: the latest version) against the recorded heads,
+    and hold the table to every signed anchor (``anchors``, the latest version only)."""
+    if anchors is not None and as_of is not None:
+        raise ValueError("anchors hold the latest version; verify an older one without them")
     dt = _at(tables, "lineage", as_of)
     rows = dt.to_pyarrow_table().to_pylist()
     broken = verify_chain(rows, tables.recorded_heads(dt.version()))
-    return Verified(dt.version(), len(rows), len({chain_id(r) for r in rows}), broken)
+    if anchors is None:
+        return Verified(dt.version(), len(rows), len({chain_id(r) for r in rows}), broken)
+    return Verified(dt.version(), len(rows), len({chain_id(r) for r in rows}), broken, len(anchors.read()),
+                    anchors.check(rows))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +28,7 @@ from processors.thermal import ThermalConfig
 from schemas.records import NAME_PATTERN, RunId
 from sdg.run_events import OpenLineageConfig
 from sdg.spark import SparkConfig
+from streams.anchors import Anchors
 from streams.config import KafkaConfig, RunnerConfig, TopicConfig
 from streams.delta_sink import DeltaTables, SinkConfig
 from streams.errors import ConfigError
@@ -191,6 +193,27 @@ class Settings(BaseSettings):
 
     def delta_tables(self) -> DeltaTables:
         return DeltaTables(self.tables_dir or self.state_dir / "tables")
+
+    def anchors(self) -> Anchors:
+        """The signed log of lineage chain heads (``<state>/anchors/lineage.jsonl``), under ``SDG_SINK__ANCHOR_KEY``
+        or, without one, a random key made once in the state directory (owner-only)."""
+        folder = private_dir(self.private_state_dir() / "anchors")
+        if self.sink.anchor_key is not None:
+            key = self.sink.anchor_key.get_secret_value().encode()
+        else:
+            stored = folder / "key"
+            if not stored.exists():  # written whole, then linked: a process racing this one reads one key or the other
+                draft = folder / f".key-{os.getpid()}"
+                draft.write_bytes(secrets.token_hex(32).encode())
+                draft.chmod(0o600)
+                try:
+                    os.link(draft, stored)
+                except FileExistsError:
+                    pass
+                finally:
+                    draft.unlink()
+            key = stored.read_bytes()
+        return Anchors(folder / "lineage.jsonl", key)
 
     def embedded_broker(self) -> EmbeddedBroker:
         return EmbeddedBroker(self.broker, self.state_dir)

@@ -171,7 +171,8 @@ def _lineage(settings: Settings, spec: ProcessorSpec, source: str | None, sink: 
     from streams.delta_sink import DeltaSink
 
     fn = downsampled(rows_of, every_s=settings.sink.telemetry_every_s)
-    yield _step(spec, DeltaSink(fn=fn, tables=settings.delta_tables(), group=group, config=settings.sink), None), {}
+    yield _step(spec, DeltaSink(fn=fn, tables=settings.delta_tables(), group=group, config=settings.sink,
+                                     anchors=settings.anchors()), None), {}
 
 
 @contextmanager

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from schemas.records import Record
 from schemas.tables import CHAIN_KEY, GENESIS, PARTITION_BY, TABLES, chain_id, row_hash
+from streams.anchors import Anchors
 from streams.config import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class SinkConfig(BaseModel):
     max_commit_retries: int = Field(default=10, ge=0)
     telemetry_every_s: float = Field(default=1.0, ge=0, description="Keep one reading per node and source per "
                                                                     "this many seconds (0: every reading).")
+    anchor_key: SecretStr | None = Field(default=None, description=(
+"Signs the chain heads anchored outside the tables, 16+ characters (default: a random key made in "
+        "<state>/anchors)."))
 
 
 @dataclass
@@ -139,10 +143,12 @@ class DeltaSink:
     """
 
     def __init__(self, *, fn: Callable[[Record, str, int, int], dict[str, list[dict[str, Any]]]],
-                 tables: DeltaTables, group: str, config: SinkConfig = SinkConfig()) -> None:
+                 tables: DeltaTables, group: str, config: SinkConfig = SinkConfig(), anchors: Anchors | None = None) -> None:
         """``fn`` makes the rows of one record read at (topic, partition, offset): ``processors.lineage.rows_of``;
-        ``group`` is the step's consumer group (it names the offsets each table records)."""
+        ``group`` is the step's consumer group (it names the offsets each table records); ``anchors``: where the
+        chain heads of every lineage commit are also signed and kept."""
         self.tables = tables
+        self.anchors = anchors
         self.group = group
         self.config = config
         self.fn = fn
@@ -285,6 +291,8 @@ class DeltaSink:
         for table, (data, metadata) in built.items():
             versions = {app_id(self.group, t, p): n for (t, p), n in covered.items() if n > self._needs(table, t, p)}
             self.tables.append(table, data, versions, retries=self.config.max_commit_retries, metadata=metadata)
+            if self.anchors is not None and metadata is not None:  # after the commit: an anchor names written rows
+                self.anchors.append(json.loads(metadata[HEADS_KEY]))
             for app, n in versions.items():
                 self._next[(table, app)] = n
             self.stats.rows[table] = self.stats.rows.get(table, 0) + data.num_rows
