@@ -27,6 +27,8 @@ from streams.config import KafkaConfig
 from streams.errors import BrokerError
 
 POM = Path(__file__).parent / "kafka" / "pom.xml"
+PLAINTEXT_WARNING = ("warning: the broker is PLAINTEXT with no authentication: any local process may write any topic "
+                     "(unset SDG_BROKER__SECURITY to secure it)")
 LOG4J2 = """\
 status = warn
 appender.console.type = Console
@@ -52,7 +54,8 @@ class BrokerConfig(BaseModel):
     jars_dir: Path | None = Field(default=None, description="Cache of the Kafka jars (default: <state>/kafka/jars).")
     start_timeout_s: float = Field(default=90, gt=0)
     security: Literal["plaintext", "sasl_ssl"] = Field(
-        default="plaintext", description="sasl_ssl: TLS, a SCRAM user per processor and least-privilege ACLs.")
+        default="sasl_ssl", description="sasl_ssl: TLS, a SCRAM user per processor and least-privilege ACLs; "
+                                        "plaintext: anyone who reaches the port may do anything.")
     extra_properties: dict[str, str] = Field(default_factory=dict)
 
     @property

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from infra.broker import PLAINTEXT_WARNING
 from processors.topology import ProcessorName
 from schemas.errors import SdgError
 from schemas.records import QualityWindow, SampleDecision
@@ -63,8 +64,7 @@ def broker_start() -> None:
         console.print(f"secured: SASL_SSL, SCRAM-SHA-512, a principal per processor with its ACLs; CA {broker.secrets.ca}, "
                       f"passwords in {broker.secrets.passwords_file} (owner-only)")
     else:
-        console.print("[yellow]warning: PLAINTEXT, no authentication: any local process may write any topic "
-                      "(SDG_BROKER__SECURITY=sasl_ssl secures it)[/yellow]")
+        console.print(f"[yellow]{PLAINTEXT_WARNING}[/yellow]")
 
 
 @broker_app.command("install")

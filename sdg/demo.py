@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from infra.broker import PLAINTEXT_WARNING
 from schemas.examples import example, example_sample
 from schemas.records import (
     DeadLetter,
@@ -95,7 +96,10 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console, pl
     if broker is not None:
         with console.status("starting the embedded Apache Kafka broker…"):
             status = broker.start()
-        console.print(f"broker: Apache Kafka (KRaft) pid {status.pid} on {status.bootstrap}, data in {status.data_dir}")
+        console.print(f"broker: Apache Kafka (KRaft) pid {status.pid} on {status.bootstrap}, data in {status.data_dir}, "
+                      + ("SASL_SSL with a principal per processor" if broker.secured else "PLAINTEXT"))
+        if not broker.secured:
+            console.print(f"[yellow]{PLAINTEXT_WARNING}[/yellow]")
     kafka = settings.kafka_client
     run_id = settings.run_id
     try:
@@ -214,9 +218,13 @@ def _ensure_quality_models(settings: Settings, plan: DemoPlan, console: Console,
 def _child_env(settings: Settings) -> dict[str, str]:
     """The environment of a processor the demo starts: this process's state, run, broker and real data (``--data``
     wins over the environment's ``SDG_DATA__*``)."""
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SDG_DATA__")}
-    env |= {"SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": settings.run_id,
-            "SDG_KAFKA__BOOTSTRAP_SERVERS": settings.kafka_client.bootstrap_servers}
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("SDG_DATA__", "SDG_BROKER__"))}
+    env |= {"SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": settings.run_id}
+    if settings.embedded:  # the same embedded broker: each processor connects as its own principal when secured
+        env |= {f"SDG_BROKER__{k.upper()}": str(v) for k, v in settings.broker.model_dump().items()
+                if k in ("host", "port", "controller_port", "security", "jars_dir") and v is not None}
+    else:
+        env["SDG_KAFKA__BOOTSTRAP_SERVERS"] = settings.kafka_client.bootstrap_servers
     env |= {f"SDG_DATA__{k.upper()}": str(v) for k, v in settings.data.model_dump().items() if v is not None}
     return env
 
@@ -225,7 +233,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
 def _gate_processors(settings: Settings, plan: DemoPlan, out: Path) -> Iterator[None]:
     """The label processor (a thread here) and the quality processor (a process), reading from now on."""
     kafka = settings.kafka_client
-    label_group = f"sdg-demo-label-{settings.run_id}"
+    label_group = f"sdg-label-demo-{settings.run_id}"  # a processor's groups start with its name (its ACLs)
     admin.start_group_at_end(kafka, label_group, ["sdg.samples.raw"])
     admin.start_group_at_end(kafka, QUALITY_APP, ["sdg.samples.labeled"])
     env = {**_child_env(settings), "SDG_QUALITY__WINDOW_SIZE": str(plan.window_size),
@@ -301,7 +309,7 @@ def _thermal_loop(settings: Settings, plan: DemoPlan, out: Path, seen: list) -> 
 
     with open(out / "thermal-processor.log", "wb") as log, \
             processor("plant", settings.model_copy(update={"plant": config}),
-                      group=f"sdg-demo-plant-{settings.run_id}") as plant:
+                      group=f"sdg-plant-demo-{settings.run_id}") as plant:
         thermal = subprocess.Popen([sys.executable, "-m", "sdg", "run", "thermal", "--group", "sdg-thermal"],
                                    env=env, stdout=log, stderr=subprocess.STDOUT)
         threads = [threading.Thread(target=plant.run, daemon=True), threading.Thread(target=collect, daemon=True)]
@@ -381,7 +389,7 @@ def _generation(
     _record_training(settings, train_s)
     kafka = settings.kafka_client
     run_id = settings.run_id
-    group = f"sdg-demo-generate-{run_id}"
+    group = f"sdg-generate-demo-{run_id}"
     admin.start_group_at_end(kafka, group, ["sdg.requests"])
     watch = f"sdg-demo-watch-{run_id}"
     admin.start_group_at_end(kafka, watch, [*DECISION_TOPICS, "sdg.quality"])

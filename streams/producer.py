@@ -48,6 +48,7 @@ class RecordProducer:
             conf |= {"transactional.id": transactional_id, "transaction.timeout.ms": 60_000,
                      "retry.backoff.ms": 5, "retry.backoff.max.ms": 500}
         self._failures: list[str] = []
+        self._fatal: str | None = None
         conf["error_cb"] = self._on_error
         self.client = Producer(kafka.librdkafka(**conf))  # the confluent-kafka producer (its transactions)
 
@@ -58,7 +59,7 @@ class RecordProducer:
     def _on_error(self, err: KafkaError) -> None:
         """A fatal client error (e.g. no idempotent-write permission) fails every record; others are retried."""
         if err.fatal():
-            self._failures.append(f"fatal: {err.str()}")
+            self._fatal = err.str()
 
     def send(self, topic: str, record: Record, *, headers: dict[str, bytes] | None = None) -> None:
         """Queue ``record`` for ``topic`` (keyed by ``record.key()``).
@@ -111,7 +112,9 @@ class RecordProducer:
         try:
             remaining = self.client.flush(timeout_s)
         except Exception as e:  # a fatal error (no permission to write anything) surfaces oddly from confluent-kafka
-            raise BrokerError(f"the producer failed: {'; '.join(self._failures) or repr(e.__context__ or e)}") from e
+            raise BrokerError(f"the producer failed: {self._fatal or repr(e.__context__ or e)}") from e
+        if self._fatal is not None:
+            raise BrokerError(f"the producer failed: {self._fatal}")
         if remaining:
             raise BrokerError(f"{remaining} records still undelivered after {timeout_s}s")
         if self._failures:

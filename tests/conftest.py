@@ -37,8 +37,9 @@ def free_port() -> int:
 
 
 def broker_config(**overrides: Any) -> BrokerConfig:
+    # plaintext unless asked: tests of one part talk to it as anyone; the demo and test_security run it secured
     return BrokerConfig(**{"port": free_port(), "controller_port": free_port(), "jars_dir": JARS, "heap": "512m",
-                           **overrides})
+                           "security": "plaintext", **overrides})
 
 
 @pytest.fixture(scope="session")

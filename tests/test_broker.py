@@ -32,7 +32,7 @@ def _sdg(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_restart_keeps_topics_and_data(tmp_path: Path) -> None:
-    config = broker_config()
+    config = broker_config(security=BrokerConfig().security)  # as a user gets it: secured
     env = _cli_env(tmp_path, config)
     assert _sdg(env, "broker", "status").returncode == 1
     started = _sdg(env, "broker", "start")

@@ -8,20 +8,21 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from infra.broker import BrokerConfig
 from sdg.demo import POISON, DemoPlan, run_demo
 from sdg.settings import Settings
 from streams.catalog import CATALOG
-from streams.config import KafkaConfig
+from tests.conftest import broker_config
 
 pytestmark = pytest.mark.integration  # the broker, Delta tables or Spark
 
 
-def test_demo_reports_what_went_where(kafka: KafkaConfig, run_id: str, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_reports_what_went_where(run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On its own embedded broker, secured as by default: every processor runs as its own principal."""
     monkeypatch.chdir(tmp_path)
-    settings = Settings(kafka=KafkaConfig(bootstrap_servers=kafka.bootstrap_servers), run_id=run_id,
+    settings = Settings(broker=broker_config(security=BrokerConfig().security), run_id=run_id,
                         state_dir=tmp_path / "state")
-    assert not settings.embedded
+    assert settings.embedded and settings.broker.security == "sasl_ssl"
     out = io.StringIO()
     tiny = DemoPlan(per_class=2, gan_steps=20, diffusion_steps=5, extractor_steps=30, labeler_steps=30, pump_failure_at_s=5, edge_steps=20, eval_seeds=(0,))
     result = run_demo(settings, records_per_topic=20, console=Console(file=out, width=200), plan=tiny)
