@@ -4,7 +4,7 @@ Runs ``sdg.evaluate.run_evaluation`` (k = 1, 2, 5, 10, 20, 40 labels per class, 
 within 0.5 pt of real-full; 5 seeds; a DPT diffusion model per k) and copies ``evaluation.json`` and the accuracy
 curve to ``bench/results/evaluation.json`` (digits) or ``evaluation_<source>.json``.
 Usage: ``python bench/evaluation.py [--data digits|mnist|PATH] [--steps N] [--synthetic-per-class N]
-[--generator-steps N] [--seeds 5]``; one torch thread (``OMP_NUM_THREADS=1``) lets two sources run side by side.
+[--generator-steps N] [--seeds 5] [--ks 1,2,5,10,20,40]``; one torch thread (``OMP_NUM_THREADS=1``) lets two sources run side by side.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ def main() -> None:
     parser.add_argument("--synthetic-per-class", type=int, default=100)
     parser.add_argument("--generator-steps", type=int, default=800)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--ks", default="1,2,5,10,20,40", help="The grid of labels per class (extended past it).")
     args = parser.parse_args()
     console = Console()
     settings = Settings(data=DataConfig(source=args.data))
-    plan = EvaluationPlan(seeds=tuple(range(args.seeds)), steps=args.steps, synthetic_per_class=args.synthetic_per_class,
-                          generator_steps=args.generator_steps)
+    plan = EvaluationPlan(ks=tuple(int(k) for k in args.ks.split(",")), seeds=tuple(range(args.seeds)), steps=args.steps,
+                          synthetic_per_class=args.synthetic_per_class, generator_steps=args.generator_steps)
     out = ROOT / "runs" / f"evaluation-{settings.run_id}"
     evaluation = run_evaluation(settings, plan, out, console=console)
     suffix = "" if args.data == "digits" else f"_{Path(args.data).name}"
