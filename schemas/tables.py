@@ -127,6 +127,14 @@ TABLES: dict[str, pa.Schema] = {
     "control_actions": CONTROL_ACTIONS,
 }
 
+# what makes a row the same row within a run, whatever offset it was read at: a generator or labeler that
+# crashed before committing its offsets publishes the same samples and labels again (the sink keeps one).
+# A person's correction is a new human row: its label differs.
+IDENTITY: dict[str, tuple[str, ...]] = {
+    "samples": ("sample_id",),
+    "lineage": ("sample_id", "stage", "label", "decision"),
+}
+
 # written by jobs over the tables above (the Spark job in sdg/spark.py), not by the sink
 GENERATOR_STATS = pa.schema([
     pa.field("run_id", pa.string()),

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from schemas.records import Record
-from schemas.tables import CHAIN_KEY, GENESIS, PARTITION_BY, TABLES, chain_id, row_hash
+from schemas.tables import CHAIN_KEY, GENESIS, IDENTITY, PARTITION_BY, TABLES, chain_id, row_hash
 from streams.anchors import Anchors
 from streams.config import KafkaConfig
 
@@ -52,6 +52,7 @@ class SinkConfig(BaseModel):
 @dataclass
 class SinkStats:
     skipped: int = 0  # already in a table (written before a restart)
+    duplicates: int = 0  # rows a table already holds under another offset (an upstream replay re-published them)
     rows: dict[str, int] = field(default_factory=dict)
     commits: int = 0
     dead_letters: int = 0
@@ -86,6 +87,16 @@ class DeltaTables:
         dt = self.open(table)
         version = dt.transaction_version(app) if dt is not None else None
         return int(version) if version is not None else 0
+
+    def identities(self, table: str, run_id: str) -> set[tuple[Any, ...]]:
+        """The ``IDENTITY`` of every row ``table`` holds for ``run_id``."""
+        import pyarrow.compute as pc
+
+        dt = self.open(table)
+        if dt is None:
+            return set()
+        rows = dt.to_pyarrow_dataset().to_table(filter=pc.field("run_id") == run_id, columns=list(IDENTITY[table]))
+        return set(zip(*(rows[c].to_pylist() for c in IDENTITY[table])))
 
     def chain_head(self, key: tuple[Any, ...]) -> tuple[int, str]:
         """(next seq, previous hash) of the lineage chain ``key`` as the table holds it."""
@@ -162,6 +173,7 @@ class DeltaSink:
         self._first: dict[tuple[str, int], int] = {}  # source partition → the buffer's first offset
         self._oldest: float | None = None
         self._rejected: list[tuple[Any, Exception]] = []
+        self._seen: dict[tuple[str, str], set[tuple[Any, ...]]] = {}  # (table, run) → identities held or buffered
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="delta-sink")
         self._inflight: tuple[Future[None], dict[tuple[str, int], int]] | None = None  # a write, its first offsets
 
@@ -169,6 +181,25 @@ class DeltaSink:
         """After a rebalance another member may have written partitions this one had: re-read the tables."""
         self._next.clear()
         self._chains.clear()
+        self._seen.clear()
+
+    def _new(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows whose identity the table does not hold yet: a generator or labeler that crashed before its
+        offset commit publishes its outputs again, under new offsets."""
+        if table not in IDENTITY:
+            return rows
+        fresh = []
+        for row in rows:
+            seen = self._seen.get((table, row["run_id"]))
+            if seen is None:
+                seen = self._seen[(table, row["run_id"])] = self.tables.identities(table, row["run_id"])
+            identity = tuple(row[c] for c in IDENTITY[table])
+            if identity in seen:
+                self.stats.duplicates += 1
+                continue
+            seen.add(identity)
+            fresh.append(row)
+        return fresh
 
     def due(self) -> bool:
         """A full or old buffer, or a write that has landed (its offsets can be committed)."""
@@ -191,6 +222,7 @@ class DeltaSink:
         for table, table_rows in rows.items():
             if offset < self._needs(table, topic, partition):
                 continue  # this table already holds the record: written before a restart
+            table_rows = self._new(table, table_rows)
             self._buffer.setdefault(table, []).extend(table_rows)
             self._owners.setdefault(table, []).extend([message] * len(table_rows))
             wrote = True
