@@ -98,6 +98,7 @@ class EmbeddedBroker:
         """Client settings that reach this broker as ``user`` (its SCRAM principal when the broker is secured)."""
         if not self.secured:
             return KafkaConfig(bootstrap_servers=self.config.bootstrap)
+        self.secrets.ensure(self.config.host)  # made before the first start too: the broker takes the same ones
         return KafkaConfig(bootstrap_servers=self.config.bootstrap, security_protocol="SASL_SSL",
                            sasl_mechanism=MECHANISM, sasl_username=user,
                            sasl_password=SecretStr(self.secrets.password(user)), ssl_ca_location=str(self.secrets.ca))
