@@ -166,5 +166,5 @@ def test_an_arm_with_every_train_label_leaves_nothing_unlabeled_and_still_runs(t
                           extractor_steps=2, extend=False)
     evaluation = run_evaluation(settings, plan, tmp_path / "run", console=Console(quiet=True))
     assert {(a["arm"], a["real_labels"]) for a in evaluation["arms"]} == {
-        ("real-full", 120), ("real-few", 120), ("few+pseudo", 120), ("few+pseudo+gan", 120)}
+        ("real-full", 120), ("real-few", 120), ("few+pseudo", 120), ("few+pseudo+gan", 120), ("few+gan", 120)}
     assert evaluation["complete"]
