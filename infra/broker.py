@@ -53,6 +53,7 @@ class BrokerConfig(BaseModel):
     heap: str = "768m"
     jars_dir: Path | None = Field(default=None, description="Cache of the Kafka jars (default: <state>/kafka/jars).")
     start_timeout_s: float = Field(default=90, gt=0)
+    nodes: int = Field(default=1, ge=1, le=5, description="KRaft nodes on this host: 3 for a replicated cluster.")
     security: Literal["plaintext", "sasl_ssl"] = Field(
         default="sasl_ssl", description="sasl_ssl: TLS, a SCRAM user per processor and least-privilege ACLs; "
                                         "plaintext: anyone who reaches the port may do anything.")
@@ -60,30 +61,50 @@ class BrokerConfig(BaseModel):
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        return ",".join(f"{self.host}:{port}" for port, _ in self.ports())
+
+    def ports(self) -> list[tuple[int, int]]:
+        """(client port, controller port) of each node: ``port``/``controller_port``, then two higher per node."""
+        return [(self.port + 2 * i, self.controller_port + 2 * i) for i in range(self.nodes)]
 
 
 @dataclass(frozen=True)
 class BrokerStatus:
     running: bool
-    pid: int | None
+    pid: int | None  # the first node's
     bootstrap: str
     data_dir: Path
     jars: int
+    pids: tuple[int | None, ...] = ()  # every node's, None where it is down
+
+
+@dataclass(frozen=True)
+class Node:
+    """One KRaft node (broker and controller) of the embedded cluster: node ids count from 1."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    data_dir: Path
+    pid_file: Path
+    log_file: Path
+    properties_file: Path
 
 
 class EmbeddedBroker:
-    """Start, stop and inspect a single-node KRaft broker whose files live in ``state_dir/kafka``."""
+    """Start, stop and inspect a KRaft cluster of ``config.nodes`` local nodes (one by default) whose files live
+    in ``state_dir/kafka``; with three or more, internal topics are replicated 3 times with a minimum ISR of 2."""
 
     def __init__(self, config: BrokerConfig, state_dir: Path) -> None:
         self.config = config
         self.home = state_dir.resolve() / "kafka"
         self.jars_dir = (config.jars_dir or self.home / "jars").resolve()
-        self.data_dir = self.home / "data"
-        self.pid_file = self.home / "broker.pid"
-        self.log_file = self.home / "broker.log"
-        self.properties_file = self.home / "server.properties"
         self.secrets = BrokerSecrets(self.home / "security")
+        self.nodes = [Node(i + 1, port, controller, self.home / f"data{suffix}", self.home / f"broker{suffix}.pid",
+                           self.home / f"broker{suffix}.log", self.home / f"server{suffix}.properties")
+                      for i, (port, controller) in enumerate(config.ports())
+                      for suffix in ["" if i == 0 else f"-{i + 1}"]]  # a single node keeps its old file names
+        self.data_dir, self.log_file = self.nodes[0].data_dir, self.nodes[0].log_file
 
     @property
     def secured(self) -> bool:
@@ -132,32 +153,35 @@ class EmbeddedBroker:
         done.touch()
         return self.jars_dir
 
-    def _write_properties(self) -> None:
+    def _write_properties(self, node: Node) -> None:
         c = self.config
+        replicas, isr = str(min(3, c.nodes)), str(min(2, c.nodes))
         properties = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{c.host}:{c.controller_port}",
-            "listeners": f"PLAINTEXT://{c.host}:{c.port},CONTROLLER://{c.host}:{c.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{c.host}:{c.port}",
+            "node.id": str(node.node_id),
+            "controller.quorum.voters": ",".join(f"{n.node_id}@{c.host}:{n.controller_port}" for n in self.nodes),
+            "listeners": f"PLAINTEXT://{c.host}:{node.port},CONTROLLER://{c.host}:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{c.host}:{node.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "log.dirs": str(self.data_dir),
+            "log.dirs": str(node.data_dir),
             "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "min.insync.replicas": isr,
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.check.interval.ms": "60000",
-            **(broker_properties(self.secrets.ensure(c.host), c.host, c.port, c.controller_port) if self.secured else {}),
+            **(broker_properties(self.secrets.ensure(c.host), c.host, node.port, node.controller_port)
+               if self.secured else {}),
             **c.extra_properties,
         }
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.home.chmod(0o700)
         # owner-only from the start: it may hold SASL passwords or key store secrets (extra_properties)
-        fd = os.open(self.properties_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(node.properties_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write("".join(f"{k}={v}\n" for k, v in properties.items()))
@@ -166,100 +190,132 @@ class EmbeddedBroker:
     def _classpath(self) -> str:
         return str(self.ensure_jars() / "*")
 
-    def _format_storage(self, java: str) -> None:
-        mode = self.data_dir / "sdg-security"  # what the storage was formatted for: its users live in it
-        if (self.data_dir / "meta.properties").exists():
+    def _format_storage(self, java: str, node: Node, cluster_id: str) -> None:
+        mode = node.data_dir / "sdg-security"  # what the storage was formatted for: its users live in it
+        if (node.data_dir / "meta.properties").exists():
             formatted = mode.read_text().strip() if mode.exists() else "plaintext"
             if formatted != self.config.security:
-                raise BrokerError(f"the broker's storage in {self.data_dir} was formatted for {formatted}, not "
+                raise BrokerError(f"the broker's storage in {node.data_dir} was formatted for {formatted}, not "
                                   f"{self.config.security}; set SDG_BROKER__SECURITY={formatted} or remove the folder")
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         command = [java, "-cp", self._classpath(), f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
-                   "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(self.properties_file),
-                   *(scram_bootstrap(self.secrets) if self.secured else [])]
+                   "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config",
+                   str(node.properties_file), *(scram_bootstrap(self.secrets) if self.secured else [])]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise BrokerError(f"formatting Kafka storage in {self.data_dir} failed:\n{result.stdout}{result.stderr}")
+            raise BrokerError(f"formatting Kafka storage in {node.data_dir} failed:\n{result.stdout}{result.stderr}")
         mode.write_text(self.config.security)
 
-    def pid(self) -> int | None:
-        """The broker's process id when it is running (from the pid file)."""
+    def _cluster_id(self) -> str:
+        """The id every node's storage is formatted with: the first node's when it is formatted, else a new one."""
+        meta = self.nodes[0].data_dir / "meta.properties"
+        if meta.exists():
+            return next(line.split("=", 1)[1].strip() for line in meta.read_text().splitlines()
+                        if line.startswith("cluster.id="))
+        return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+    def node_pid(self, node: Node) -> int | None:
+        """A node's process id when it is running (from its pid file)."""
         try:
-            pid = int(self.pid_file.read_text())
+            pid = int(node.pid_file.read_text())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _is_live(pid) and self._is_ours(pid) else None
+        return pid if _is_live(pid) and self._is_ours(pid, node) else None
 
-    def _is_ours(self, pid: int) -> bool:
-        """Whether ``pid`` is this broker (the pid file may name a reused pid after a reboot)."""
+    def pid(self) -> int | None:
+        """The first node's process id when it is running."""
+        return self.node_pid(self.nodes[0])
+
+    def _is_ours(self, pid: int, node: Node) -> bool:
+        """Whether ``pid`` is this node (the pid file may name a reused pid after a reboot)."""
         try:
-            return str(self.properties_file).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+            return str(node.properties_file).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
         except FileNotFoundError:
             return False
 
     def start(self) -> BrokerStatus:
-        """Start the broker (if it is not running) and wait for a real metadata round trip.
+        """Start the nodes that are not running and wait until every one answers a metadata round trip.
 
         Raises:
-            BrokerError: Java or the jars are missing, the port is taken, or the broker did not come up.
+            BrokerError: Java or the jars are missing, a port is taken, or a node did not come up.
         """
-        if self.pid() is not None:
+        down = [node for node in self.nodes if self.node_pid(node) is None]
+        if not down:
             wait_for_broker(self.kafka, timeout_s=self.config.start_timeout_s)
             return self.status()
         java = self._java()
-        for port in (self.config.port, self.config.controller_port):
-            _check_free(self.config.host, port)
-        self._write_properties()
-        self._format_storage(java)
-        command = [
-            java, f"-Xmx{self.config.heap}", f"-Xms{min(256, _mib(self.config.heap))}m", "-XX:+UseG1GC",
-            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
-            "-cp", self._classpath(), "kafka.Kafka", str(self.properties_file),
-        ]
-        with self.log_file.open("ab") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
-        self.pid_file.write_text(str(process.pid))
+        for node in down:
+            for port in (node.port, node.controller_port):
+                _check_free(self.config.host, port)
+        processes, cluster_id = {}, self._cluster_id()
+        for node in down:
+            self._write_properties(node)
+            self._format_storage(java, node, cluster_id)
+            command = [
+                java, f"-Xmx{self.config.heap}", f"-Xms{min(256, _mib(self.config.heap))}m", "-XX:+UseG1GC",
+                "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+                "-cp", self._classpath(), "kafka.Kafka", str(node.properties_file),
+            ]
+            with node.log_file.open("ab") as log:
+                processes[node] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                   stdin=subprocess.DEVNULL, start_new_session=True)
+            node.pid_file.write_text(str(processes[node].pid))
         deadline = time.monotonic() + self.config.start_timeout_s
         while True:
-            if process.poll() is not None:
-                raise BrokerError(f"the Kafka broker exited with code {process.returncode}; log tail:\n{self._log_tail()}")
+            for node, process in processes.items():
+                if process.poll() is not None:
+                    raise BrokerError(f"Kafka node {node.node_id} exited with code {process.returncode}; log tail:\n"
+                                      f"{self._log_tail(node)}")
             try:
-                wait_for_broker(self.kafka, timeout_s=1.0)
-                if self.secured:
-                    apply(self.kafka, self.secrets)  # every principal's credential and ACLs, new processors' too
-                return self.status()
+                if wait_for_broker(self.kafka, timeout_s=1.0) >= len(self.nodes):
+                    if self.secured:
+                        apply(self.kafka, self.secrets)  # every principal's credential and ACLs, new processors' too
+                    return self.status()
             except BrokerError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise BrokerError(
-                        f"the Kafka broker did not answer on {self.config.bootstrap} within "
-                        f"{self.config.start_timeout_s}s; log tail:\n{self._log_tail()}"
-                    ) from None
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(
+                    f"the Kafka broker did not answer on {self.config.bootstrap} with {len(self.nodes)} node(s) "
+                    f"within {self.config.start_timeout_s}s; log tail:\n{self._log_tail(down[0])}")
+            time.sleep(0.2)
+
+    def kill(self, node_id: int) -> bool:
+        """SIGKILL one node (a crash, for fault tests); False if it was not running."""
+        node = self.nodes[node_id - 1]
+        pid = self.node_pid(node)
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        while _is_live(pid):
+            time.sleep(0.05)
+        return True
 
     def stop(self, timeout_s: float = 30) -> bool:
-        """Stop the broker gracefully (SIGTERM, then SIGKILL after ``timeout_s``); False if it was not running."""
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGTERM)
+        """Stop every node gracefully (SIGTERM, then SIGKILL after ``timeout_s``); False if none was running."""
+        pids = {node: self.node_pid(node) for node in self.nodes}
+        for node, pid in pids.items():
+            if pid is None:
+                node.pid_file.unlink(missing_ok=True)
+            else:
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _is_live(pid):
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        for node, pid in pids.items():
+            while pid is not None and _is_live(pid):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(0.1)
+            node.pid_file.unlink(missing_ok=True)
+        return any(pid is not None for pid in pids.values())
 
     def status(self) -> BrokerStatus:
         jars = len(list(self.jars_dir.glob("*.jar"))) if self.jars_dir.exists() else 0
-        return BrokerStatus(self.pid() is not None, self.pid(), self.config.bootstrap, self.data_dir, jars)
+        pids = tuple(self.node_pid(node) for node in self.nodes)
+        return BrokerStatus(all(p is not None for p in pids), pids[0], self.config.bootstrap, self.data_dir, jars, pids)
 
-    def _log_tail(self, lines: int = 30) -> str:
+    def _log_tail(self, node: Node, lines: int = 30) -> str:
         try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(node.log_file.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
 

@@ -55,11 +55,13 @@ def _settings(data: str | None = None) -> Settings:
 
 @broker_app.command("start")
 def broker_start() -> None:
-    """Start the embedded broker (resolving its jars on first use) and wait until it answers."""
+    """Start the embedded broker, every node of it (SDG_BROKER__NODES; resolving the jars on first use), and wait
+    until all of them answer."""
     broker = _settings().embedded_broker()
     with console.status("starting Apache Kafka (KRaft)…"):
         status = broker.start()
-    console.print(f"broker running: pid {status.pid}, {status.bootstrap}, data in {status.data_dir}")
+    pids = ", ".join(map(str, status.pids))
+    console.print(f"broker running: {len(status.pids)} node(s), pid {pids}, {status.bootstrap}, data in {status.data_dir}")
     if broker.secured:
         console.print(f"secured: SASL_SSL, SCRAM-SHA-512, a principal per processor with its ACLs; CA {broker.secrets.ca}, "
                       f"passwords in {broker.secrets.passwords_file} (owner-only)")
@@ -85,7 +87,8 @@ def broker_stop() -> None:
 def broker_status() -> None:
     """Say whether the embedded broker runs, where, and where its data is."""
     s = _settings().embedded_broker().status()
-    console.print(f"{'running' if s.running else 'stopped'}: pid {s.pid}, {s.bootstrap}, data {s.data_dir}, {s.jars} jars")
+    pids = ", ".join("down" if p is None else str(p) for p in s.pids)
+    console.print(f"{'running' if s.running else 'stopped'}: pid {pids}, {s.bootstrap}, data {s.data_dir}, {s.jars} jars")
     if not s.running:
         raise typer.Exit(1)
 

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.broker import BrokerConfig, EmbeddedBroker
@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = MetricsConfig()
     console: ConsoleConfig = ConsoleConfig()
     tables_dir: Path | None = Field(default=None, description="The Delta tables (default: <state_dir>/tables).")
+
+    @model_validator(mode="after")
+    def _replicated_on_an_embedded_cluster(self) -> Settings:
+        """Topics on an embedded cluster of several nodes are replicated (up to 3) unless told otherwise."""
+        if self.embedded and self.broker.nodes > 1 and "topics" not in self.model_fields_set:
+            object.__setattr__(self, "topics", TopicConfig(replication_factor=min(3, self.broker.nodes)))
+        return self
 
     @property
     def embedded(self) -> bool:

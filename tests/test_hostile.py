@@ -311,7 +311,7 @@ def test_secrets_are_masked_and_state_is_owner_only(tmp_path: Path, broker) -> N
     assert "/keys/client.key" in shown.stdout  # a file's location is no secret
     assert shown.stdout.count("**********") == 3
     assert state.stat().st_mode & 0o777 == 0o700
-    assert broker.properties_file.stat().st_mode & 0o777 == 0o600
+    assert broker.nodes[0].properties_file.stat().st_mode & 0o777 == 0o600
     assert broker.home.stat().st_mode & 0o777 == 0o700
 
 
