@@ -100,10 +100,11 @@ class EmbeddedBroker:
         self.home = state_dir.resolve() / "kafka"
         self.jars_dir = (config.jars_dir or self.home / "jars").resolve()
         self.secrets = BrokerSecrets(self.home / "security")
-        self.nodes = [Node(i + 1, port, controller, self.home / f"data{suffix}", self.home / f"broker{suffix}.pid",
-                           self.home / f"broker{suffix}.log", self.home / f"server{suffix}.properties")
-                      for i, (port, controller) in enumerate(config.ports())
-                      for suffix in ["" if i == 0 else f"-{i + 1}"]]  # a single node keeps its old file names
+        self.nodes: list[Node] = []
+        for i, (port, controller) in enumerate(config.ports()):
+            suffix = "" if i == 0 else f"-{i + 1}"  # the first node keeps a single node's file names
+            self.nodes.append(Node(i + 1, port, controller, self.home / f"data{suffix}", self.home / f"broker{suffix}.pid",
+                                   self.home / f"broker{suffix}.log", self.home / f"server{suffix}.properties"))
         self.data_dir, self.log_file = self.nodes[0].data_dir, self.nodes[0].log_file
 
     @property
