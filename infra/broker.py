@@ -269,7 +269,7 @@ class EmbeddedBroker:
                                       f"{self._log_tail(node)}")
             try:
                 if wait_for_broker(self.kafka, timeout_s=1.0) >= len(self.nodes):
-                    if self.secured:
+                    if self.secured and len(down) == len(self.nodes):  # (a node rejoining finds them in place)
                         apply(self.kafka, self.secrets)  # every principal's credential and ACLs, new processors' too
                     return self.status()
             except BrokerError:
@@ -319,6 +319,22 @@ class EmbeddedBroker:
             return "\n".join(node.log_file.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def free_port_block(size: int, host: str = "127.0.0.1") -> int:
+    """The first of ``size`` consecutive free ports on ``host`` (a cluster of size/2 nodes: ``port`` = it,
+    ``controller_port`` = it + 1)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            base = int(s.getsockname()[1])
+        try:
+            for port in range(base, base + size):
+                _check_free(host, port)
+            return base
+        except BrokerError:
+            continue
+    raise BrokerError(f"no {size} consecutive free ports on {host}")
 
 
 def _check_free(host: str, port: int) -> None:

@@ -653,6 +653,7 @@ class KafkaIO:
         from confluent_kafka import Consumer
 
         self.kafka = kafka
+        self.group = group
         self.max_record_bytes = kafka.max_record_bytes
         self.transactional = transactional_id is not None
         self._consumer = Consumer(kafka.librdkafka(**{
@@ -743,7 +744,8 @@ class KafkaIO:
         )
 
         reader = Consumer(self.kafka.librdkafka(**{
-            "group.id": f"restore-{uuid.uuid4().hex}", "enable.auto.commit": False,
+            "group.id": f"{self.group}-restore-{uuid.uuid4().hex}",  # under the step's group: its ACLs cover it
+            "enable.auto.commit": False,
             "isolation.level": "read_committed", "enable.partition.eof": True}))
         try:
             low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)

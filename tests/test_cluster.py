@@ -4,12 +4,11 @@ loses no acknowledged record; restarted, it rejoins."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
-from infra.broker import EmbeddedBroker
+from infra.broker import EmbeddedBroker, free_port_block
 from infra.security import READER, principal
 from schemas.examples import example_sample
 from schemas.records import GeneratedSample
@@ -22,26 +21,8 @@ from tests.conftest import broker_config
 pytestmark = pytest.mark.integration
 
 
-def _free_block(size: int = 6) -> int:
-    """The first of ``size`` consecutive free loopback ports (node i listens on base + 2i, its controller on +1)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + size > 65535:
-            continue
-        try:
-            for port in range(base, base + size):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no block of free ports")
-
-
 def test_a_killed_node_loses_no_acknowledged_record_and_rejoins(tmp_path: Path, run_id: str) -> None:
-    base = _free_block()
+    base = free_port_block(6)  # node i listens on base + 2i, its controller on base + 2i + 1
     config = broker_config(nodes=3, port=base, controller_port=base + 1, security="sasl_ssl", start_timeout_s=120)
     settings = Settings(state_dir=tmp_path, broker=config, run_id=run_id)
     assert settings.topics.replication_factor == 3

@@ -90,11 +90,22 @@ def test_a_stateful_processor_runs_exactly_once_as_its_own_principal(secured: Em
             producer.send("sdg.labels.human", HumanLabel(run_id=run_id, sample_id=q.sample.sample_id, label=4,
                                                          rejected=False, reviewer="ada"))
     settings = Settings(state_dir=secured.home.parent, broker=secured.config, tables_dir=tmp_path / "tables")
-    with processor("review", settings) as runner:
-        thread = threading.Thread(target=runner.run, kwargs={"max_idle_s": 5.0})
-        thread.start()
-        thread.join(120)
-    assert not thread.is_alive() and runner.stats.restored == 0
+
+    def run() -> int:
+        with processor("review", settings) as runner:
+            thread = threading.Thread(target=runner.run, kwargs={"max_idle_s": 5.0})
+            thread.start()
+            thread.join(120)
+        assert not thread.is_alive()
+        return runner.stats.restored
+
+    assert run() == 0
     accepted = [r for r in landed(secured, "sdg.samples.accepted") if r.run_id == run_id]  # type: ignore[attr-defined]
     assert sorted(r.sample.sample_id for r in accepted) == sorted(q.sample.sample_id for q in queued)  # type: ignore[attr-defined]
     assert all(r.reviewer == "ada" and r.label.label == 4 for r in accepted)  # type: ignore[attr-defined]
+    with RecordProducer(secured.kafka) as producer:  # a correction: the restarted join restores its queue
+        producer.send("sdg.labels.human", HumanLabel(run_id=run_id, sample_id=queued[0].sample.sample_id, label=7,
+                                                     rejected=False, reviewer="bob"))
+    assert run() > 0  # its changelog, read back under its own group's ACLs
+    corrected = [r for r in landed(secured, "sdg.samples.accepted") if r.run_id == run_id and r.reviewer == "bob"]  # type: ignore[attr-defined]
+    assert [r.label.label for r in corrected] == [7]  # type: ignore[attr-defined]
