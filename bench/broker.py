@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer records (a smoke run)")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="sdg-bench-"))
-    broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(),
+    broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(), security="plaintext",
                                          jars_dir=ROOT / ".sdg" / "kafka" / "jars"), state)
     with console.status("starting the embedded broker"):
         broker.start()

@@ -141,7 +141,7 @@ def main() -> None:
     sizes = {"gan": 51_200, "diffusion": 1_280, "procedural": 2_560}
     if args.quick:
         sizes = {k: max(2 * BATCH, v // 8) for k, v in sizes.items()}
-    broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(),
+    broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(), security="plaintext",
                                          jars_dir=ROOT / ".sdg" / "kafka" / "jars"), Path(tempfile.mkdtemp()))
     with console.status("starting the embedded broker"):
         broker.start()

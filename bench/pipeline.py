@@ -133,7 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     per_class = 30 if args.quick else 300  # ~10 s of bare compute: long against the pipeline's fill (~2 s)
     state = Path(tempfile.mkdtemp(prefix="sdg-bench-pipeline-"))
-    broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(),
+    broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(), security="plaintext",
                                          jars_dir=ROOT / ".sdg" / "kafka" / "jars"), state / "broker")
     with console.status("starting the embedded broker"):
         broker.start()

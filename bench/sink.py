@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     n = 10_000 if args.quick else 20_000
-    broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(),
+    broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(), security="plaintext",
                                          jars_dir=ROOT / ".sdg" / "kafka" / "jars"), Path(tempfile.mkdtemp()))
     with console.status("starting the embedded broker"):
         broker.start()

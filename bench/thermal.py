@@ -189,7 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     seconds, n = (25, 20_000) if args.quick else (60, 40_000)
     state = Path(tempfile.mkdtemp())
-    broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(),
+    broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(), security="plaintext",
                                          jars_dir=ROOT / ".sdg" / "kafka" / "jars"), state)
     with console.status("starting the embedded broker"):
         broker.start()
