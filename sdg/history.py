@@ -225,7 +225,7 @@ def verify_lineage(tables: DeltaTables, *, as_of: int | None = None, anchors: An
     dt = _at(tables, "lineage", as_of)
     rows = dt.to_pyarrow_table().to_pylist()
     broken = verify_chain(rows, tables.recorded_heads(dt.version()))
+    chains = len({chain_id(r) for r in rows})
     if anchors is None:
-        return Verified(dt.version(), len(rows), len({chain_id(r) for r in rows}), broken)
-    return Verified(dt.version(), len(rows), len({chain_id(r) for r in rows}), broken, len(anchors.read()),
-                    anchors.check(rows))
+        return Verified(dt.version(), len(rows), chains, broken)
+    return Verified(dt.version(), len(rows), chains, broken, len(anchors.read()), anchors.check(rows))

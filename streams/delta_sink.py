@@ -45,7 +45,7 @@ class SinkConfig(BaseModel):
     telemetry_every_s: float = Field(default=1.0, ge=0, description="Keep one reading per node and source per "
                                                                     "this many seconds (0: every reading).")
     anchor_key: SecretStr | None = Field(default=None, description=(
-"Signs the chain heads anchored outside the tables, 16+ characters (default: a random key made in "
+        "Signs the chain heads anchored outside the tables, 16+ characters (default: a random key made in "
         "<state>/anchors)."))
 
 
