@@ -61,8 +61,7 @@ def main() -> None:
         admin.create_topics(settings.kafka_client, settings.topics)
     train_quality_models(settings, extractor_steps=100, labeler_steps=150, console=console)
     env = {**os.environ, "SDG_STATE_DIR": str(state), "SDG_RUN_ID": settings.run_id, "SDG_SINK__MAX_BATCH_S": "1",
-           **{f"SDG_BROKER__{k.upper()}": str(v) for k, v in broker.model_dump().items()
-              if k in ("host", "port", "controller_port", "nodes", "security", "jars_dir", "heap")}}
+           **broker.environment()}
     logs = state / "logs"
     logs.mkdir()
 

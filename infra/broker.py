@@ -8,6 +8,7 @@ start and kept under the state directory, so topics and data survive a restart.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from infra.security import ADMIN, MECHANISM, BrokerSecrets, apply, broker_properties, scram_bootstrap
+from infra.security import ADMIN, MECHANISM, BrokerSecrets, apply, broker_properties, private_write, scram_bootstrap
 from streams.admin import wait_for_broker
 from streams.config import KafkaConfig
 from streams.errors import BrokerError
@@ -62,6 +63,11 @@ class BrokerConfig(BaseModel):
     @property
     def bootstrap(self) -> str:
         return ",".join(f"{self.host}:{port}" for port, _ in self.ports())
+
+    def environment(self) -> dict[str, str]:
+        """These settings as ``SDG_BROKER__*`` variables: a child process reaches the same embedded broker."""
+        return {f"SDG_BROKER__{k.upper()}": json.dumps(v) if isinstance(v, dict) else str(v)
+                for k, v in self.model_dump(mode="json").items() if v is not None}
 
     def ports(self) -> list[tuple[int, int]]:
         """(client port, controller port) of each node: ``port``/``controller_port``, then two higher per node."""
@@ -181,11 +187,8 @@ class EmbeddedBroker:
         }
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.home.chmod(0o700)
-        # owner-only from the start: it may hold SASL passwords or key store secrets (extra_properties)
-        fd = os.open(node.properties_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write("".join(f"{k}={v}\n" for k, v in properties.items()))
+        # it holds SASL passwords and key store secrets (and whatever extra_properties hold)
+        private_write(node.properties_file, "".join(f"{k}={v}\n" for k, v in properties.items()).encode())
         (self.home / "log4j2.properties").write_text(LOG4J2)
 
     def _classpath(self) -> str:
@@ -241,8 +244,9 @@ class EmbeddedBroker:
             BrokerError: Java or the jars are missing, a port is taken, or a node did not come up.
         """
         down = [node for node in self.nodes if self.node_pid(node) is None]
+        kafka = self.kafka
         if not down:
-            wait_for_broker(self.kafka, timeout_s=self.config.start_timeout_s)
+            wait_for_broker(kafka, timeout_s=self.config.start_timeout_s)
             return self.status()
         java = self._java()
         for node in down:
@@ -268,9 +272,9 @@ class EmbeddedBroker:
                     raise BrokerError(f"Kafka node {node.node_id} exited with code {process.returncode}; log tail:\n"
                                       f"{self._log_tail(node)}")
             try:
-                if wait_for_broker(self.kafka, timeout_s=1.0) >= len(self.nodes):
+                if wait_for_broker(kafka, timeout_s=1.0) >= len(self.nodes):
                     if self.secured and len(down) == len(self.nodes):  # (a node rejoining finds them in place)
-                        apply(self.kafka, self.secrets)  # every principal's credential and ACLs, new processors' too
+                        apply(kafka, self.secrets)  # every principal's credential and ACLs, new processors' too
                     return self.status()
             except BrokerError:
                 pass

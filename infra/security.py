@@ -16,7 +16,10 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from streams.config import KafkaConfig
 
 ADMIN = "sdg-admin"  # the broker itself, `sdg broker start`, and the command line (topics, publish, console)
 READER = "sdg-reader"  # trainers and `sdg subscribe`: read the catalog topics, write nothing
@@ -34,7 +37,8 @@ def principals() -> list[str]:
     return [ADMIN, READER, *(principal(name) for name in PROCESSORS if name != "passthrough")]
 
 
-def _private_write(path: Path, data: bytes) -> None:
+def private_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, owner-only (0600) from the first byte: it may hold secrets."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -68,7 +72,7 @@ class BrokerSecrets:
         stored = self._passwords()
         wanted = {name: stored.get(name) or secrets.token_urlsafe(24) for name in [*principals(), "broker-key"]}
         if wanted != stored:
-            _private_write(self.passwords_file, json.dumps(wanted, indent=2).encode())
+            private_write(self.passwords_file, json.dumps(wanted, indent=2).encode())
         if not (self.ca.exists() and self.keystore.exists()):
             self._certificates(host, wanted["broker-key"])
         return self
@@ -116,9 +120,9 @@ class BrokerSecrets:
                 .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
                                                       x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
                 .sign(ca_key, hashes.SHA256()))
-        _private_write(self.keystore, pkcs12.serialize_key_and_certificates(
+        private_write(self.keystore, pkcs12.serialize_key_and_certificates(
             b"broker", key, cert, [ca], serialization.BestAvailableEncryption(key_password.encode())))
-        _private_write(self.ca, ca.public_bytes(serialization.Encoding.PEM))
+        private_write(self.ca, ca.public_bytes(serialization.Encoding.PEM))
 
 
 def broker_properties(secrets_: BrokerSecrets, host: str, port: int, controller_port: int) -> dict[str, str]:
@@ -168,9 +172,8 @@ def acls(name: str) -> list[Acl]:
     if name == READER:
         return [("TOPIC", "sdg.", "PREFIXED", "READ"), ("GROUP", "sdg-subscribe-", "PREFIXED", "READ"),
                 ("GROUP", "sdg-train", "PREFIXED", "READ")]
-    processor = name.removeprefix("sdg-")
-    spec = PROCESSORS[processor]
-    own = f"sdg-{processor}"  # its group, and the prefix of its state topics and transactional ids
+    spec = PROCESSORS[name.removeprefix("sdg-")]
+    own = name  # principal(processor): its group, and the prefix of its state topics and transactional ids
     granted: list[Acl] = [("TOPIC", t, "LITERAL", "READ") for t in (*spec.sources, *spec.side_inputs)]
     granted += [("TOPIC", t, "LITERAL", "WRITE") for t in (*spec.output_topics(), DLQ_TOPIC)]
     granted += [("GROUP", own, "PREFIXED", "READ"), ("TOPIC", own, "PREFIXED", "ALL"),
@@ -180,7 +183,7 @@ def acls(name: str) -> list[Acl]:
     return granted
 
 
-def apply(kafka: Any, secrets_: BrokerSecrets, *, timeout_s: float = 30) -> int:
+def apply(kafka: KafkaConfig, secrets_: BrokerSecrets, *, timeout_s: float = 30) -> int:
     """Create (or reset) every principal's SCRAM credential and its ACLs, as the admin; returns the ACL count.
 
     Idempotent: the broker keeps one credential per user and one copy of each ACL."""
@@ -188,7 +191,6 @@ def apply(kafka: Any, secrets_: BrokerSecrets, *, timeout_s: float = 30) -> int:
         AclBinding,
         AclOperation,
         AclPermissionType,
-        AdminClient,
         ResourcePatternType,
         ResourceType,
         ScramCredentialInfo,
@@ -197,15 +199,18 @@ def apply(kafka: Any, secrets_: BrokerSecrets, *, timeout_s: float = 30) -> int:
         UserScramCredentialUpsertion,
     )
 
-    client = AdminClient(kafka.librdkafka())
-    users: list[UserScramCredentialAlteration] = [UserScramCredentialUpsertion(user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
-                                          secrets_.password(user).encode())
-             for user in principals() if user != ADMIN]
+    from streams.admin import admin_client
+
+    client = admin_client(kafka)
+    granted = [user for user in principals() if user != ADMIN]  # the admin is a super user
+    scram = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
+    users: list[UserScramCredentialAlteration] = [
+        UserScramCredentialUpsertion(user, scram, secrets_.password(user).encode()) for user in granted]
     for future in client.alter_user_scram_credentials(users).values():
         future.result(timeout=timeout_s)
     bindings = [AclBinding(getattr(ResourceType, kind), resource, getattr(ResourcePatternType, pattern),
                            f"User:{user}", "*", getattr(AclOperation, operation), AclPermissionType.ALLOW)
-                for user in principals() if user != ADMIN for kind, resource, pattern, operation in acls(user)]
+                for user in granted for kind, resource, pattern, operation in acls(user)]
     for future in client.create_acls(bindings, request_timeout=timeout_s).values():
         future.result(timeout=timeout_s)
     return len(bindings)

@@ -221,8 +221,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("SDG_DATA__", "SDG_BROKER__"))}
     env |= {"SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": settings.run_id}
     if settings.embedded:  # the same embedded broker: each processor connects as its own principal when secured
-        env |= {f"SDG_BROKER__{k.upper()}": str(v) for k, v in settings.broker.model_dump().items()
-                if k in ("host", "port", "controller_port", "security", "jars_dir") and v is not None}
+        env |= settings.broker.environment()
     else:
         env["SDG_KAFKA__BOOTSTRAP_SERVERS"] = settings.kafka_client.bootstrap_servers
     env |= {f"SDG_DATA__{k.upper()}": str(v) for k, v in settings.data.model_dump().items() if v is not None}

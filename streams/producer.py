@@ -47,19 +47,12 @@ class RecordProducer:
             # whole budget); 5 ms, doubling up to 500, keeps back-to-back transactions close together
             conf |= {"transactional.id": transactional_id, "transaction.timeout.ms": 60_000,
                      "retry.backoff.ms": 5, "retry.backoff.max.ms": 500}
-        self._failures: list[str] = []
-        self._fatal: str | None = None
-        conf["error_cb"] = self._on_error
         self.client = Producer(kafka.librdkafka(**conf))  # the confluent-kafka producer (its transactions)
+        self._failures: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._failures.append(f"{msg.topic()}: {err.str()}")
-
-    def _on_error(self, err: KafkaError) -> None:
-        """A fatal client error (e.g. no idempotent-write permission) fails every record; others are retried."""
-        if err.fatal():
-            self._fatal = err.str()
 
     def send(self, topic: str, record: Record, *, headers: dict[str, bytes] | None = None) -> None:
         """Queue ``record`` for ``topic`` (keyed by ``record.key()``).
@@ -112,9 +105,7 @@ class RecordProducer:
         try:
             remaining = self.client.flush(timeout_s)
         except Exception as e:  # a fatal error (no permission to write anything) surfaces oddly from confluent-kafka
-            raise BrokerError(f"the producer failed: {self._fatal or repr(e.__context__ or e)}") from e
-        if self._fatal is not None:
-            raise BrokerError(f"the producer failed: {self._fatal}")
+            raise BrokerError(f"the producer failed: {e.__context__ or e!r}") from e
         if remaining:
             raise BrokerError(f"{remaining} records still undelivered after {timeout_s}s")
         if self._failures:
