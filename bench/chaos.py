@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,12 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
-from infra.broker import BrokerConfig, free_port_block  # noqa: E402
+from bench.harness import Pipeline  # noqa: E402
 from processors.generate import plan_jobs  # noqa: E402
 from sdg.history import query, verify_lineage  # noqa: E402
-from sdg.settings import Settings  # noqa: E402
-from sdg.training import train_quality_models  # noqa: E402
-from streams import admin  # noqa: E402
 from streams.producer import RecordProducer  # noqa: E402
 
 PROCESSORS = ("generate", "label", "quality", "lineage")
@@ -50,27 +44,10 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
     rng = random.Random(args.seed)
-    state = Path(tempfile.mkdtemp(prefix="sdg-chaos-"))
-    base = free_port_block(6)
-    broker = BrokerConfig(nodes=3, port=base, controller_port=base + 1, heap="384m", start_timeout_s=180,
-                          jars_dir=ROOT / ".sdg" / "kafka" / "jars")
-    settings = Settings(state_dir=state, broker=broker, run_id=f"chaos-{args.seed}")
-    cluster = settings.embedded_broker()
-    with console.status("a secured three-node cluster"):
-        cluster.start()
-        admin.create_topics(settings.kafka_client, settings.topics)
-    train_quality_models(settings, extractor_steps=100, labeler_steps=150, console=console)
-    env = {**os.environ, "SDG_STATE_DIR": str(state), "SDG_RUN_ID": settings.run_id, "SDG_SINK__MAX_BATCH_S": "1",
-           **broker.environment()}
-    logs = state / "logs"
-    logs.mkdir()
-
-    def launch(name: str) -> subprocess.Popen[bytes]:
-        with open(logs / f"{name}.log", "ab") as log:
-            return subprocess.Popen([sys.executable, "-m", "sdg", "run", name], cwd=ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT)
-
-    running = {name: launch(name) for name in PROCESSORS}
+    pipeline = Pipeline(f"chaos-{args.seed}", nodes=3, console=console)
+    settings, cluster = pipeline.settings, pipeline.cluster
+    for name in PROCESSORS:
+        pipeline.launch(name)
     jobs = plan_jobs("procedural", classes=list(range(10)), per_class=args.samples // 10, seed=args.seed,
                      run_id=settings.run_id, job_size=100)
     planned = {args.seed * 10**9 + i for i in range(sum(j.count for j in jobs))}
@@ -92,9 +69,9 @@ def main() -> None:
                 event = events.pop()
                 if event == "kill":
                     name = rng.choice(PROCESSORS)
-                    running[name].send_signal(signal.SIGKILL)
-                    running[name].wait()
-                    running[name] = launch(name)
+                    pipeline.running[name].send_signal(signal.SIGKILL)
+                    pipeline.running[name].wait()
+                    pipeline.launch(name)
                     kills[name] += 1
                 else:
                     node = rng.choice([2, 3])
@@ -104,23 +81,12 @@ def main() -> None:
                     cluster.start()  # brings the node back
                 console.print(f"{time.monotonic() - started:5.1f}s: {event} {name if event == 'kill' else node}")
                 next_event = time.monotonic() + rng.uniform(2, 5)
-    tables = settings.delta_tables()
-    deadline = time.monotonic() + 600
     with console.status("waiting for every planned sample's decision in the lineage table"):
-        while time.monotonic() < deadline:
-            if (state / "tables" / "lineage").exists():
-                decided = query(tables, "SELECT count(DISTINCT seed) AS n FROM lineage WHERE run_id = ? AND stage IN "
-                                "('accepted', 'review', 'rejected')", params=[settings.run_id]).to_pylist()[0]["n"]
-                if decided >= len(planned):
-                    break
-            time.sleep(3)
+        pipeline.wait_decided(len(planned), timeout_s=600)
         time.sleep(5)  # anything still arriving would be a duplicate: give it the chance to show
-    for process in running.values():
-        process.send_signal(signal.SIGTERM)
-    for process in running.values():
-        process.wait(60)
+    tables = settings.delta_tables()
     rows = query(tables, "SELECT seed, stage FROM lineage WHERE run_id = ?", params=[settings.run_id]).to_pylist()
-    cluster.stop()
+    pipeline.stop()
     stages = Counter(r["stage"] for r in rows)
     per = Counter((r["seed"], r["stage"] if r["stage"] not in DECISIONS else "decision") for r in rows)
     decided_seeds = {seed for (seed, stage) in per if stage == "decision"}

@@ -22,7 +22,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from infra.security import ADMIN, MECHANISM, BrokerSecrets, apply, broker_properties, private_write, scram_bootstrap
+from infra.security import (
+    ADMIN,
+    MECHANISM,
+    BrokerSecrets,
+    apply,
+    broker_properties,
+    client_properties,
+    private_write,
+    scram_bootstrap,
+)
 from streams.admin import wait_for_broker
 from streams.config import KafkaConfig
 from streams.errors import BrokerError
@@ -97,6 +106,56 @@ class Node:
     properties_file: Path
 
 
+def kraft_properties(node_id: int, voters: dict[int, str], host: str, port: int, controller_port: int,
+                     log_dir: Path | str, secrets: BrokerSecrets | None, *, bind: str | None = None) -> dict[str, str]:
+    """``server.properties`` of one node of a KRaft cluster (broker and controller) whose controllers are
+    ``voters`` (node id: host:port): advertised as ``host``, listening on ``bind`` (``host`` by default), secured
+    when given the cluster's ``secrets``; with three or more nodes, internal topics are replicated 3 times with a
+    minimum ISR of 2."""
+    listen = bind if bind is not None else host
+    replicas, isr = str(min(3, len(voters))), str(min(2, len(voters)))
+    return {
+        "process.roles": "broker,controller",
+        "node.id": str(node_id),
+        "controller.quorum.voters": ",".join(f"{n}@{address}" for n, address in voters.items()),
+        "listeners": f"PLAINTEXT://{listen}:{port},CONTROLLER://{listen}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(log_dir),
+        "auto.create.topics.enable": "false",
+        "offsets.topic.replication.factor": replicas,
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": isr,
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "min.insync.replicas": isr,
+        "group.initial.rebalance.delay.ms": "0",
+        "log.retention.check.interval.ms": "60000",
+        **(broker_properties(secrets, host, port, controller_port, bind=bind) if secrets is not None else {}),
+    }
+
+
+def write_cluster_files(secrets: BrokerSecrets, hosts: list[str], *, port: int = 9092, controller_port: int = 9093,
+                        log_dir: Path | str = "/var/lib/kafka/data", bind: str = "0.0.0.0") -> list[Path]:
+    """A secured cluster of one node per host (the compose file's ``kafka-1`` ...), in the secrets folder:
+    ``node-<id>.properties`` for each node, ``client.properties`` (the admin, for Kafka's own tools) and
+    ``admin-scram`` (the ``kafka-storage format --add-scram`` argument). Owner-only, like the secrets."""
+    secrets.ensure(*hosts)
+    voters = {i: f"{host}:{controller_port}" for i, host in enumerate(hosts, start=1)}
+    files = {f"node-{i}.properties": kraft_properties(i, voters, host, port, controller_port, log_dir, secrets,
+                                                      bind=bind)
+             for i, host in enumerate(hosts, start=1)}
+    files["client.properties"] = client_properties(secrets)
+    written = []
+    for name, properties in files.items():
+        written.append(secrets.folder / name)
+        private_write(written[-1], "".join(f"{k}={v}\n" for k, v in properties.items()).encode())
+    written.append(secrets.folder / "admin-scram")
+    private_write(written[-1], scram_bootstrap(secrets)[1].encode())
+    return written
+
+
 class EmbeddedBroker:
     """Start, stop and inspect a KRaft cluster of ``config.nodes`` local nodes (one by default) whose files live
     in ``state_dir/kafka``; with three or more, internal topics are replicated 3 times with a minimum ISR of 2."""
@@ -162,27 +221,10 @@ class EmbeddedBroker:
 
     def _write_properties(self, node: Node) -> None:
         c = self.config
-        replicas, isr = str(min(3, c.nodes)), str(min(2, c.nodes))
         properties = {
-            "process.roles": "broker,controller",
-            "node.id": str(node.node_id),
-            "controller.quorum.voters": ",".join(f"{n.node_id}@{c.host}:{n.controller_port}" for n in self.nodes),
-            "listeners": f"PLAINTEXT://{c.host}:{node.port},CONTROLLER://{c.host}:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{c.host}:{node.port}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "log.dirs": str(node.data_dir),
-            "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": replicas,
-            "transaction.state.log.replication.factor": replicas,
-            "transaction.state.log.min.isr": isr,
-            "share.coordinator.state.topic.replication.factor": replicas,
-            "min.insync.replicas": isr,
-            "group.initial.rebalance.delay.ms": "0",
-            "log.retention.check.interval.ms": "60000",
-            **(broker_properties(self.secrets.ensure(c.host), c.host, node.port, node.controller_port)
-               if self.secured else {}),
+            **kraft_properties(node.node_id, {n.node_id: f"{c.host}:{n.controller_port}" for n in self.nodes},
+                               c.host, node.port, node.controller_port, node.data_dir,
+                               self.secrets.ensure(c.host) if self.secured else None),
             **c.extra_properties,
         }
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)

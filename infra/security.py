@@ -65,8 +65,9 @@ class BrokerSecrets:
     def passwords_file(self) -> Path:
         return self.folder / "passwords.json"
 
-    def ensure(self, host: str) -> BrokerSecrets:
-        """Make what is missing: passwords for every principal (new processors get theirs), the CA and certificate."""
+    def ensure(self, *hosts: str) -> BrokerSecrets:
+        """Make what is missing: passwords for every principal (new processors get theirs), the CA and a
+        certificate for ``hosts`` (and localhost)."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.folder.chmod(0o700)
         stored = self._passwords()
@@ -74,7 +75,7 @@ class BrokerSecrets:
         if wanted != stored:
             private_write(self.passwords_file, json.dumps(wanted, indent=2).encode())
         if not (self.ca.exists() and self.keystore.exists()):
-            self._certificates(host, wanted["broker-key"])
+            self._certificates(hosts, wanted["broker-key"])
         return self
 
     def password(self, user: str) -> str:
@@ -90,7 +91,7 @@ class BrokerSecrets:
         except FileNotFoundError:
             return {}
 
-    def _certificates(self, host: str, key_password: str) -> None:
+    def _certificates(self, hosts: tuple[str, ...], key_password: str) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -109,11 +110,12 @@ class BrokerSecrets:
                                            key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
               .sign(ca_key, hashes.SHA256()))
         names: list[x509.GeneralName] = [x509.DNSName("localhost")]
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
                 .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=825))
                 .add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -125,16 +127,19 @@ class BrokerSecrets:
         private_write(self.ca, ca.public_bytes(serialization.Encoding.PEM))
 
 
-def broker_properties(secrets_: BrokerSecrets, host: str, port: int, controller_port: int) -> dict[str, str]:
-    """``server.properties`` of a secured single node: SASL_SSL (SCRAM-SHA-512) for clients and between brokers,
-    SASL_PLAINTEXT (PLAIN: KRaft controllers do not take SCRAM) for the controller on loopback, the standard
-    authorizer, and nothing allowed without an ACL."""
+def broker_properties(secrets_: BrokerSecrets, host: str, port: int, controller_port: int, *,
+                      bind: str | None = None) -> dict[str, str]:
+    """``server.properties`` of a secured node advertised as ``host`` and listening on ``bind`` (``host`` by
+    default): SASL_SSL (SCRAM-SHA-512) for clients and between brokers, SASL_PLAINTEXT (PLAIN: KRaft controllers
+    do not take SCRAM) for the controller (loopback on one machine, the cluster's private network in compose),
+    the standard authorizer, and nothing allowed without an ACL."""
     admin = secrets_.password(ADMIN)
     scram = f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{ADMIN}" password="{admin}";'
     plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
              f'username="{ADMIN}" password="{admin}" user_{ADMIN}="{admin}";')
     return {
-        "listeners": f"SASL_SSL://{host}:{port},CONTROLLER://{host}:{controller_port}",
+        "listeners": f"SASL_SSL://{bind if bind is not None else host}:{port},"
+                     f"CONTROLLER://{bind if bind is not None else host}:{controller_port}",
         "advertised.listeners": f"SASL_SSL://{host}:{port}",
         "inter.broker.listener.name": "SASL_SSL",
         "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SASL_PLAINTEXT",
@@ -159,6 +164,19 @@ def broker_properties(secrets_: BrokerSecrets, host: str, port: int, controller_
 def scram_bootstrap(secrets_: BrokerSecrets) -> list[str]:
     """``kafka-storage format`` arguments that create the admin's SCRAM credential with the cluster."""
     return ["--add-scram", f"{MECHANISM}=[name={ADMIN},password={secrets_.password(ADMIN)}]"]
+
+
+def client_properties(secrets_: BrokerSecrets, user: str = ADMIN) -> dict[str, str]:
+    """A Java client's settings (``--command-config`` of Kafka's own tools) that reach the secured cluster as
+    ``user``."""
+    return {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": MECHANISM,
+        "sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                            f'username="{user}" password="{secrets_.password(user)}";',
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(secrets_.ca),
+    }
 
 
 Acl = tuple[str, str, str, str]  # (resource type, name, pattern: LITERAL or PREFIXED, operation)

@@ -26,6 +26,9 @@ from schemas.records import RECORD_TYPES, Record
 AVRO_DIR = Path(__file__).parent / "avro"
 MAGIC = b"\xc3\x01"
 _HEADER = len(MAGIC) + 8
+# ten bytes in a row with the high bit set: where a varint longer than Avro's ten bytes would be (fastavro reads
+# one as its value; Java's Avro refuses it). Such bytes must be the record's canonical encoding.
+_CONTINUATIONS = re.compile(rb"[\x80-\xff]{10}")
 _FILE = re.compile(r"^(?P<name>[A-Za-z]+)\.v(?P<version>\d+)\.avsc$")
 
 
@@ -133,6 +136,8 @@ class RecordCodec:
             raise UndecodableRecord(f"corrupt {writer.name} v{writer.version} body: {e!r}") from e
         if buf.tell() != len(data):
             raise UndecodableRecord(f"{len(data) - buf.tell()} trailing bytes after a {writer.name} record")
+        if _CONTINUATIONS.search(data, _HEADER) and not _canonical(data, writer, values if reader is writer else None):
+            raise UndecodableRecord(f"not the canonical encoding of a {writer.name} record (an over-long varint?)")
         said = values.get("schema_version") if isinstance(values, dict) else None
         if said != writer.version:
             raise UndecodableRecord(f"invalid {writer.name}: written with v{writer.version}, it says schema_version "
@@ -141,3 +146,14 @@ class RecordCodec:
             return RECORD_TYPES[writer.name].model_validate(values)
         except ValidationError as e:
             raise UndecodableRecord(f"invalid {writer.name}: {e}") from e
+
+
+def _canonical(data: bytes, writer: SchemaVersion, values: Any) -> bool:
+    """Whether ``data`` is what fastavro writes for the values it holds (``values``: read with the writer's schema,
+    or None to read them again so)."""
+    if values is None:
+        values = fastavro.schemaless_reader(io.BytesIO(data[_HEADER:]), writer.parsed, None)
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, writer.parsed, values)
+    return out.getvalue() == data[_HEADER:]
+

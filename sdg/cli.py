@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.broker import PLAINTEXT_WARNING
+from infra.security import apply, principals
 from processors.topology import ProcessorName
 from schemas.errors import SdgError
 from schemas.records import QualityWindow, SampleDecision
@@ -81,6 +82,26 @@ def broker_stop() -> None:
     """Stop the embedded broker."""
     stopped = _settings().embedded_broker().stop()
     console.print("broker stopped" if stopped else "broker was not running")
+
+
+@broker_app.command("secrets")
+def broker_secrets(hosts: str = typer.Option(..., help="The nodes' host names, comma-separated, e.g. "
+                                                       "kafka-1,kafka-2,kafka-3")) -> None:
+    """Make a secured cluster's files for nodes on other hosts (the compose file's): the CA, a certificate for every
+    host, the principals' passwords and each node's server.properties, in the state directory's kafka/security."""
+    from infra.broker import write_cluster_files
+
+    written = write_cluster_files(_settings().embedded_broker().secrets, hosts.split(","))
+    console.print(f"{len(written)} files (owner-only) in {written[0].parent}")
+
+
+@broker_app.command("secure")
+def broker_secure() -> None:
+    """Create every principal's SCRAM credential and ACLs on the configured cluster, as its admin (the embedded
+    broker does this when it starts)."""
+    settings = _settings()
+    count = apply(settings.kafka_client, settings.embedded_broker().secrets)
+    console.print(f"{len(principals()) - 1} principals and {count} ACLs on {settings.kafka_client.bootstrap_servers}")
 
 
 @broker_app.command("status")

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.broker import BrokerConfig, EmbeddedBroker
 from infra.plant import PlantConfig
-from infra.security import ADMIN
+from infra.security import ADMIN, MECHANISM, BrokerSecrets
 from models.reference import DataConfig, ReferenceSet, Splits, load_reference, make_splits
 from models.registry import ModelRegistry
 from processors.label import Labeler
@@ -135,8 +135,17 @@ class Settings(BaseSettings):
 
     def kafka_as(self, user: str) -> KafkaConfig:
         """Kafka settings for the principal ``user`` (``infra.security.principal(processor)`` for a processor):
-        its own SCRAM credentials when the embedded broker is secured, the configured ones otherwise."""
+        its own SCRAM credentials when the embedded broker is secured; on a configured SASL cluster without a
+        configured user, its credentials from the cluster's secrets folder (``sdg broker secrets``, shared by the
+        compose services); the configured ones otherwise."""
         if not self.embedded:
+            shared = BrokerSecrets(self.state_dir / "kafka" / "security")
+            if self.kafka.security_protocol.startswith("SASL") and self.kafka.sasl_username is None \
+                    and shared.passwords_file.exists():
+                return self.kafka.model_copy(update={
+                    "sasl_mechanism": self.kafka.sasl_mechanism or MECHANISM, "sasl_username": user,
+                    "sasl_password": SecretStr(shared.password(user)),
+                    "ssl_ca_location": self.kafka.ssl_ca_location or str(shared.ca)})
             return self.kafka
         reach = self.embedded_broker().client(user)
         return self.kafka.model_copy(update={f: getattr(reach, f) for f in reach.model_fields_set})
