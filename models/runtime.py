@@ -65,7 +65,9 @@ class OnnxSpec:
 
     Args:
         name: The model's name (recorded with its outputs).
-        kind: ``classifier`` (output: one score per class) or ``features`` (output: one vector per image).
+        kind: ``classifier`` (output: one score per class), ``features`` (output: one vector per image) or
+            ``detector`` (output: a map at ``stride`` with per-class centre probabilities, box size and offset,
+            and foreground: ``models.detector``).
         input: Input tensor name; shape (N, channels, size, size), float32.
         output: Output tensor name.
         image_size: Images are resized to ``size``×``size`` before inference.
@@ -74,10 +76,11 @@ class OnnxSpec:
         invert: Dark ink on a light background (the platform's images have bright ink).
         output_is: For classifiers: ``logits`` (softmax is applied) or ``probabilities``.
         classes: Class labels in output order (default 0..C-1).
+        stride: For detectors: input pixels per output cell.
     """
 
     name: str
-    kind: Literal["classifier", "features"]
+    kind: Literal["classifier", "features", "detector"]
     input: str = "image"
     output: str = "output"
     image_size: int = 8
@@ -86,6 +89,7 @@ class OnnxSpec:
     invert: bool = False
     output_is: Literal["logits", "probabilities"] = "logits"
     classes: tuple[int, ...] | None = None
+    stride: int | None = None
 
     @classmethod
     def read(cls, path: Path) -> OnnxSpec:
@@ -98,8 +102,12 @@ class OnnxSpec:
         except (OSError, ValueError, TypeError) as e:
             raise ModelFileError(f"{path}: not a valid model description: {e}") from e
 
+    def described(self) -> dict[str, Any]:
+        """The description as data; ``stride`` only for detectors (older descriptions, and versions, stay valid)."""
+        return {k: v for k, v in asdict(self).items() if not (k == "stride" and v is None)}
+
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
+        path.write_text(json.dumps(self.described(), indent=2))
 
 
 def export_onnx(module: Any, path: Path, *, image_size: int, channels: int = 1, input: str = "image",
@@ -180,7 +188,7 @@ class OnnxModel:
         if spec.input not in names[0] or spec.output not in names[1]:
             raise ModelFileError(f"{path}: has inputs {sorted(names[0])} and outputs {sorted(names[1])}; "
                                  f"its description names {spec.input!r} → {spec.output!r}")
-        self.version = hashlib.sha256(data + json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:16]
+        self.version = hashlib.sha256(data + json.dumps(spec.described(), sort_keys=True).encode()).hexdigest()[:16]
 
     def prepare(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W) grey or (N, H, W, C) colour → the model's float32 (N, channels, size, size) input."""

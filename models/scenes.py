@@ -85,6 +85,26 @@ def rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": list(encoded["size"]), "counts": encoded["counts"].decode()}
 
 
+def unrle(encoded: dict[str, Any]) -> np.ndarray:
+    """A COCO RLE (``rle``'s output) back to a boolean mask."""
+    from pycocotools import mask as coco_mask
+
+    return np.asarray(coco_mask.decode({"size": encoded["size"], "counts": encoded["counts"].encode()}), dtype=bool)
+
+
+def polygon(mask: np.ndarray) -> list[tuple[float, float]]:
+    """The outline of a mask's largest part as (x, y) points on pixel edges (by contourpy, matplotlib's
+    contouring): what YOLO's segment format and COCO polygons hold."""
+    import contourpy
+
+    padded = np.pad(mask.astype(np.float64), 1)
+    lines = contourpy.contour_generator(z=padded).lines(0.5)
+    if not lines:
+        return []
+    outline = np.asarray(max(lines, key=len))  # type: ignore[arg-type]
+    return [(float(x) - 0.5, float(y) - 0.5) for x, y in outline]  # back to the unpadded mask's coordinates
+
+
 def coco_dataset(objects: Sequence[Sequence[Annotated]], size: tuple[int, int], num_classes: int) -> dict[str, Any]:
     """Ground truth as a COCO dict: an image per scene, an annotation per object (box, RLE mask, area)."""
     height, width = size

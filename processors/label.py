@@ -2,7 +2,10 @@
 
 GAN and diffusion samples get the labeler's label. Procedural samples keep the renderer's exact
 labels (the class of a crop, every object's box and mask in a scene) and are checked against the
-labeler: each object of a scene is cropped from its box and classified.
+labeler: with a classifier, each object of a scene is cropped from its box and classified; with a detector
+(``models.detector``: the detection and segmentation tasks), the whole scene is detected and every object the
+generator declares must be found, same class, with IoU ≥ 0.5, and nothing confident left over. A scene without
+declared objects (an ingested real image) takes the detector's objects, boxes and masks.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
-from models.image import sample_image, sample_images
+from models.image import png_bytes, sample_image, sample_images
 from models.runtime import ModelFileError, OnnxModel, fit_image
-from schemas.records import GeneratedSample, Label, LabeledSample, now_ms
+from schemas.records import Annotation, GeneratedSample, Label, LabeledSample, now_ms
 
 PROCEDURAL = "procedural"
 
@@ -38,20 +41,23 @@ class Labeler:
     classes: tuple[int, ...]
     image_size: int = 8
     channels: int = 1
+    stride: int | None = None  # a detector's: it labels whole scenes with its own boxes and masks
 
     @classmethod
     def load(cls, path: Path, *, threads: int = 1) -> Labeler:
         """The classifier at ``path``: an ONNX model with its ``.json`` description (the registry's or a user's).
 
         Raises:
-            ModelFileError: a model that cannot be loaded, or one described as something else than a classifier.
+            ModelFileError: a model that cannot be loaded, or one described as neither classifier nor detector.
         """
         model = OnnxModel(path, threads=threads)
-        if model.spec.kind != "classifier":
-            raise ModelFileError(f"{model.path} is described as {model.spec.kind}, not a classifier")
+        if model.spec.kind not in ("classifier", "detector"):
+            raise ModelFileError(f"{model.path} is described as {model.spec.kind}, not a classifier or detector")
+        if model.spec.kind == "detector" and not (model.spec.classes and model.spec.stride):
+            raise ModelFileError(f"{model.path}: a detector's description names its classes and stride")
         classes = model.spec.classes or tuple(range(int(model.session.get_outputs()[0].shape[1])))
         return cls(name=model.spec.name, model=model, classes=classes, image_size=model.spec.image_size,
-                   channels=model.spec.channels)
+                   channels=model.spec.channels, stride=model.spec.stride if model.spec.kind == "detector" else None)
 
 
 def _crop(image: np.ndarray, bbox: list[float], size: int, channels: int) -> np.ndarray:
@@ -100,6 +106,8 @@ def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSa
     a procedural sample keeps its renderer's labels, and agrees only if the labeler sees the same in every crop.
     An ingested real image (no class asked for) takes the labeler's label and agrees.
     """
+    if labeler.stride is not None:
+        return detect(samples, labeler=labeler)
     direct = [s for s in samples if _direct(s, labeler)]  # the common case: one copy for the whole batch
     batch = [sample_images(direct)] if direct else []
     crops: list[np.ndarray] = []
@@ -144,3 +152,71 @@ def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSa
                         agrees=agrees, labeler=name, labeler_version=version, objects=sample.objects),
         ))
     return out
+
+
+IOU_AGREES = 0.5  # a declared object is found when a detection of its class overlaps it this much
+CONFIDENT = 0.5  # a detection this sure that matches no declared object: the generator left it out
+
+
+def detect(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSample | Exception]:
+    """Label scenes with a detector labeler (see the module's doc). The label is the class asked for (else the
+    surest object's); confidence, margin and entropy are those of the least sure declared object at its centre
+    (the surest detection's for an image without declared objects)."""
+    from models.detector import decode, iou
+
+    assert labeler.stride is not None
+    out: dict[int, LabeledSample | Exception] = {}  # by the sample's place in the batch
+    images: list[np.ndarray] = []
+    good: list[tuple[int, GeneratedSample]] = []
+    for i, sample in enumerate(samples):
+        try:
+            images.append(fit_image(sample_image(sample), labeler.image_size, labeler.channels))
+            good.append((i, sample))
+        except ValueError as e:
+            out[i] = ValueError(f"sample {sample.sample_id}: {e}")
+    if not good:
+        return list(out.values())
+    output = labeler.model.run(np.stack(images))
+    classes = len(labeler.classes)
+    found = decode(output, stride=labeler.stride, num_classes=classes)
+    name, version, now = labeler.name, labeler.model.version, now_ms()
+    for n, (i, sample) in enumerate(good):
+        sx, sy = sample.width / labeler.image_size, sample.height / labeler.image_size
+        mine = [(labeler.classes[d.class_label], (d.bbox[0] * sx, d.bbox[1] * sy, d.bbox[2] * sx, d.bbox[3] * sy),
+                 d) for d in found if d.scene == n]  # best first
+        # one class per place: a weaker detection of another class where a surer one stands is not a finding
+        mine = [m for k, m in enumerate(mine) if not any(iou(m[1], s[1]) >= IOU_AGREES for s in mine[:k])]
+        matched: list[int] = []
+        for obj in sample.objects:
+            box = (obj.bbox[0], obj.bbox[1], obj.bbox[2], obj.bbox[3])
+            best = max((j for j, (c, _, _) in enumerate(mine) if c == obj.class_label and j not in matched),
+                       key=lambda j: iou(mine[j][1], box), default=None)
+            if best is not None and iou(mine[best][1], box) >= IOU_AGREES:
+                matched.append(best)
+        leftover = [j for j, (_, _, d) in enumerate(mine) if j not in matched and d.score >= CONFIDENT]
+        agrees = bool(sample.objects) and len(matched) == len(sample.objects) and not leftover
+        if sample.objects:
+            objects = sample.objects
+            speaker = min(matched, key=lambda j: mine[j][2].score) if agrees else None
+        else:
+            objects = [Annotation(class_label=c, bbox=list(b), mask_png=png_bytes(d.mask.astype(np.uint8) * 255)
+                                  if d.mask is not None and d.mask.shape == (sample.height, sample.width) else None)
+                       for c, b, d in mine if d.score >= CONFIDENT]
+            speaker = 0 if mine else None
+            agrees = bool(objects)
+        if speaker is None:
+            confidence, margin, entropy = 0.0, 0.0, float(np.log(classes))
+        else:
+            d = mine[speaker][2]
+            cell = output[n, :classes, min(int((d.bbox[1] + d.bbox[3] / 2) / labeler.stride), output.shape[2] - 1),
+                          min(int((d.bbox[0] + d.bbox[2] / 2) / labeler.stride), output.shape[3] - 1)]
+            p = cell / max(float(cell.sum()), 1e-12)
+            top = np.sort(cell)[::-1]
+            confidence, margin = float(min(1.0, d.score)), float(max(0.0, top[0] - top[1]))
+            entropy = float(-(p * np.log(np.clip(p, 1e-12, 1.0))).sum())
+        asked = sample.conditioning.class_label
+        value = asked if asked is not None else (mine[speaker][0] if speaker is not None else labeler.classes[0])
+        out[i] = LabeledSample(run_id=sample.run_id, created_ms=now, sample=sample, label=Label(
+            label=value, confidence=confidence, margin=margin, entropy=entropy, agrees=agrees, labeler=name,
+            labeler_version=version, objects=objects))
+    return [out[i] for i in range(len(samples))]

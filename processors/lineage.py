@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from schemas.records import (
+    Annotation,
     GeneratedSample,
     LabeledSample,
     QualityWindow,
@@ -30,6 +31,17 @@ from schemas.records import (
 from schemas.tables import NO_CLASS
 
 Rows = dict[str, list[dict[str, Any]]]
+
+
+def object_row(o: Annotation) -> dict[str, Any]:
+    """A scene object as the samples table keeps it: class, box and, when it has one, its mask as COCO RLE."""
+    from models.image import decode_png
+    from models.scenes import rle
+
+    row: dict[str, Any] = {"class_label": o.class_label, "bbox": o.bbox}
+    if o.mask_png is not None:
+        row["segmentation"] = rle(decode_png(o.mask_png) > 127)
+    return row
 
 
 @lru_cache(maxsize=64)
@@ -84,7 +96,7 @@ def rows_of(record: Record, topic: str, partition: int, offset: int) -> Rows:
                   "params_json": _json(record.conditioning.params),
                   "image": record.image, "image_format": record.image_format, "image_sha256": record.image_sha256, "width": record.width,
                   "height": record.height, "channels": record.channels, "node_id": record.node_id,
-                  "objects_json": _json([{"class_label": o.class_label, "bbox": o.bbox} for o in record.objects])}
+                  "objects_json": _json([object_row(o) for o in record.objects])}
         return {"samples": [sample], "lineage": [_lineage(record, "generated", where)]}
     if isinstance(record, (LabeledSample, ScoredSample, SampleDecision)):
         where = _where(record, topic, partition, offset, run_id=record.sample.run_id, created_ms=record.created_ms)

@@ -16,7 +16,7 @@ from schemas.tables import DERIVED_TABLES, NO_CLASS, TABLES, ChainBreak, chain_i
 from streams.anchors import Anchors
 from streams.delta_sink import DeltaTables
 
-ExportFormat = Literal["imagefolder", "yolo", "coco", "parquet"]
+ExportFormat = Literal["imagefolder", "yolo", "yolo-seg", "coco", "parquet"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 
@@ -107,15 +107,24 @@ def select_samples(tables: DeltaTables, *, as_of: int | None = None, run: str | 
 
 
 def to_sample(row: dict[str, Any]) -> Any:
-    """The ``GeneratedSample`` a samples row was written from (scene masks are not kept in the table)."""
-    from schemas.records import Annotation, Conditioning, GeneratedSample
+    """The ``GeneratedSample`` a samples row was written from."""
+    from schemas.records import Conditioning, GeneratedSample
 
     return GeneratedSample(
         run_id=row["run_id"], created_ms=row["created_ms"], sample_id=row["sample_id"], job_id=row["job_id"] or "",
         generator=row["generator"], generator_version=row["generator_version"], seed=row["seed"],
         conditioning=Conditioning(class_label=None if row["class_label"] == NO_CLASS else row["class_label"], params=json.loads(row["params_json"] or "{}")),
         image=row["image"], image_format=row.get("image_format") or "png", image_sha256=row["image_sha256"], width=row["width"], height=row["height"],
-        channels=row.get("channels") or 1, node_id=row["node_id"] or "", objects=[Annotation(**o) for o in json.loads(row["objects_json"] or "[]")])
+        channels=row.get("channels") or 1, node_id=row["node_id"] or "", objects=[_annotation(o) for o in json.loads(row["objects_json"] or "[]")])
+
+
+def _annotation(o: dict[str, Any]) -> Any:
+    """A scene object from the samples table (its mask from COCO RLE back to PNG, as the generator sent it)."""
+    from models.scenes import unrle
+    from schemas.records import Annotation
+
+    mask = png_bytes(unrle(o["segmentation"]).astype("uint8") * 255) if "segmentation" in o else None
+    return Annotation(class_label=o["class_label"], bbox=o["bbox"], mask_png=mask)
 
 
 def regenerate(rows: list[dict[str, Any]], catalog: Any) -> tuple[list[dict[str, Any]], list[str]]:
@@ -145,12 +154,14 @@ def export(tables: DeltaTables, out: Path, *, fmt: str, rows: list[dict[str, Any
     """Write ``rows`` (from ``select_samples``) as a dataset training tools read directly, plus ``manifest.json``.
 
     Formats: ``imagefolder`` (``<class>/<id>.png``), ``yolo`` (``images/``, ``labels/`` with normalized
-    boxes, ``data.yaml``), ``coco`` (``images/``, ``annotations.json``), ``parquet`` (``samples.parquet``).
-    A single-digit sample is one object covering the image; a scene has its rendered boxes.
+    boxes, ``data.yaml``), ``yolo-seg`` (the same with each object's mask outline as a normalized polygon),
+    ``coco`` (``images/``, ``annotations.json``, masks as RLE), ``parquet`` (``samples.parquet``).
+    A single-digit sample is one object covering the image; a scene has its objects' boxes and masks.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from models.scenes import unrle
     from schemas.tables import SAMPLES
 
     if fmt not in EXPORT_FORMATS:
@@ -173,17 +184,20 @@ def export(tables: DeltaTables, out: Path, *, fmt: str, rows: list[dict[str, Any
         (out / "images").mkdir(exist_ok=True)
         (out / "images" / name).write_bytes(png)
         w, h = row["width"], row["height"]
-        if fmt == "yolo":
+        if fmt in ("yolo", "yolo-seg"):
             (out / "labels").mkdir(exist_ok=True)
-            lines = [f"{classes.index(o['class_label'])} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} "
-                     f"{bw / w:.6f} {bh / h:.6f}" for o in _objects(row) for x, y, bw, bh in [o["bbox"]]]
+            lines = [f"{classes.index(o['class_label'])} " + (_outline(o, w, h) if fmt == "yolo-seg" else
+                     f"{(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}")
+                     for o in _objects(row) for x, y, bw, bh in [o["bbox"]]]
             (out / "labels" / f"{row['sample_id']}.txt").write_text("\n".join(lines) + "\n")
         else:
             images.append({"id": index, "file_name": f"images/{name}", "width": w, "height": h})
             for o in _objects(row):
+                masked = {"segmentation": o["segmentation"], "area": float(unrle(o["segmentation"]).sum())} \
+                    if "segmentation" in o else {"area": o["bbox"][2] * o["bbox"][3]}
                 annotations.append({"id": len(annotations), "image_id": index, "category_id": o["class_label"],
-                                    "bbox": list(o["bbox"]), "area": o["bbox"][2] * o["bbox"][3], "iscrowd": 0})
-    if fmt == "yolo":
+                                    "bbox": list(o["bbox"]), "iscrowd": 0, **masked})
+    if fmt in ("yolo", "yolo-seg"):
         names = json.dumps([str(c) for c in classes])
         (out / "data.yaml").write_text(f"path: .\ntrain: images\nval: images\nnames: {names}\n")
     if fmt == "coco":
@@ -197,6 +211,16 @@ def export(tables: DeltaTables, out: Path, *, fmt: str, rows: list[dict[str, Any
                 "image_sha256": {r["sample_id"]: r["image_sha256"] for r in rows}, "files_sha256": files}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def _outline(o: dict[str, Any], w: int, h: int) -> str:
+    """YOLO's segment line after the class: the mask's outline normalized (the box's corners without a mask)."""
+    from models.scenes import polygon, unrle
+
+    x, y, bw, bh = o["bbox"]
+    points = polygon(unrle(o["segmentation"])) if "segmentation" in o else []
+    points = points or [(x, y), (x + bw, y), (x + bw, y + bh), (x, y + bh)]
+    return " ".join(f"{min(max(px / w, 0.0), 1.0):.6f} {min(max(py / h, 0.0), 1.0):.6f}" for px, py in points)
 
 
 def _objects(row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -238,16 +238,19 @@ def test_replay_a_past_version_and_regenerate_from_provenance(kafka: KafkaConfig
     assert [s.image_sha256 for s in replayed] == [r["image_sha256"] for r in first]
 
 
-@pytest.mark.parametrize("fmt", ["coco", "yolo", "imagefolder", "parquet"])
+@pytest.mark.parametrize("fmt", ["coco", "yolo", "yolo-seg", "imagefolder", "parquet"])
 def test_exports_load(fmt: str, kafka: KafkaConfig, run_id: str, tmp_path: Path,
                       fresh_topic) -> None:  # type: ignore[no-untyped-def]
+    import contextlib
     import hashlib
+    import io
     import json
 
     import pyarrow.parquet as pq
     from PIL import Image
 
     from models.catalog import GeneratorCatalog
+    from models.image import decode_png
     from models.render import ProceduralRenderer
     from processors.generate import GenerateConfig, generate, plan_jobs
     from streams.delta_sink import DeltaTables, delta_runner
@@ -259,10 +262,13 @@ def test_exports_load(fmt: str, kafka: KafkaConfig, run_id: str, tmp_path: Path,
                        params={"mode": "scene"})]
     source = fresh_topic()
     accepted = 0
+    masks = {}  # (sample id, box) → the renderer's mask, as the generate step sent it
     with RecordProducer(kafka) as producer:
         for job in jobs:
             for i, sample in enumerate(r for r in generate(job, generators=catalog, config=GenerateConfig())
                                        if isinstance(r, GeneratedSample)):
+                masks.update({(sample.sample_id, tuple(o.bbox)): decode_png(o.mask_png) > 127
+                              for o in sample.objects if o.mask_png})
                 producer.send(source, sample)
                 decision = example(SampleDecision, i, run_id).model_copy(update={
                     "sample": sample, "gate": Gate(decision="accepted" if i % 2 == 0 else "rejected", reason="r",
@@ -292,13 +298,14 @@ def test_exports_load(fmt: str, kafka: KafkaConfig, run_id: str, tmp_path: Path,
         Image.open(path).verify()
     if fmt == "imagefolder":
         assert all(p.parent.name.isdigit() for p in files.values())
-    elif fmt == "yolo":
+    elif fmt in ("yolo", "yolo-seg"):
         labels = sorted((out / "labels").glob("*.txt"))
         assert len(labels) == len(list((out / "images").glob("*.png"))) == accepted
         for path in labels:
             for line in path.read_text().split("\n")[:-1]:
-                cls, *box = line.split()
-                assert int(cls) >= 0 and len(box) == 4 and all(0 <= float(v) <= 1 for v in box)
+                cls, *values = line.split()
+                assert int(cls) >= 0 and all(0 <= float(v) <= 1 for v in values)
+                assert len(values) == 4 if fmt == "yolo" else len(values) >= 8 and len(values) % 2 == 0
         assert "names:" in (out / "data.yaml").read_text()
     else:
         coco = json.loads((out / "annotations.json").read_text())
@@ -311,3 +318,14 @@ def test_exports_load(fmt: str, kafka: KafkaConfig, run_id: str, tmp_path: Path,
             assert a["category_id"] in categories and w > 0 and h > 0
             assert x >= 0 and y >= 0 and x + w <= image["width"] + 1e-6 and y + h <= image["height"] + 1e-6
         assert len(coco["annotations"]) > accepted  # scenes carry several boxes each
+        # re-read by pycocotools: every scene object's mask is the one the renderer drew
+        from pycocotools.coco import COCO
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            reread = COCO(str(out / "annotations.json"))
+        names = {i["id"]: Path(i["file_name"]).stem for i in coco["images"]}
+        masked = [a for a in coco["annotations"] if "segmentation" in a]
+        assert len(masked) == len([k for k in masks if k[0] in names.values()]) > 0
+        for a in masked:
+            drawn = masks[(names[a["image_id"]], tuple(a["bbox"]))]
+            assert (reread.annToMask(reread.anns[a["id"]]).astype(bool) == drawn).all()
