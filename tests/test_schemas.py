@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -14,7 +15,7 @@ from fastavro.utils import generate_many
 
 from schemas.codec import AVRO_DIR, MAGIC, RecordCodec, SchemaRegistry, registry
 from schemas.errors import SchemaError, UndecodableRecord
-from schemas.examples import example
+from schemas.examples import example, example_sample
 from schemas.records import RECORD_TYPES, GenerationJob, Record, _Part
 
 CODEC = RecordCodec()
@@ -181,3 +182,19 @@ def test_a_v1_sample_is_read_as_a_png_image_and_unchanged_bytes_are_reused() -> 
     assert CODEC.decode(upgraded).model_dump(exclude={"schema_version"}) == decoded.model_dump(exclude={"schema_version"})
     new = CODEC.encode(sample)
     assert CODEC.encode(CODEC.decode(new), wire=new) is new
+
+
+def test_a_varint_longer_than_ten_bytes_is_refused_and_high_bit_payloads_pass() -> None:
+    codec = RecordCodec()
+    record = example(GenerationJob, 0, "run")
+    data = codec.encode(record)  # data[10]: schema_version, a one-byte varint
+    ten = data[:10] + bytes([data[10] | 0x80]) + b"\x80" * 8 + b"\x00" + data[11:]  # Avro allows ten bytes
+    assert codec.decode(ten) == record
+    eleven = data[:10] + bytes([data[10] | 0x80]) + b"\x80" * 9 + b"\x00" + data[11:]
+    with pytest.raises(UndecodableRecord, match="canonical"):
+        codec.decode(eleven)
+    # a payload with ten high-bit bytes in a row is canonical bytes, not a varint: it decodes
+    image = bytes(range(240, 256)) * 4
+    sample = example_sample(0, "run").model_copy(update={"image": image,
+                                                         "image_sha256": hashlib.sha256(image).hexdigest()})
+    assert codec.decode(codec.encode(sample)) == sample
