@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -26,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.generator import Annotated
-from models.runtime import OnnxSpec, export_onnx, quantize_int8
+from models.runtime import OnnxSpec
 from models.scenes import Detection, Scenes, real_scenes
 
 
@@ -43,6 +42,15 @@ class DetectorConfig:
     seed: int = 0
     objects: tuple[int, int] = (2, 4)  # objects per composed training scene
     dark_ink: bool = False
+
+    @classmethod
+    def for_data(cls, image_size: int, channels: int, num_classes: int, *, dark_ink: bool = False,
+                 **overrides: object) -> DetectorConfig:
+        """Scenes that hold two to four objects of the data's size: the procedural renderer's 48×48 up to 16×16
+        objects (stride 2), larger ones at stride 4 for larger objects (28×28: 72×72)."""
+        scene = 48 if image_size <= 16 else 8 * math.ceil(2.3 * image_size / 8)
+        return cls(**{"num_classes": num_classes, "channels": channels, "dark_ink": dark_ink, "scene_size": scene,
+                      "stride": 2 if scene <= 48 else 4, **overrides})  # type: ignore[arg-type]
 
 
 class CenterNet(nn.Module):
@@ -73,7 +81,8 @@ class CenterNet(nn.Module):
         return torch.cat([torch.sigmoid(out[:, :c]), out[:, c:c + 4], torch.sigmoid(out[:, c + 4:])], dim=1)
 
 
-def detector_spec(config: DetectorConfig, name: str = "detector") -> OnnxSpec:
+def detector_spec(config: DetectorConfig, name: str = "sdg-detector") -> OnnxSpec:
+    """The ONNX description of a detector (``models.labeler.deploy`` exports fp32 and INT8 with it)."""
     return OnnxSpec(name=name, kind="detector", image_size=config.scene_size, channels=config.channels,
                     output_is="probabilities", classes=tuple(range(config.num_classes)), stride=config.stride)
 
@@ -188,20 +197,6 @@ def decode(output: np.ndarray, *, stride: int, num_classes: int, max_objects: in
     return found
 
 
-def export_detector(model: CenterNet, config: DetectorConfig, folder: Path, *, scenes: np.ndarray,
-                    name: str = "detector") -> tuple[Path, Path]:
-    """The detector as ONNX, fp32 and INT8 (calibrated on ``scenes``, uint8 training scenes), each with its
-    description: what ``processors.label.Labeler.load`` and the edge runtime take."""
-    spec = detector_spec(config, name)
-    fp32, int8 = folder / f"{name}.onnx", folder / f"{name}.int8.onnx"
-    folder.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, fp32, image_size=config.scene_size, channels=config.channels)
-    quantize_int8(fp32, int8, as_input(scenes).numpy())
-    for path in (fp32, int8):
-        spec.write(path.with_suffix(".json"))
-    return fp32, int8
-
-
 def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
     """Intersection over union of two (x, y, w, h) boxes."""
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
@@ -211,4 +206,4 @@ def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, floa
     return inter / union if union > 0 else 0.0
 
 
-__all__ = ["CenterNet", "DetectorConfig", "SceneSource", "composer", "decode", "detector_spec", "export_detector", "iou", "predict", "train_detector"]
+__all__ = ["CenterNet", "DetectorConfig", "SceneSource", "composer", "decode", "detector_spec", "iou", "predict", "train_detector"]

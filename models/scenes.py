@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -151,3 +152,38 @@ def coco_map(truth: dict[str, Any], detections: Sequence[Detection], *,
         evaluation.summarize()
     stats = evaluation.stats  # [0]: AP@[.5:.95], [1]: AP@.5; -1 where there is nothing to score
     return {"map50": max(0.0, float(stats[1])), "map50_95": max(0.0, float(stats[0]))}
+
+
+def scene_grid(images: np.ndarray, objects: Sequence[Sequence[Annotated | Detection]], path: Path, *, title: str,
+               min_score: float = 0.3, columns: int = 6) -> Path:
+    """A picture of scenes with their objects drawn: box, class (and score for detections) and mask."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows + 0.4), squeeze=False)
+    for n, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if n >= len(images):
+            continue
+        ax.imshow(images[n], cmap="gray", vmin=0, vmax=255)
+        overlay = np.zeros((*images[n].shape[:2], 4))
+        for obj in objects[n]:
+            score = getattr(obj, "score", None)
+            if score is not None and score < min_score:
+                continue
+            if obj.mask is not None:
+                overlay[obj.mask] = (0.1, 0.8, 0.3, 0.35)
+            x, y, w, h = obj.bbox
+            ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, color="lime", lw=1))
+            ax.text(x, y - 1, f"{obj.class_label}" + (f" {score:.2f}" if score is not None else ""), color="yellow",
+                    fontsize=6)
+        ax.imshow(overlay)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -60,6 +60,7 @@ class DemoPlan:
     window_size: int = 100
     max_window_s: float = 3.0
     edge_steps: int = 600  # every edge model's training steps
+    detector_steps: int = 1000  # the detection task's labeler and edge detector
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # a claim needs five
     plant_time_scale: float = 10.0  # plant seconds per wall second: the fault plays out while the demo generates
     pump_failure_at_s: float = 20.0  # plant seconds after the plant starts; repaired 240 plant seconds later
@@ -153,7 +154,10 @@ def run_demo(settings: Settings, *, records_per_topic: int, console: Console, pl
                 console.print(f"  dead letter from {letter.topic}[{letter.partition}]@{letter.offset} "
                               f"({len(letter.original_value or b'')} bytes kept): {letter.error}")
         generated, grids, decisions, windows, accepted = _generation(settings, plan, console)
-        evaluation, report = _proof(settings, plan, accepted, console)
+        if settings.task == "classification":
+            evaluation, report = _proof(settings, plan, accepted, console)
+        else:
+            evaluation, report = _detection_proof(settings, plan, accepted, console)
         return DemoResult(growth, generated, grids, decisions, windows, evaluation, report)
     finally:
         if started_here and broker is not None:
@@ -219,7 +223,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
     """The environment of a processor the demo starts: this process's state, run, broker and real data (``--data``
     wins over the environment's ``SDG_DATA__*``)."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("SDG_DATA__", "SDG_BROKER__"))}
-    env |= {"SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": settings.run_id}
+    env |= {"SDG_STATE_DIR": str(settings.state_dir), "SDG_RUN_ID": settings.run_id, "SDG_TASK": settings.task}
     if settings.embedded:  # the same embedded broker: each processor connects as its own principal when secured
         env |= settings.broker.environment()
     else:
@@ -375,16 +379,104 @@ def _proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDecision], c
     return evaluation, out / "report.md"
 
 
+def _ensure_detector(settings: Settings, plan: DemoPlan, console: Console, train_s: dict[str, float]) -> None:
+    """Train the detection task's labeler once unless the registry has one."""
+    from sdg.training import train_detector_model
+
+    if (settings.models_dir / "detector" / "LATEST").exists():
+        console.print(f"detector: using the trained one in {settings.models_dir / 'detector'}")
+        return
+    trained = train_detector_model(settings, steps=plan.detector_steps, console=console)
+    train_s["detector"] = trained.train_s
+    console.print(f"detector labeler: {trained.labels_used} real labels; on real test scenes "
+                  + ", ".join(f"{k} mAP@0.5 {v['map50']:.1%}" for k, v in trained.test_map.items()))
+
+
+def annotated(sample: GeneratedSample) -> list[Any]:
+    """A scene sample's objects with their masks as arrays (``models.generator.Annotated``)."""
+    from models.generator import Annotated
+    from models.image import decode_png
+
+    return [Annotated(o.class_label, (o.bbox[0], o.bbox[1], o.bbox[2], o.bbox[3]),
+                      decode_png(o.mask_png) > 127 if o.mask_png else np.zeros((sample.height, sample.width), bool))
+            for o in sample.objects]
+
+
+def _detection_proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDecision],
+                     console: Console) -> tuple[dict[str, Any], Path]:
+    """The edge detector from this run's accepted scenes (and the labeler's few real objects), against a detector
+    on those few real objects only, both scored with COCO mAP on real test scenes; a picture of its detections.
+    One seed: a picture of this run, not a claim (``bench/detection.py`` measures the arms over seeds)."""
+    import json
+
+    from models.detector import DetectorConfig, composer, decode, predict, train_detector
+    from models.image import sample_image
+    from models.scenes import Scenes, coco_dataset, coco_map, real_scenes, scene_grid
+
+    out = Path("runs") / settings.run_id
+    splits = settings.splits(labels_per_class=3)
+    r = splits.reference
+    config = DetectorConfig.for_data(r.image_size, r.channels, r.num_classes, dark_ink=r.dark_ink,
+                                     steps=plan.detector_steps)
+    stream = [d for d in accepted if d.sample.objects and d.sample.width == config.scene_size]
+    images = np.stack([sample_image(d.sample, r.channels) for d in stream]) if stream else None
+
+    def accepted_scenes(count: int, seed: int) -> Scenes:
+        assert images is not None
+        pick = np.random.default_rng(seed).choice(len(stream), size=count)
+        return Scenes(images[pick], [annotated(stream[i].sample) for i in pick], [])
+
+    few = splits.labeled("few")
+    real = composer(few.images, few.labels, config)
+    test = real_scenes(*splits.test_set(), count=200, size=config.scene_size, seed=10_000, dark_ink=r.dark_ink)
+    truth = coco_dataset(test.objects, (config.scene_size, config.scene_size), r.num_classes)
+    arms = {"real-few": [real], **({"few+accepted-stream": [real, accepted_scenes]} if stream else {})}
+    result: dict[str, Any] = {"task": settings.task, "accepted_scenes": len(stream), "real_labels": len(few.labels),
+                              "test_scenes": len(test.images), "arms": {}}
+    table = Table("edge detector", "trained on", "mAP@0.5", "mAP@0.5:0.95", "mask mAP@0.5:0.95",
+                  title=f"edge detectors on {len(test.images)} real test scenes (one seed: see bench/detection.py)")
+    best = None
+    with Progress(console=console) as progress:
+        for arm, sources in arms.items():
+            model = train_detector(sources, config, progress=progress, description=f"edge detector: {arm}")
+            found = decode(predict(model, test.images), stride=config.stride, num_classes=config.num_classes)
+            boxes, masks = coco_map(truth, found), coco_map(truth, found, kind="segm")
+            result["arms"][arm] = {**boxes, "mask_map50": masks["map50"], "mask_map50_95": masks["map50_95"]}
+            table.add_row(arm, f"{len(few.labels)} real objects" + (f" + {len(stream)} accepted scenes"
+                                                                     if arm != "real-few" else ""),
+                          f"{boxes['map50']:.1%}", f"{boxes['map50_95']:.1%}", f"{masks['map50_95']:.1%}")
+            best = (model, found)
+    console.print(table)
+    assert best is not None
+    picture = scene_grid(test.images[:12], [[d for d in best[1] if d.scene == n] for n in range(12)],
+                         out / "detection.png", title="real test scenes: the edge detector's boxes and masks")
+    (out / "detection.json").write_text(json.dumps(result, indent=2))
+    report = out / "report.md"
+    lines = [f"# {settings.task} run {settings.run_id}", "", f"{len(stream)} accepted scenes; "
+             f"{len(few.labels)} real labelled objects (the detector labeler's and the edge detector's).", "",
+             "| edge detector | mAP@0.5 | mAP@0.5:0.95 | mask mAP@0.5:0.95 |", "|---|---|---|---|",
+             *(f"| {a} | {v['map50']:.1%} | {v['map50_95']:.1%} | {v['mask_map50_95']:.1%} |"
+               for a, v in result["arms"].items()), "", "![generated scenes](samples_scenes.png)", "",
+             "![real test scenes, detected](detection.png)", ""]
+    report.write_text("\n".join(lines))
+    console.print(f"detections: {picture}; report: {report}")
+    return result, report
+
+
 def _generation(
     settings: Settings, plan: DemoPlan, console: Console
 ) -> tuple[dict[str, int], dict[str, Path], dict[str, Counter[str]], list[QualityWindow], list[SampleDecision]]:
     """Plan a mix of all three generators; generate, label and gate them; show what arrived and what passed."""
     from models.image import sample_grid, sample_image
+    from models.scenes import scene_grid
     from processors.generate import plan_jobs
 
     train_s: dict[str, float] = {}  # seconds per model trained in this run
     _ensure_quality_models(settings, plan, console, train_s)
-    _ensure_generators(settings, plan, console, train_s)
+    if settings.task == "classification":
+        _ensure_generators(settings, plan, console, train_s)
+    else:
+        _ensure_detector(settings, plan, console, train_s)
     _record_training(settings, train_s)
     kafka = settings.kafka_client
     run_id = settings.run_id
@@ -395,10 +487,11 @@ def _generation(
     # a plan seed of its own per run: new samples each run (the same seed would name the same samples again)
     seed = int(hashlib.sha256(run_id.encode()).hexdigest()[:6], 16) * 2
     classes = list(range(settings.reference().num_classes))
+    scenes = plan_jobs("procedural", classes=classes, per_class=1 if settings.task == "classification" else
+                       plan.per_class // 2, seed=seed + 1, run_id=run_id, params={"mode": "scene"})
     jobs = [job for name in ("gan", "diffusion", "procedural")
-            for job in plan_jobs(name, classes=classes, per_class=plan.per_class, seed=seed, run_id=run_id)]
-    jobs += plan_jobs("procedural", classes=list(range(10)), per_class=1, seed=seed + 1, run_id=run_id,
-                      params={"mode": "scene"})
+            for job in plan_jobs(name, classes=classes, per_class=plan.per_class, seed=seed, run_id=run_id)
+            if settings.task == "classification"] + scenes
     expected = sum(job.count for job in jobs)
     planned = {(run_id, job.job_id) for job in jobs}
     arrived: dict[str, list] = {}
@@ -417,7 +510,9 @@ def _generation(
             with RecordProducer(kafka) as producer:
                 for job in jobs:
                     producer.send("sdg.requests", job)
-            console.print(f"planned {expected} samples in {len(jobs)} jobs: gan, diffusion, procedural (crops, scenes)")
+            console.print(f"planned {expected} samples in {len(jobs)} jobs: " + (
+                "gan, diffusion, procedural (crops, scenes)" if settings.task == "classification" else
+                f"procedural scenes with every object's box and mask ({settings.task})"))
             with Progress(console=console) as progress:
                 task = progress.add_task("samples arriving on sdg.samples.raw", total=expected)
                 for received in subscribe("sdg.samples.raw", kafka=kafka, from_beginning=True, idle_timeout_s=60):
@@ -463,6 +558,10 @@ def _generation(
             images = np.stack([sample_image(s) for s in samples])
             grids[key] = out / f"samples_{key}.png"
             grids[key].write_bytes(sample_grid(images, [s.conditioning.class_label for s in samples]))
+        elif settings.task != "classification":
+            shown = samples[:12]
+            grids[key] = scene_grid(np.stack([sample_image(s) for s in shown]), [annotated(s) for s in shown],
+                                    out / "samples_scenes.png", title="generated scenes with their boxes and masks")
     console.print(table)
     console.print("sample grids: " + ", ".join(str(p) for p in grids.values()))
     console.print(decisions_table(decisions, reasons))

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(default=Path(".sdg"), description="Broker data, caches and local tables.")
     run_id: RunId = Field(default_factory=_new_run_id)
+    task: Literal["classification", "detection", "segmentation"] = Field(
+        default="classification", description="What the run labels: one class per sample, or scenes with every "
+                                              "object's box (detection) and mask (segmentation), by a detector.")
     data: DataConfig = DataConfig()
     kafka: KafkaConfig = KafkaConfig()
     broker: BrokerConfig = BrokerConfig()
@@ -185,10 +188,16 @@ class Settings(BaseSettings):
         """The user's own model file, or the registry's latest ``kind`` after checking it against its content hash."""
         return given if given is not None else self.registry().onnx(kind, precision)
 
+    @property
+    def labeler_kind(self) -> str:
+        """The registry kind of the task's labeler: ``labeler`` (a classifier) or ``detector``."""
+        return "labeler" if self.task == "classification" else "detector"
+
     def labeler(self) -> Labeler:
-        """The labeler the pipeline is configured with (``SDG_QUALITY__LABELER``, else the registry's latest)."""
+        """The labeler the pipeline is configured with (``SDG_QUALITY__LABELER``, else the registry's latest
+        classifier, or detector for the detection and segmentation tasks)."""
         q = self.quality
-        return Labeler.load(self.model_file("labeler", q.labeler, q.labeler_precision), threads=q.threads)
+        return Labeler.load(self.model_file(self.labeler_kind, q.labeler, q.labeler_precision), threads=q.threads)
 
     def judge(self, splits: Splits | None = None) -> QualityJudge:
         """The quality judge over the configured real data (fixed splits), re-checking every label with the

@@ -83,7 +83,7 @@ def _latest_labeler(settings: Settings, every_s: float = 2.0) -> Callable[[], An
     labeler = settings.labeler()
     if settings.quality.labeler is not None:
         return lambda: labeler
-    latest = settings.registry().root / "labeler" / "LATEST"
+    latest = settings.registry().root / settings.labeler_kind / "LATEST"
     version, checked = latest.read_text().strip(), time.monotonic()
 
     def current() -> Any:

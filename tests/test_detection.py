@@ -10,8 +10,9 @@ from typing import Any, Sequence
 import pytest
 
 from models.catalog import GeneratorCatalog
-from models.detector import DetectorConfig, composer, decode, export_detector, iou, predict, train_detector
+from models.detector import DetectorConfig, composer, decode, detector_spec, iou, predict, train_detector
 from models.generator import Annotated, GeneratorOutput
+from models.labeler import deploy
 from models.reference import load_digits_reference, make_splits
 from models.scenes import Scenes, coco_dataset, coco_map, real_scenes
 from processors.generate import GenerateConfig, generate, plan_jobs
@@ -27,9 +28,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     train = splits.labeled("train")
     model = train_detector([composer(train.images, train.labels, CONFIG)], CONFIG)
     test = real_scenes(*splits.test_set(), count=60, size=CONFIG.scene_size, seed=7)
-    fp32, int8 = export_detector(model, CONFIG, tmp_path_factory.mktemp("detector"),
-                                 scenes=composer(train.images, train.labels, CONFIG)(128, 1).images)
-    return {"model": model, "test": test, "fp32": fp32, "int8": int8}
+    calibration = composer(train.images, train.labels, CONFIG)(128, 1).images / 255.0
+    deployed = deploy(model, tmp_path_factory.mktemp("detector"), detector_spec(CONFIG), calibration=calibration,
+                      config={})
+    return {"model": model, "test": test, "fp32": deployed.fp32, "int8": deployed.int8}
 
 
 class Planted:
