@@ -8,7 +8,9 @@ is trained on; scenes are composed fresh every step from the objects each arm ma
 - ``real-few``: ``k`` labelled objects per class;
 - ``few+composed-procedural``: those plus procedurally rendered objects (no labels), composed the same way;
 - ``few+procedural-scenes``: those plus whole procedural scenes (the renderer's scene mode: several digits,
-  distractor strokes, light and texture), with the renderer's exact boxes and masks.
+  distractor strokes, light and texture), with the renderer's exact boxes and masks;
+- ``few+procedural-both``: the few, the composed procedural objects and the procedural scenes in turn (what
+  ``sdg train-detector`` trains the detection task's labeler on).
 
 Scored with pycocotools (COCO mAP@0.5 and mAP@0.5:0.95, boxes and masks) over ``--seeds`` seeds, with 95%
 intervals and paired differences against ``real-few`` and ``real-full``. The best arm with synthetic data and
@@ -131,6 +133,9 @@ def main() -> None:
                                             len(few.labels)),
                 "few+procedural-scenes": ([composer(few.images, few.labels, seeded),
                                            rendered_scenes(render, reference.num_classes)], len(few.labels)),
+                "few+procedural-both": ([composer(few.images, few.labels, seeded),
+                                         composer(crops.astype(np.float32) / 255, np.asarray(classes), seeded),
+                                         rendered_scenes(render, reference.num_classes)], len(few.labels)),
             }
             for arm, (sources, count) in plan.items():
                 model = train_detector(sources, seeded, progress=progress, description=f"seed {seed}: {arm}")

@@ -67,7 +67,8 @@ def deploy(module: torch.nn.Module, folder: Path, spec: OnnxSpec, *, calibration
     folder.mkdir(parents=True, exist_ok=True)
     fp32, int8 = folder / "fp32.onnx", folder / "int8.onnx"
     export_onnx(module, fp32, image_size=spec.image_size, channels=spec.channels, input=spec.input, output=spec.output)
-    quantize_int8(fp32, int8, as_tensor(calibration).numpy(), input=spec.input)
+    quantize_int8(fp32, int8, as_tensor(calibration).numpy(), input=spec.input,
+                  fp32_convs=(0, -1) if spec.kind == "detector" else (0,))
     spec.write(fp32.with_suffix(".json"))
     spec.write(int8.with_suffix(".json"))
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
