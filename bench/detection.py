@@ -40,37 +40,26 @@ from rich.table import Table  # noqa: E402
 from models.detector import (  # noqa: E402
     CenterNet,
     DetectorConfig,
-    SceneSource,
     composer,
     decode,
     detector_spec,
     predict,
+    procedural,
     train_detector,
 )
 from models.labeler import deploy  # noqa: E402
 from models.reference import DataConfig, load_reference, make_splits  # noqa: E402
-from models.render import ProceduralRenderer, RenderConfig  # noqa: E402
+from models.render import RenderConfig  # noqa: E402
 from models.runtime import OnnxModel  # noqa: E402
 from models.scenes import Detection, Scenes, coco_dataset, coco_map, real_scenes, scene_grid  # noqa: E402
 from sdg.stats import interval, paired  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-SYNTHETIC_PER_CLASS = 200
 
 
 def scores(detections: list[Detection], truth: dict[str, Any]) -> dict[str, float]:
     boxes, masks = coco_map(truth, detections), coco_map(truth, detections, kind="segm")
     return {**boxes, "mask_map50": masks["map50"], "mask_map50_95": masks["map50_95"]}
-
-
-def rendered_scenes(render: RenderConfig, num_classes: int) -> SceneSource:
-    renderer = ProceduralRenderer(render)
-
-    def scenes(count: int, seed: int) -> Scenes:
-        seeds = [seed * 1000 + i for i in range(count)]
-        out = renderer(seeds, [s % num_classes for s in seeds], mode="scene")
-        return Scenes(out.images, out.objects, [])
-    return scenes
 
 
 def deployed(model: CenterNet, config: DetectorConfig, folder: Path, calibration: np.ndarray, test: Scenes,
@@ -118,24 +107,19 @@ def main() -> None:
     test = real_scenes(test_images, test_labels, count=args.test_scenes, size=config.scene_size, seed=10_000,
                        dark_ink=reference.dark_ink)
     truth = coco_dataset(test.objects, (config.scene_size, config.scene_size), reference.num_classes)
-    classes = [c for c in range(reference.num_classes) for _ in range(SYNTHETIC_PER_CLASS)]
     with Progress(console=console) as progress:
         for seed in range(args.seeds):
             splits = make_splits(reference, labels_per_class=args.k, seed=0 if seed == 0 else seed)
             full, few = splits.labeled("train"), splits.labeled("few")
-            crops = ProceduralRenderer(render)([seed * 10**6 + i for i in range(len(classes))], classes).images
             seeded = DetectorConfig(**{**config.__dict__, "seed": seed})
+            objects, scenes = procedural(render, seeded, seed=seed)
             plan = {
                 "real-full": ([composer(full.images, full.labels, seeded)], len(full.labels)),
                 "real-few": ([composer(few.images, few.labels, seeded)], len(few.labels)),
-                "few+composed-procedural": ([composer(few.images, few.labels, seeded),
-                                             composer(crops.astype(np.float32) / 255, np.asarray(classes), seeded)],
-                                            len(few.labels)),
-                "few+procedural-scenes": ([composer(few.images, few.labels, seeded),
-                                           rendered_scenes(render, reference.num_classes)], len(few.labels)),
-                "few+procedural-both": ([composer(few.images, few.labels, seeded),
-                                         composer(crops.astype(np.float32) / 255, np.asarray(classes), seeded),
-                                         rendered_scenes(render, reference.num_classes)], len(few.labels)),
+                "few+composed-procedural": ([composer(few.images, few.labels, seeded), objects], len(few.labels)),
+                "few+procedural-scenes": ([composer(few.images, few.labels, seeded), scenes], len(few.labels)),
+                "few+procedural-both": ([composer(few.images, few.labels, seeded), objects, scenes],
+                                        len(few.labels)),
             }
             for arm, (sources, count) in plan.items():
                 model = train_detector(sources, seeded, progress=progress, description=f"seed {seed}: {arm}")

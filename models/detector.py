@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.generator import Annotated
+from models.render import RenderConfig
 from models.runtime import OnnxSpec
 from models.scenes import Detection, Scenes, real_scenes
 
@@ -137,6 +138,23 @@ def composer(images: np.ndarray, labels: np.ndarray, config: DetectorConfig) -> 
     return scenes
 
 
+def procedural(render: RenderConfig, config: DetectorConfig, *, per_class: int = 200,
+               seed: int = 0) -> tuple[SceneSource, SceneSource]:
+    """Synthetic scenes without labels: ``per_class`` procedurally rendered objects per class composed like real
+    ones, and whole procedural scenes (the renderer's scene mode at ``render.scene_size``)."""
+    from models.render import ProceduralRenderer
+
+    renderer = ProceduralRenderer(render)
+    classes = [c for c in range(config.num_classes) for _ in range(per_class)]
+    crops = renderer([seed * 10**6 + i for i in range(len(classes))], classes).images.astype(np.float32) / 255
+
+    def scenes(count: int, step: int) -> Scenes:
+        seeds = [step * 1000 + i for i in range(count)]
+        out = renderer(seeds, [s % config.num_classes for s in seeds], mode="scene")
+        return Scenes(out.images, out.objects, [])
+    return composer(crops, np.asarray(classes), config), scenes
+
+
 def train_detector(sources: Sequence[SceneSource], config: DetectorConfig = DetectorConfig(), *,
                    progress: Progress | None = None, description: str = "detector") -> CenterNet:
     """Train on fresh scenes every step, from each source in turn (e.g. the few real objects composed, then
@@ -206,4 +224,4 @@ def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, floa
     return inter / union if union > 0 else 0.0
 
 
-__all__ = ["CenterNet", "DetectorConfig", "SceneSource", "composer", "decode", "detector_spec", "iou", "predict", "train_detector"]
+__all__ = ["CenterNet", "DetectorConfig", "SceneSource", "composer", "decode", "procedural", "detector_spec", "iou", "predict", "train_detector"]

@@ -275,30 +275,21 @@ def train_detector_model(settings: Settings, *, labels_per_class: int = 3, steps
     labelled objects per class, procedurally rendered objects composed the same way, and whole procedural
     scenes (no further labels); deployed fp32 and INT8 to the registry (kind ``detector``) and scored with COCO
     mAP on real test scenes composed from held-out images."""
-    from models.detector import DetectorConfig, composer, decode, detector_spec, train_detector
+    from models.detector import DetectorConfig, composer, decode, detector_spec, procedural, train_detector
     from models.labeler import deploy
-    from models.render import ProceduralRenderer, RenderConfig
-    from models.scenes import Scenes, coco_dataset, coco_map, real_scenes
+    from models.render import RenderConfig
+    from models.scenes import coco_dataset, coco_map, real_scenes
 
     splits = settings.splits(labels_per_class=labels_per_class)
     r = splits.reference
     config = DetectorConfig.for_data(r.image_size, r.channels, r.num_classes, dark_ink=r.dark_ink, steps=steps)
-    render = RenderConfig(image_size=r.image_size, channels=r.channels, dark_ink=r.dark_ink,
-                          scene_size=config.scene_size)
-    renderer = ProceduralRenderer(render)
-    classes = [c for c in range(r.num_classes) for _ in range(200)]
-    crops = renderer(list(range(len(classes))), classes).images.astype(np.float32) / 255
-
-    def rendered(count: int, seed: int) -> Scenes:
-        seeds = [seed * 1000 + i for i in range(count)]
-        out = renderer(seeds, [s % r.num_classes for s in seeds], mode="scene")
-        return Scenes(out.images, out.objects, [])
-
+    objects, scenes = procedural(RenderConfig(image_size=r.image_size, channels=r.channels, dark_ink=r.dark_ink,
+                                              scene_size=config.scene_size), config)
     few = splits.labeled("few")
     real = composer(few.images, few.labels, config)
     started = time.monotonic()
     with Progress(console=console) as progress:
-        model = train_detector([real, composer(crops, np.asarray(classes), config), rendered], config,
+        model = train_detector([real, objects, scenes], config,
                                progress=progress, description=f"detector ({few.budget.n_labels} real labels, "
                                                               "procedural objects and scenes)")
     train_s = round(time.monotonic() - started, 1)
