@@ -247,7 +247,8 @@ class QualityJudge:
             return (f"memorized: {score.memorization_ratio:.2f}× the real median distance to the nearest "
                     f"training image (floor {self.reference.memorization_floor:.2f})")
         if not label.agrees:
-            said = "otherwise for an object" if scene else f"{label.label}"
+            said = ("otherwise for an object (its class, or with a detector its box: IoU < 0.5, or one undeclared)"
+                    if scene else f"{label.label}")
             return (f"labeler disagrees with the conditioning: class {record.sample.conditioning.class_label}, "
                     f"labeler says {said} (margin {label.margin:.2f})")
         if not scene and score.realism < self.reject_realism:
