@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from models.generator import Annotated
 from models.render import RenderConfig
 from models.runtime import OnnxSpec
-from models.scenes import Detection, Scenes, real_scenes
+from models.scenes import Detection, Scenes, real_scenes, scene_size
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,9 @@ class DetectorConfig:
     @classmethod
     def for_data(cls, image_size: int, channels: int, num_classes: int, *, dark_ink: bool = False,
                  **overrides: object) -> DetectorConfig:
-        """Scenes that hold two to four objects of the data's size: the procedural renderer's 48×48 up to 16×16
-        objects (stride 2), larger ones at stride 4 for larger objects (28×28: 72×72)."""
-        scene = 48 if image_size <= 16 else 8 * math.ceil(2.3 * image_size / 8)
+        """Scenes that hold two to four objects of the data's size (``models.scenes.scene_size``): stride 2 up to
+        48×48, stride 4 above."""
+        scene = scene_size(image_size)
         return cls(**{"num_classes": num_classes, "channels": channels, "dark_ink": dark_ink, "scene_size": scene,
                       "stride": 2 if scene <= 48 else 4, **overrides})  # type: ignore[arg-type]
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from models.generator import Annotated
+from models.generator import Annotated, Generator, GeneratorOutput
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,37 @@ def real_scenes(images: np.ndarray, labels: np.ndarray, *, count: int, size: int
         scenes.append(placed)
         sources.append(used)
     return Scenes(np.round(out * 255).astype(np.uint8), scenes, sources)
+
+
+def scene_size(image_size: int) -> int:
+    """The side of a scene that holds two to four objects of ``image_size``: the procedural renderer's 48 up to
+    16×16 objects, about 2.3 objects' sides above (28×28: 72)."""
+    return 48 if image_size <= 16 else 8 * math.ceil(2.3 * image_size / 8)
+
+
+def compose_generated(model: Generator, seeds: Sequence[int], classes: Sequence[int], *, size: int = 48,
+                      objects: tuple[int, int] = (2, 4), params: dict[str, str] | None = None) -> GeneratorOutput:
+    """Scenes composed from a generator's objects (GAN or diffusion crops), each a function of its seed and class:
+    the first object is of the class asked for, the others' classes, the crops' seeds and the placement come
+    from the seed. Every object is pasted with its mask (its ink: bright on dark, or dark on light when the
+    crops' borders are light), so box and mask are known by construction."""
+    counts, crop_seeds, crop_classes = [], [], []
+    for seed, first in zip(seeds, classes):
+        rng = np.random.default_rng([int(seed), 7])
+        n = int(rng.integers(objects[0], objects[1] + 1))
+        counts.append(n)
+        crop_seeds += [int(seed) * 8 + j for j in range(n)]
+        crop_classes += [int(first), *(int(c) for c in rng.integers(model.num_classes, size=n - 1))]
+    crops = model(crop_seeds, crop_classes, **(params or {})).images.astype(np.float32) / 255.0  # one batch for all
+    dark_ink = float(np.concatenate([crops[:, 0], crops[:, -1], crops[:, :, 0], crops[:, :, -1]]).mean()) > 0.5
+    images, placed, start = [], [], 0
+    for seed, n in zip(seeds, counts):
+        scene = real_scenes(crops[start:start + n], np.asarray(crop_classes[start:start + n]), count=1, size=size,
+                            objects=(n, n), seed=int(seed), dark_ink=dark_ink)
+        images.append(scene.images[0])
+        placed.append(scene.objects[0])
+        start += n
+    return GeneratorOutput(np.stack(images), objects=placed)
 
 
 def rle(mask: np.ndarray) -> dict[str, Any]:

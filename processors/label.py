@@ -1,8 +1,9 @@
 """The label processor: a batch of GeneratedSamples in, one LabeledSample per sample out.
 
 GAN and diffusion samples get the labeler's label. Procedural samples keep the renderer's exact
-labels (the class of a crop, every object's box and mask in a scene) and are checked against the
-labeler: with a classifier, each object of a scene is cropped from its box and classified; with a detector
+labels (the class of a crop), and scenes (the renderer's, or composed of any generator's objects:
+``mode=scene``) keep every object's class, box and mask; both are checked against the labeler: with a
+classifier, each object of a scene is cropped from its box and classified; with a detector
 (``models.detector``: the detection and segmentation tasks), the whole scene is detected and every object the
 generator declares must be found, same class, with IoU ≥ 0.5, and nothing confident left over. A scene without
 declared objects (an ingested real image) takes the detector's objects, boxes and masks.
@@ -74,13 +75,13 @@ def _inputs(sample: GeneratedSample, size: int, channels: int) -> list[np.ndarra
     """What the classifier sees of a sample: each object's crop for a scene, else the whole image.
 
     Raises:
-        ValueError: the image is not one of the sample's size, or a scene comes from another generator than
-            the procedural renderer (whose object labels are its own ground truth).
+        ValueError: the image is not one of the sample's size, or a sample with objects that was not asked for
+            as a scene (``mode=scene``: drawn by the renderer or composed of a generator's objects).
     """
     image = sample_image(sample)
-    if sample.objects and sample.generator != PROCEDURAL:
-        raise ValueError(f"a {sample.generator} sample with {len(sample.objects)} objects: only the "
-                         f"{PROCEDURAL} renderer draws scenes")
+    if sample.objects and sample.conditioning.params.get("mode") != "scene":
+        raise ValueError(f"a {sample.generator} sample with {len(sample.objects)} objects, not asked for as a "
+                         "scene (mode=scene)")
     return [_crop(image, o.bbox, size, channels) for o in sample.objects] or [fit_image(image, size, channels)]
 
 

@@ -15,7 +15,7 @@ from models.catalog import GeneratorCatalog
 from models.diffusion import DiffusionConfig, train_diffusion
 from models.gan import GanConfig, GanModel, train_gan
 from models.generator import GeneratorError
-from models.image import sample_image
+from models.image import decode_png, sample_image
 from models.reference import LabelAccountingError, Splits, check_budget, load_digits_reference, load_folder, make_splits
 from models.registry import ModelRegistry
 from models.render import ProceduralRenderer
@@ -114,6 +114,34 @@ def test_procedural_scenes_have_exact_boxes_and_masks() -> None:
             x, y, w, h = obj.bbox
             ys, xs = np.nonzero(obj.mask)
             assert (x, y, w, h) == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+
+
+@pytest.mark.parametrize("name", ["gan", "diffusion"])
+def test_scenes_composed_of_a_generators_objects_have_exact_boxes_and_masks(name: str, gan, diffusion,  # type: ignore[no-untyped-def]
+                                                                            tmp_path: Path) -> None:
+    catalog = GeneratorCatalog(tmp_path)
+    catalog.put({"gan": gan, "diffusion": diffusion}[name])
+    job = plan_jobs(name, classes=[3, 8], per_class=3, seed=40, run_id="r", params={"mode": "scene"})[0]
+
+    def samples() -> list[GeneratedSample]:
+        return [r for r in generate(job, generators=catalog, config=GenerateConfig()) if isinstance(r, GeneratedSample)]
+
+    first = samples()
+    assert [s.image_sha256 for s in samples()] == [s.image_sha256 for s in first]  # a function of seed and class
+    assert len({s.image_sha256 for s in first}) == len(first) == 6
+    for sample in first:
+        assert (sample.width, sample.height) == (48, 48) and 1 <= len(sample.objects) <= 4
+        assert sample.conditioning.params == {"mode": "scene"}
+        image = sample_image(sample).astype(int)
+        union = np.zeros(image.shape, bool)
+        for obj in sample.objects:
+            mask = decode_png(obj.mask_png) > 127  # type: ignore[arg-type]
+            ys, xs = np.nonzero(mask)
+            assert list(obj.bbox) == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            union |= mask
+        canvas = set(image[~union].tolist())  # a plain canvas around the objects, each its own ink
+        assert len(canvas) == 1 and canvas <= {0, 255}
+        assert (abs(image[union] - canvas.pop()) > 60).all()
 
 
 def test_checkpoints_are_versioned_by_content_and_checked(tmp_path: Path, gan: GanModel) -> None:

@@ -99,7 +99,7 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
                                 sample_id=f"{run_id}-lie"), "says 8×8"),
         "GAN scene": (good.model_copy(update={"generator": "gan", "sample_id": f"{run_id}-ganscene",
                                               "objects": [Annotation(class_label=1, bbox=[0, 0, 8, 8])]}),
-                      "only the procedural renderer draws scenes"),
+                      "not asked for as a scene"),
     }
     mixed_size = with_image(good, png_bytes(np.kron(image, np.ones((2, 2), np.uint8))), width=16, height=16,
                             sample_id=f"{run_id}-16px")  # labeled (resized); not comparable for the gate
