@@ -72,6 +72,7 @@ def test_hostile_records_are_dead_lettered_and_the_pipeline_goes_on(kafka: Kafka
     assert good.conditioning.class_label is not None
     image = sample_image(good)
     scene = with_image(good, good.image, width=8, height=8, image_format=good.image_format, generator="procedural", sample_id=f"{run_id}-scene",
+                       conditioning=good.conditioning.model_copy(update={"params": {"mode": "scene"}}),
                        objects=[Annotation(class_label=(good.conditioning.class_label + 1) % 10, bbox=[0, 0, 8, 8])])
     wrong = (good.conditioning.class_label + 3) % 10
     forged_label = Label(label=wrong, confidence=0.999, margin=0.99, entropy=0.01, agrees=True,
