@@ -63,6 +63,7 @@ class ProceduralRenderer:
 
     name = KIND
     label_budgets: list[LabelBudget] = []  # no real labels, ever
+    draws_scenes = True  # mode=scene: its own scenes (other generators' are composed of their objects)
 
     def __init__(self, config: RenderConfig = RenderConfig()) -> None:
         self.config = config

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from models.catalog import GeneratorCatalog
 from models.generator import GeneratorError
 from models.image import ImageFormat, channels_of, encode_image, png_bytes
-from models.render import KIND as PROCEDURAL
 from models.scenes import compose_generated, scene_size
 from schemas.identity import sample_ids
 from schemas.records import Annotation, Conditioning, GeneratedSample, GenerationJob, Reading, Record
@@ -35,7 +34,7 @@ def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: Genera
     seeds = [job.seed_start + i for i in range(job.count)]
     classes = [job.classes[i % len(job.classes)] for i in range(job.count)]
     started = time.perf_counter()
-    if job.params.get("mode") == "scene" and model.name != PROCEDURAL:  # the renderer draws its own scenes
+    if job.params.get("mode") == "scene" and not getattr(model, "draws_scenes", False):  # (the renderer does)
         output = compose_generated(model, seeds, classes, size=scene_size(model.image_size), params={
             k: v for k, v in job.params.items() if k != "mode"})
     else:

@@ -171,6 +171,8 @@ def detect(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledS
     good: list[tuple[int, GeneratedSample]] = []
     for i, sample in enumerate(samples):
         try:
+            if sample.objects and sample.conditioning.params.get("mode") != "scene":
+                raise ValueError(f"{len(sample.objects)} objects, not asked for as a scene (mode=scene)")
             images.append(fit_image(sample_image(sample), labeler.image_size, labeler.channels))
             good.append((i, sample))
         except ValueError as e:

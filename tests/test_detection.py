@@ -37,7 +37,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 class Planted:
     """A 'generator' that hands out given scenes with their objects (the test's stand-in for a composer)."""
 
-    name, version, image_size, channels, num_classes = "planted", "v1", 32, 1, 10
+    name, version, image_size, channels, num_classes, draws_scenes = "planted", "v1", 32, 1, 10, True
     label_budgets: list[object] = []
 
     def __init__(self, scenes: Scenes) -> None:
@@ -51,7 +51,8 @@ def labeled(scenes: Scenes, labeler: Labeler, run_id: str) -> list[LabeledSample
     """The scenes through the generate step (as a generator's samples) and the label step."""
     catalog = GeneratorCatalog(Path("/nonexistent"))
     catalog.put(Planted(scenes))  # type: ignore[arg-type]
-    job = plan_jobs("planted", classes=[0], per_class=len(scenes.images), seed=0, run_id=run_id, job_size=1000)[0]
+    job = plan_jobs("planted", classes=[0], per_class=len(scenes.images), seed=0, run_id=run_id, job_size=1000,
+                    params={"mode": "scene"})[0]
     samples = [r for r in generate(job, generators=catalog, config=GenerateConfig()) if isinstance(r, GeneratedSample)]
     out = label(samples, labeler=labeler)
     assert all(isinstance(r, LabeledSample) for r in out)
