@@ -12,6 +12,7 @@ import urllib.request
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from infra.broker import free_port_block
 from processors.passthrough import passthrough
 from schemas.examples import example, example_sample
 from schemas.records import RECORD_TYPES, DeadLetter, GeneratedSample, GenerationJob
@@ -22,7 +23,7 @@ from streams.dead_letter import DLQ_TOPIC
 from streams.producer import RecordProducer
 from streams.runtime import Runner, Step
 from streams.subscribe import subscribe
-from tests.conftest import free_port, sdg_command
+from tests.conftest import sdg_command
 
 FAST = RunnerConfig(batch_size=100, session_timeout_ms=6000, heartbeat_interval_ms=500)
 
@@ -183,14 +184,16 @@ def test_workers_share_the_partitions_of_one_group_and_stop_together(kafka: Kafk
     Each serves its Prometheus metrics on a port of its own, and the counters follow the records."""
     source, sink = fresh_topic(6), fresh_topic()
     group = f"g-{run_id}"
-    port = free_port()
+    port = free_port_block(2)  # a metrics port each: both must be free
     runner = _runner_process(kafka, source, sink, group, workers=2, metrics_port=port)
 
     def total(name: str) -> float:
         return sum(_scrape(p).get(name, 0.0) for p in (port, port + 1))
 
     try:
-        _wait(lambda: sorted(_members(kafka, group)) == [3, 3], 60, "two members sharing six partitions")
+        _wait(lambda: sorted(_members(kafka, group)) == [3, 3] or runner.poll() is not None, 60,
+              "two members sharing six partitions")
+        assert runner.poll() is None, runner.communicate(timeout=10)[0]  # (a worker that failed to start says why)
         assert total("sdg_records_in_total") == 0
         with RecordProducer(kafka) as producer:
             for i in range(600):
