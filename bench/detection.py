@@ -22,6 +22,7 @@ masks). Usage: ``python bench/detection.py [--data digits] [--seeds 5] [--k 3] [
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -45,21 +46,17 @@ from models.detector import (  # noqa: E402
     detector_spec,
     predict,
     procedural,
+    real_test,
     train_detector,
 )
 from models.labeler import deploy  # noqa: E402
 from models.reference import DataConfig, load_reference, make_splits  # noqa: E402
 from models.render import RenderConfig  # noqa: E402
 from models.runtime import OnnxModel  # noqa: E402
-from models.scenes import Detection, Scenes, coco_dataset, coco_map, real_scenes, scene_grid  # noqa: E402
+from models.scenes import Scenes, coco_scores, scene_grid  # noqa: E402
 from sdg.stats import interval, paired  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-
-
-def scores(detections: list[Detection], truth: dict[str, Any]) -> dict[str, float]:
-    boxes, masks = coco_map(truth, detections), coco_map(truth, detections, kind="segm")
-    return {**boxes, "mask_map50": masks["map50"], "mask_map50_95": masks["map50_95"]}
 
 
 def deployed(model: CenterNet, config: DetectorConfig, folder: Path, calibration: np.ndarray, test: Scenes,
@@ -75,7 +72,7 @@ def deployed(model: CenterNet, config: DetectorConfig, folder: Path, calibration
             start = time.perf_counter()
             session.run(image[None])
             latencies.append((time.perf_counter() - start) * 1000)
-        out[name] = {**scores(found, truth), "size_kb": round(path.stat().st_size / 1024, 1),
+        out[name] = {**coco_scores(truth, found), "size_kb": round(path.stat().st_size / 1024, 1),
                      "batch1_p50_ms": round(float(np.percentile(latencies, 50)), 3),
                      "batch1_p99_ms": round(float(np.percentile(latencies, 99)), 3)}
     out["int8_drop_pt"] = {key: round(100 * (out["fp32"][key] - out["int8"][key]), 2)
@@ -103,15 +100,12 @@ def main() -> None:
     arms: dict[str, list[dict[str, float]]] = {}
     labels: dict[str, int] = {}
     models: dict[str, CenterNet] = {}
-    test_images, test_labels = make_splits(reference, seed=0).test_set()
-    test = real_scenes(test_images, test_labels, count=args.test_scenes, size=config.scene_size, seed=10_000,
-                       dark_ink=reference.dark_ink)
-    truth = coco_dataset(test.objects, (config.scene_size, config.scene_size), reference.num_classes)
+    test, truth = real_test(*make_splits(reference, seed=0).test_set(), config, count=args.test_scenes)
     with Progress(console=console) as progress:
         for seed in range(args.seeds):
-            splits = make_splits(reference, labels_per_class=args.k, seed=0 if seed == 0 else seed)
+            splits = make_splits(reference, labels_per_class=args.k, seed=seed)
             full, few = splits.labeled("train"), splits.labeled("few")
-            seeded = DetectorConfig(**{**config.__dict__, "seed": seed})
+            seeded = dataclasses.replace(config, seed=seed)
             objects, scenes = procedural(render, seeded, seed=seed)
             plan = {
                 "real-full": ([composer(full.images, full.labels, seeded)], len(full.labels)),
@@ -124,7 +118,7 @@ def main() -> None:
             for arm, (sources, count) in plan.items():
                 model = train_detector(sources, seeded, progress=progress, description=f"seed {seed}: {arm}")
                 found = decode(predict(model, test.images), stride=config.stride, num_classes=config.num_classes)
-                arms.setdefault(arm, []).append(scores(found, truth))
+                arms.setdefault(arm, []).append(coco_scores(truth, found))
                 labels[arm] = count
                 if seed == 0:
                     models[arm] = model

@@ -147,13 +147,15 @@ def write_cluster_files(secrets: BrokerSecrets, hosts: list[str], *, port: int =
                                                       bind=bind)
              for i, host in enumerate(hosts, start=1)}
     files["client.properties"] = client_properties(secrets)
-    written = []
     for name, properties in files.items():
-        written.append(secrets.folder / name)
-        private_write(written[-1], "".join(f"{k}={v}\n" for k, v in properties.items()).encode())
-    written.append(secrets.folder / "admin-scram")
-    private_write(written[-1], scram_bootstrap(secrets)[1].encode())
-    return written
+        write_properties(secrets.folder / name, properties)
+    private_write(secrets.folder / "admin-scram", scram_bootstrap(secrets)[1].encode())
+    return [secrets.folder / name for name in [*files, "admin-scram"]]
+
+
+def write_properties(path: Path, properties: dict[str, str]) -> None:
+    """A Java ``.properties`` file, owner-only: it may hold SASL passwords and key store secrets."""
+    private_write(path, "".join(f"{k}={v}\n" for k, v in properties.items()).encode())
 
 
 class EmbeddedBroker:
@@ -229,8 +231,7 @@ class EmbeddedBroker:
         }
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.home.chmod(0o700)
-        # it holds SASL passwords and key store secrets (and whatever extra_properties hold)
-        private_write(node.properties_file, "".join(f"{k}={v}\n" for k, v in properties.items()).encode())
+        write_properties(node.properties_file, properties)
         (self.home / "log4j2.properties").write_text(LOG4J2)
 
     def _classpath(self) -> str:

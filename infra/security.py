@@ -133,13 +133,13 @@ def broker_properties(secrets_: BrokerSecrets, host: str, port: int, controller_
     default): SASL_SSL (SCRAM-SHA-512) for clients and between brokers, SASL_PLAINTEXT (PLAIN: KRaft controllers
     do not take SCRAM) for the controller (loopback on one machine, the cluster's private network in compose),
     the standard authorizer, and nothing allowed without an ACL."""
+    listen = bind if bind is not None else host
     admin = secrets_.password(ADMIN)
     scram = f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{ADMIN}" password="{admin}";'
     plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
              f'username="{ADMIN}" password="{admin}" user_{ADMIN}="{admin}";')
     return {
-        "listeners": f"SASL_SSL://{bind if bind is not None else host}:{port},"
-                     f"CONTROLLER://{bind if bind is not None else host}:{controller_port}",
+        "listeners": f"SASL_SSL://{listen}:{port},CONTROLLER://{listen}:{controller_port}",
         "advertised.listeners": f"SASL_SSL://{host}:{port}",
         "inter.broker.listener.name": "SASL_SSL",
         "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SASL_PLAINTEXT",

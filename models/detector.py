@@ -4,19 +4,19 @@ The network maps an image to one map at ``stride`` with ``num_classes + 4 + stri
 probability that an object's centre is in that cell, the object's width and height (in cells), the centre's
 sub-cell offset, and for each pixel of the cell the probability that it is object (foreground, full resolution
 by depth-to-space). ``decode`` turns the map into objects: the local peaks of the class maps above a score,
-their boxes, and as mask the foreground inside the box. It runs the same on the
-torch module and on its ONNX export (fp32 or INT8), so the labeler, the gate and the edge detector share it.
+their boxes, and as mask the foreground inside the box. It runs the same on the torch module and on its ONNX
+export (fp32 or INT8), so the labeler, the gate and the edge detector share it.
 
-Training composes scenes from a pool of objects (``compose``: crops with their masks, placed without overlap
+Training composes scenes from a pool of objects (``composer``: crops with their masks, placed without overlap
 on a plain canvas, the box and mask known by construction), fresh scenes every step: a few labelled real
-objects, generated ones, or both.
+objects, generated ones, or both (``procedural``: rendered objects and whole rendered scenes).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,10 +24,11 @@ from rich.progress import Progress
 from torch import nn
 from torch.nn import functional as F
 
+from models.features import as_tensor
 from models.generator import Annotated
 from models.render import RenderConfig
 from models.runtime import OnnxSpec
-from models.scenes import Detection, Scenes, real_scenes, scene_size
+from models.scenes import Detection, Scenes, coco_dataset, real_scenes, scene_size
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,15 @@ def train_detector(sources: Sequence[SceneSource], config: DetectorConfig = Dete
 
 def as_input(images: np.ndarray) -> torch.Tensor:
     """uint8 scenes (N, S, S) or (N, S, S, C) → float (N, C, S, S) in [0, 1]."""
-    x = torch.from_numpy(images.astype(np.float32) / 255.0)
-    return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+    return as_tensor(images.astype(np.float32) / 255.0)
+
+
+def real_test(images: np.ndarray, labels: np.ndarray, config: DetectorConfig, *,
+              count: int) -> tuple[Scenes, dict[str, Any]]:
+    """``count`` real test scenes at the detector's size, composed from held-out real images (the test split:
+    never trained on), and their ground truth as COCO."""
+    test = real_scenes(images, labels, count=count, size=config.scene_size, seed=10_000, dark_ink=config.dark_ink)
+    return test, coco_dataset(test.objects, (config.scene_size, config.scene_size), config.num_classes)
 
 
 def predict(model: CenterNet, images: np.ndarray) -> np.ndarray:
@@ -224,4 +232,5 @@ def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, floa
     return inter / union if union > 0 else 0.0
 
 
-__all__ = ["CenterNet", "DetectorConfig", "SceneSource", "composer", "decode", "procedural", "detector_spec", "iou", "predict", "train_detector"]
+__all__ = ["CenterNet", "DetectorConfig", "SceneSource", "composer", "decode", "detector_spec", "iou", "predict",
+           "procedural", "real_test", "train_detector"]

@@ -186,6 +186,12 @@ def coco_map(truth: dict[str, Any], detections: Sequence[Detection], *,
     return {"map50": max(0.0, float(stats[1])), "map50_95": max(0.0, float(stats[0]))}
 
 
+def coco_scores(truth: dict[str, Any], detections: Sequence[Detection]) -> dict[str, float]:
+    """Box and mask COCO mAP: ``map50``, ``map50_95``, ``mask_map50``, ``mask_map50_95``."""
+    boxes, masks = coco_map(truth, detections), coco_map(truth, detections, kind="segm")
+    return {**boxes, "mask_map50": masks["map50"], "mask_map50_95": masks["map50_95"]}
+
+
 def scene_grid(images: np.ndarray, objects: Sequence[Sequence[Annotated | Detection]], path: Path, *, title: str,
                min_score: float = 0.3, columns: int = 6) -> Path:
     """A picture of scenes with their objects drawn: box, class (and score for detections) and mask."""

@@ -78,11 +78,16 @@ def _inputs(sample: GeneratedSample, size: int, channels: int) -> list[np.ndarra
         ValueError: the image is not one of the sample's size, or a sample with objects that was not asked for
             as a scene (``mode=scene``: drawn by the renderer or composed of a generator's objects).
     """
-    image = sample_image(sample)
+    image = _image(sample)
+    return [_crop(image, o.bbox, size, channels) for o in sample.objects] or [fit_image(image, size, channels)]
+
+
+def _image(sample: GeneratedSample) -> np.ndarray:
+    """A sample's pixels, refusing objects on a sample that was not asked for as a scene (``ValueError``)."""
     if sample.objects and sample.conditioning.params.get("mode") != "scene":
         raise ValueError(f"a {sample.generator} sample with {len(sample.objects)} objects, not asked for as a "
                          "scene (mode=scene)")
-    return [_crop(image, o.bbox, size, channels) for o in sample.objects] or [fit_image(image, size, channels)]
+    return sample_image(sample)
 
 
 def _confidence(p: np.ndarray) -> tuple[list[float], list[float], list[float]]:
@@ -171,9 +176,7 @@ def detect(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledS
     good: list[tuple[int, GeneratedSample]] = []
     for i, sample in enumerate(samples):
         try:
-            if sample.objects and sample.conditioning.params.get("mode") != "scene":
-                raise ValueError(f"{len(sample.objects)} objects, not asked for as a scene (mode=scene)")
-            images.append(fit_image(sample_image(sample), labeler.image_size, labeler.channels))
+            images.append(fit_image(_image(sample), labeler.image_size, labeler.channels))
             good.append((i, sample))
         except ValueError as e:
             out[i] = ValueError(f"sample {sample.sample_id}: {e}")

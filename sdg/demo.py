@@ -409,9 +409,9 @@ def _detection_proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDe
     One seed: a picture of this run, not a claim (``bench/detection.py`` measures the arms over seeds)."""
     import json
 
-    from models.detector import DetectorConfig, composer, decode, predict, train_detector
+    from models.detector import DetectorConfig, composer, decode, predict, real_test, train_detector
     from models.image import sample_image
-    from models.scenes import Scenes, coco_dataset, coco_map, real_scenes, scene_grid
+    from models.scenes import Scenes, coco_scores, scene_grid
 
     out = Path("runs") / settings.run_id
     splits = settings.splits(labels_per_class=3)
@@ -428,8 +428,7 @@ def _detection_proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDe
 
     few = splits.labeled("few")
     real = composer(few.images, few.labels, config)
-    test = real_scenes(*splits.test_set(), count=200, size=config.scene_size, seed=10_000, dark_ink=r.dark_ink)
-    truth = coco_dataset(test.objects, (config.scene_size, config.scene_size), r.num_classes)
+    test, truth = real_test(*splits.test_set(), config, count=200)
     arms = {"real-few": [real], **({"few+accepted-stream": [real, accepted_scenes]} if stream else {})}
     result: dict[str, Any] = {"task": settings.task, "accepted_scenes": len(stream), "real_labels": len(few.labels),
                               "test_scenes": len(test.images), "arms": {}}
@@ -440,11 +439,10 @@ def _detection_proof(settings: Settings, plan: DemoPlan, accepted: list[SampleDe
         for arm, sources in arms.items():
             model = train_detector(sources, config, progress=progress, description=f"edge detector: {arm}")
             found = decode(predict(model, test.images), stride=config.stride, num_classes=config.num_classes)
-            boxes, masks = coco_map(truth, found), coco_map(truth, found, kind="segm")
-            result["arms"][arm] = {**boxes, "mask_map50": masks["map50"], "mask_map50_95": masks["map50_95"]}
+            scored = result["arms"][arm] = coco_scores(truth, found)
             table.add_row(arm, f"{len(few.labels)} real objects" + (f" + {len(stream)} accepted scenes"
                                                                      if arm != "real-few" else ""),
-                          f"{boxes['map50']:.1%}", f"{boxes['map50_95']:.1%}", f"{masks['map50_95']:.1%}")
+                          f"{scored['map50']:.1%}", f"{scored['map50_95']:.1%}", f"{scored['mask_map50_95']:.1%}")
             best = (model, found)
     console.print(table)
     assert best is not None

@@ -275,10 +275,10 @@ def train_detector_model(settings: Settings, *, labels_per_class: int = 3, steps
     labelled objects per class, procedurally rendered objects composed the same way, and whole procedural
     scenes (no further labels); deployed fp32 and INT8 to the registry (kind ``detector``) and scored with COCO
     mAP on real test scenes composed from held-out images."""
-    from models.detector import DetectorConfig, composer, decode, detector_spec, procedural, train_detector
+    from models.detector import DetectorConfig, composer, decode, detector_spec, procedural, real_test, train_detector
     from models.labeler import deploy
     from models.render import RenderConfig
-    from models.scenes import coco_dataset, coco_map, real_scenes
+    from models.scenes import coco_map
 
     splits = settings.splits(labels_per_class=labels_per_class)
     r = splits.reference
@@ -298,9 +298,7 @@ def train_detector_model(settings: Settings, *, labels_per_class: int = 3, steps
     deployed = deploy(model, staging, detector_spec(config), calibration=real(256, 10**6).images / 255.0, config={
         "kind": "detector", "config": asdict(config), "label_budgets": [few.budget.as_dict()],
         "trained_on": ["few real objects, composed", "procedural objects, composed", "procedural scenes"]})
-    test = real_scenes(*splits.test_set(), count=test_scenes, size=config.scene_size, seed=10_000,
-                       dark_ink=r.dark_ink)
-    truth = coco_dataset(test.objects, (config.scene_size, config.scene_size), r.num_classes)
+    test, truth = real_test(*splits.test_set(), config, count=test_scenes)
     scores = {p.stem: coco_map(truth, decode(OnnxModel(p).run(test.images), stride=config.stride,
                                              num_classes=r.num_classes)) for p in (deployed.fp32, deployed.int8)}
     return DetectorModel(registry.publish(staging, "detector"), few.budget.n_labels, scores, train_s)
