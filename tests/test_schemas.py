@@ -198,3 +198,7 @@ def test_a_varint_longer_than_ten_bytes_is_refused_and_high_bit_payloads_pass() 
     sample = example_sample(0, "run").model_copy(update={"image": image,
                                                          "image_sha256": hashlib.sha256(image).hexdigest()})
     assert codec.decode(codec.encode(sample)) == sample
+    # ...and leaving the payload's runs out does not hide an over-long varint elsewhere in the record
+    data = codec.encode(sample)
+    with pytest.raises(UndecodableRecord, match="canonical"):
+        codec.decode(data[:10] + bytes([data[10] | 0x80]) + b"\x80" * 9 + b"\x00" + data[11:])
