@@ -31,6 +31,7 @@ from models.labeler import LabelerConfig, deploy, labeler_spec, train_labeler  #
 from models.reference import load_digits_reference, make_splits  # noqa: E402
 from models.runtime import OnnxModel  # noqa: E402
 from processors.label import Labeler, label  # noqa: E402
+from streams.runtime import tune_gc  # noqa: E402
 
 BATCH = 256
 console = Console()
@@ -101,6 +102,7 @@ def main() -> None:
     console.print(table)
 
     labeler = Labeler("bench", OnnxModel(deployed.int8, threads=2), tuple(range(10)))
+    tune_gc()  # as the runtime does in a processor
     samples = [s for s, _ in mixed_stream(splits, good=BATCH, noise=0, wrong_class=0, run_id="bench")]
     label(samples, labeler=labeler)
     done, start = 0, time.perf_counter()

@@ -184,6 +184,8 @@ class OnnxModel:
             options = ort.SessionOptions()
             if threads:
                 options.intra_op_num_threads = threads
+            # no spinning between runs: a processor's Python (decode, records) runs between batches on those cores
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files
             raise ModelFileError(f"{path}: onnxruntime cannot load it: {e}") from e

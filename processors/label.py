@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from models.image import png_bytes, sample_image, sample_images
+from models.image import png_bytes, sample_image
 from models.runtime import ModelFileError, OnnxModel, fit_image
 from schemas.records import Annotation, GeneratedSample, Label, LabeledSample, now_ms
 
@@ -114,20 +114,26 @@ def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSa
     """
     if labeler.stride is not None:
         return detect(samples, labeler=labeler)
-    direct = [s for s in samples if _direct(s, labeler)]  # the common case: one copy for the whole batch
-    batch = [sample_images(direct)] if direct else []
+    flags = [_direct(s, labeler) for s in samples]
+    direct = [s for s, d in zip(samples, flags) if d]  # the common case: one copy for the whole batch
+    size, channels = labeler.image_size, labeler.channels
+    batch = [np.frombuffer(b"".join(s.image for s in direct), np.uint8).reshape(  # checked by _direct: one copy
+        (len(direct), size, size) if channels == 1 else (len(direct), size, size, channels))] if direct else []
     crops: list[np.ndarray] = []
-    owners: dict[int, list[int] | ValueError] = {id(s): [i] for i, s in enumerate(direct)}  # sample → its input rows
-    for sample in samples:
-        if id(sample) in owners:
+    owners: list[list[int] | ValueError] = []  # per sample: its input rows (direct ones first, in order)
+    seen = 0
+    for sample, is_direct in zip(samples, flags):
+        if is_direct:
+            owners.append([seen])
+            seen += 1
             continue
         try:
             parts = _inputs(sample, labeler.image_size, labeler.channels)
         except ValueError as e:
-            owners[id(sample)] = ValueError(f"sample {sample.sample_id}: {e}")
+            owners.append(ValueError(f"sample {sample.sample_id}: {e}"))
             continue
         start = len(direct) + len(crops)
-        owners[id(sample)] = list(range(start, start + len(parts)))
+        owners.append(list(range(start, start + len(parts))))
         crops.extend(parts)
     if crops:
         batch.append(np.stack(crops))
@@ -136,8 +142,8 @@ def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSa
     confidence, margin, entropy = _confidence(probabilities)
     name, version, now = labeler.name, labeler.model.version, now_ms()
     out: list[LabeledSample | Exception] = []
-    for sample in samples:
-        rows = owners[id(sample)]
+    validate = LabeledSample.__pydantic_validator__.validate_python  # one call per record, its label inside
+    for sample, rows in zip(samples, owners):
         if isinstance(rows, ValueError):
             out.append(rows)
             continue
@@ -150,13 +156,9 @@ def label(samples: list[GeneratedSample], *, labeler: Labeler) -> list[LabeledSa
             asked = sample.conditioning.class_label  # None for an ingested real image: nothing to disagree with
             agrees = asked is None or predicted[row] == asked
             value = asked if sample.generator == PROCEDURAL and asked is not None else predicted[row]
-        out.append(LabeledSample(
-            run_id=sample.run_id,
-            created_ms=now,
-            sample=sample,
-            label=Label(label=value, confidence=confidence[row], margin=margin[row], entropy=entropy[row],
-                        agrees=agrees, labeler=name, labeler_version=version, objects=sample.objects),
-        ))
+        out.append(validate({"run_id": sample.run_id, "created_ms": now, "sample": sample, "label": {
+            "label": value, "confidence": confidence[row], "margin": margin[row], "entropy": entropy[row],
+            "agrees": agrees, "labeler": name, "labeler_version": version, "objects": sample.objects}}))
     return out
 
 

@@ -30,6 +30,7 @@ broker); both give it the same few operations.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -71,6 +72,21 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (UndecodableRecord, RecordTooLarg
 def data_error(error: BaseException, record: Record | None, step: Step) -> Policy:
     """The default error policy: bad data goes to the dead-letter topic; a broken model, broker or disk raises."""
     return "dead_letter" if isinstance(error, DATA_ERRORS) else "raise"
+
+
+GC_THRESHOLD = 100_000
+"""Allocations between young-generation collections in a processor (Python's default: 700). A batch makes tens of
+thousands of short-lived objects that hold no cycles; at the default the collector ran every few records and cost
+a sixth of the label step's time."""
+
+
+def tune_gc() -> None:
+    """Set a processor's garbage collection: what exists at start (modules, models) is frozen out of every
+    collection, and young objects are collected every ``GC_THRESHOLD`` allocations. Idempotent."""
+    if gc.get_threshold()[0] != GC_THRESHOLD:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 20, 50)
 
 
 class Message(Protocol):
@@ -357,6 +373,7 @@ class Runner:
         Raises:
             Whatever the error policy says to raise; nothing after the last checkpoint is committed then.
         """
+        tune_gc()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
@@ -799,5 +816,5 @@ class KafkaIO:
                 self.producer.client.flush(10)
 
 
-__all__ = ["DATA_ERRORS", "IO", "KafkaIO", "Message", "Policy", "RunStats", "Runner", "Sink", "Step", "Store",
-           "changelog_topic", "data_error", "repartition_topic", "state_topics"]
+__all__ = ["DATA_ERRORS", "GC_THRESHOLD", "IO", "KafkaIO", "Message", "Policy", "RunStats", "Runner", "Sink", "Step", "Store",
+           "changelog_topic", "data_error", "repartition_topic", "state_topics", "tune_gc"]
