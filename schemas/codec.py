@@ -172,7 +172,8 @@ def _contents(values: Any) -> Iterator[bytes]:
     (an image first)."""
     level = [values]
     while level:
-        nested, strings = [], []
+        nested: list[Any] = []
+        strings: list[str] = []
         for value in level:
             if isinstance(value, bytes):
                 if len(value) >= 10:
