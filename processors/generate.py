@@ -45,32 +45,26 @@ def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: Genera
     conditioning = {c: Conditioning(class_label=c, params=dict(job.params)) for c in set(classes)}
     timings = {"batch_compute": compute_ms, "per_sample": compute_ms / job.count}
     height, width, channels = int(output.images.shape[1]), int(output.images.shape[2]), channels_of(output.images)
+    first: GeneratedSample | None = None  # the first sample without objects, validated
     for i, (seed, label) in enumerate(zip(seeds, classes)):
         image, image_format = encode_image(output.images[i], config.image_format)
         objects = [
             Annotation(class_label=o.class_label, bbox=list(o.bbox), mask_png=png_bytes(o.mask.astype("uint8") * 255))
             for o in (output.objects[i] if output.objects else [])
         ]
-        samples.append(GeneratedSample(
-            run_id=job.run_id,
-            sample_id=ids[i],
-            job_id=job.job_id,
-            generator=model.name,
-            generator_version=model.version,
-            seed=seed,
-            conditioning=conditioning[label],
-            image=image,
-            image_format=image_format,
-            image_sha256=hashlib.sha256(image).hexdigest(),
-            width=width,
-            height=height,
-            channels=channels,
-            node_id=config.node_id,
-            scheduler=output.scheduler,
-            steps=output.steps,
-            timings_ms=timings,
-            objects=objects,
-        ))
+        own = {"sample_id": ids[i], "seed": seed, "conditioning": conditioning[label], "image": image,
+               "image_format": image_format, "image_sha256": hashlib.sha256(image).hexdigest()}
+        if first is not None and not objects:
+            # its siblings differ only in fields made alike (ids of one generator, seeds from a valid start,
+            # validated conditionings, images of one shape, hashes): a copy is as valid as a validation
+            samples.append(first.model_copy(update=own))
+            continue
+        sample = GeneratedSample(run_id=job.run_id, job_id=job.job_id, generator=model.name,
+                                 generator_version=model.version, width=width, height=height, channels=channels,
+                                 node_id=config.node_id, scheduler=output.scheduler, steps=output.steps,
+                                 timings_ms=timings, objects=objects, **own)
+        first = first if objects else sample
+        samples.append(sample)
     total_ms = (time.perf_counter() - started) * 1000
     load = Reading(run_id=job.run_id, node_id=config.node_id, source="generator", ts_ms=int(time.time() * 1000),
                    rate_sps=job.count / (total_ms / 1000), batch_ms=total_ms)
