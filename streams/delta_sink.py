@@ -68,6 +68,7 @@ class DeltaTables:
     def __init__(self, root: Path, *, storage_options: dict[str, str] | None = None) -> None:
         self.root = root
         self.storage_options = storage_options
+        self._writing: dict[str, Any] = {}  # table → the handle appends go through (its log read once, not per commit)
 
     def path(self, table: str) -> str:
         return str(self.root / table)
@@ -133,13 +134,20 @@ class DeltaTables:
         now = int(time.time() * 1000)
         properties = CommitProperties(max_commit_retries=retries, custom_metadata=metadata,
                                       app_transactions=[Transaction(a, v, now) for a, v in versions.items()])
-        write_deltalake(self.path(table), data, mode="append", partition_by=PARTITION_BY, schema_mode="merge",
-                        commit_properties=properties, storage_options=self.storage_options)
+        # an open handle is kept up to date by its own commits (and by delta-rs's conflict checks when another writer
+        # committed first): half the time of a commit through the path, which reads the log again
+        handle = self._writing.get(table)
+        write_deltalake(self.path(table) if handle is None else handle, data, mode="append", partition_by=PARTITION_BY,
+                        schema_mode="merge", commit_properties=properties,
+                        storage_options=self.storage_options if handle is None else None)
+        if handle is None:
+            self._writing[table] = self.open(table)
 
     def compact(self, table: str) -> None:
         dt = self.open(table)
         if dt is not None:
             dt.optimize.compact()
+            self._writing.pop(table, None)
 
 
 class DeltaSink:
@@ -203,10 +211,12 @@ class DeltaSink:
 
     def due(self) -> bool:
         """A full or old buffer, or a write that has landed (its offsets can be committed)."""
-        buffered = sum(map(len, self._buffer.values()))
-        return buffered >= self.config.batch_rows or (
-            self._oldest is not None and time.monotonic() - self._oldest >= self.config.max_batch_s) or (
-            self._inflight is not None and self._inflight[0].done())
+        return self._full() or (self._inflight is not None and self._inflight[0].done())
+
+    def _full(self) -> bool:
+        """The buffer holds ``batch_rows`` rows, or its oldest is ``max_batch_s`` old."""
+        return sum(map(len, self._buffer.values())) >= self.config.batch_rows or (
+            self._oldest is not None and time.monotonic() - self._oldest >= self.config.max_batch_s)
 
     def _needs(self, table: str, topic: str, partition: int) -> int:
         key = (table, app_id(self.group, topic, partition))
@@ -289,8 +299,8 @@ class DeltaSink:
         return self._build()
 
     def flush(self, *, wait: bool = True) -> list[tuple[Any, Exception]]:
-        """Start writing every table's buffered rows, each with its offsets in the same commit (after the last
-        write has landed; ``wait``: and this one too); the records whose rows did not fit a table, with why (the
+        """Start writing every table's buffered rows, each with its offsets in the same commit, once the buffer is full
+        or old (after the last write has landed; ``wait``: at once, and wait for it); the records whose rows did not fit a table, with why (the
         runtime dead-letters them before it commits the Kafka offsets).
 
         Raises:
@@ -298,7 +308,7 @@ class DeltaSink:
         """
         self._settle()
         rejected: list[tuple[Any, Exception]] = []
-        if self._covered:
+        if self._covered and (wait or self._full()):  # a landed write's checkpoint leaves a part-filled buffer be
             built, covered = self._arrow(), self._covered
             self._inflight = (self._writer.submit(self._write, built, covered), self._first)
             rejected, self._rejected = self._rejected, []
