@@ -61,7 +61,9 @@ class Labeler:
                    channels=model.spec.channels, stride=model.spec.stride if model.spec.kind == "detector" else None)
 
 
-def _crop(image: np.ndarray, bbox: list[float], size: int, channels: int) -> np.ndarray:
+def object_crop(image: np.ndarray, bbox: list[float], size: int, channels: int) -> np.ndarray:
+    """What a classifier (or the quality gate) sees of one object of a scene: a square crop around its box's centre,
+    at ``size`` × ``size`` with ``channels``."""
     from PIL import Image
 
     x, y, w, h = (int(round(v)) for v in bbox)
@@ -79,7 +81,7 @@ def _inputs(sample: GeneratedSample, size: int, channels: int) -> list[np.ndarra
             as a scene (``mode=scene``: drawn by the renderer or composed of a generator's objects).
     """
     image = _image(sample)
-    return [_crop(image, o.bbox, size, channels) for o in sample.objects] or [fit_image(image, size, channels)]
+    return [object_crop(image, o.bbox, size, channels) for o in sample.objects] or [fit_image(image, size, channels)]
 
 
 def _image(sample: GeneratedSample) -> np.ndarray:

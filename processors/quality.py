@@ -6,8 +6,9 @@ a sample failing those checks is rejected. Per generator, samples collect in a t
 candidate sample. When it closes, the processor scores the window and the sliding window (this one
 and the ``slide`` − 1 before it, moments merged), per generator and per class, against the
 real-vs-real baseline at the same n, then decides every sample of the window: accepted, review or
-rejected, each with a reason. Multi-object scenes are not
-comparable to the reference set's single digits: they are decided on their labels alone.
+rejected, each with a reason. A multi-object scene is scored on its objects: each one's crop like a sample (realism,
+memorization), the scene taking its worst object's score, and decided at once on those and its labels (no window:
+the set metrics compare single objects with single objects).
 
 ``QualityProcessor`` is the stateful step: the runtime re-keys samples by generator version (so one worker
 owns each generator's windows) and hands each one over with its partition's store, where a generator's
@@ -33,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.image import sample_image, sample_images
 from models.quality import Reference, RunningMoments
 from models.reference import Splits
-from processors.label import Labeler, label
+from processors.label import Labeler, label, object_crop
 from schemas.errors import UndecodableRecord
 from schemas.records import (
     Gate,
@@ -243,16 +244,17 @@ class QualityJudge:
     def rejection(self, record: LabeledSample, score: Score) -> str | None:
         """Why a sample fails on its own (memorized, mislabeled, unrealistic), or None."""
         label, scene = record.label, bool(record.sample.objects)
-        if not scene and score.memorization_ratio < self.reference.memorization_floor:
-            return (f"memorized: {score.memorization_ratio:.2f}× the real median distance to the nearest "
-                    f"training image (floor {self.reference.memorization_floor:.2f})")
+        if score.memorization_ratio < self.reference.memorization_floor:
+            return (f"memorized: {'an object at ' if scene else ''}{score.memorization_ratio:.2f}× the real median "
+                    f"distance to the nearest training image (floor {self.reference.memorization_floor:.2f})")
         if not label.agrees:
             said = ("otherwise for an object (its class, or with a detector its box: IoU < 0.5, or one undeclared)"
                     if scene else f"{label.label}")
             return (f"labeler disagrees with the conditioning: class {record.sample.conditioning.class_label}, "
                     f"labeler says {said} (margin {label.margin:.2f})")
-        if not scene and score.realism < self.reject_realism:
-            return f"off the real manifold: realism {score.realism:.2f} < {self.reject_realism:.2f}"
+        if score.realism < self.reject_realism:
+            return (f"off the real manifold: {'an object at ' if scene else ''}realism {score.realism:.2f} < "
+                    f"{self.reject_realism:.2f}")
         return None
 
     def due(self, windows: GeneratorWindows, now_ms: int) -> bool:
@@ -332,12 +334,12 @@ class QualityJudge:
             decision, reason = "review", f"window warming up: {why}"
         elif record.label.margin < c.min_margin:
             decision, reason = "review", f"uncertain label: margin {record.label.margin:.2f} < {c.min_margin:.2f}"
-        elif not scene and item.score.realism < self.review_realism:
-            decision, reason = "review", (f"edge of the real manifold: realism {item.score.realism:.2f} "
-                                          f"< {self.review_realism:.2f} (real 1%)")
+        elif item.score.realism < self.review_realism:
+            decision, reason = "review", (f"edge of the real manifold: {'an object at ' if scene else ''}realism "
+                                          f"{item.score.realism:.2f} < {self.review_realism:.2f} (real 1%)")
         else:
-            decision, reason = "accepted", ("accepted: every object labeled confidently and in agreement (scenes have "
-                                            "no set metrics)" if scene else
+            decision, reason = "accepted", ("accepted: every object labeled confidently and in agreement, and "
+                                            "realistic (scenes have no set metrics)" if scene else
                                             "accepted: window admissible, label confident and in agreement, realistic")
         scored = ScoredSample(run_id=record.run_id, sample=record.sample, label=record.label, score=item.score)
         gate = Gate(decision=decision, reason=reason, gate=c.preset)
@@ -345,9 +347,16 @@ class QualityJudge:
                                        score=item.score, gate=gate)]
 
     def decide_scene(self, record: LabeledSample) -> list[Record]:
-        """A multi-object scene: no window, decided on its labels (its realism is not measured)."""
-        score = Score(window_id="scene", realism=0.0, nn_distance=0.0, memorization_ratio=0.0,
-                      extractor=self.reference.extractor, extractor_hash=self.reference.extractor_hash)
+        """A multi-object scene: each object's crop is scored like a sample against the real set and the scene takes
+        its worst object's score (least realistic, farthest, closest to a training image); no window (the set
+        metrics compare single objects with single objects)."""
+        ref, sample = self.reference, record.sample
+        image = sample_image(sample)
+        crops = np.stack([object_crop(image, o.bbox, ref.image_size, ref.channels) for o in sample.objects])
+        realism, nn_distance, memorization = ref.per_sample(self.extractor.run(crops), crops)
+        score = Score(window_id="scene", realism=float(realism.min()), nn_distance=float(nn_distance.max()),
+                      memorization_ratio=float(memorization.min()), extractor=ref.extractor,
+                      extractor_hash=ref.extractor_hash)
         [(record, refused)] = self.checked([record])
         return self.decide(Pending(record, np.zeros(0), score, refused or self.rejection(record, score)),
                            "admissible", "scene")

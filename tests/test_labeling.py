@@ -91,6 +91,34 @@ def _procedural(mode: str) -> list[GeneratedSample]:
     return [r for r in generate(job, generators=catalog, config=GenerateConfig()) if isinstance(r, GeneratedSample)]
 
 
+def test_the_gate_scores_a_scene_on_its_objects_and_rejects_a_pasted_training_image(quality_state: Path) -> None:
+    """Each object of a scene is cropped and scored like a sample: a rendered scene takes its least realistic
+    object's realism; a scene whose object is a training image pasted as it is goes out as memorized."""
+    import hashlib
+
+    from schemas.records import Annotation
+
+    settings = Settings(state_dir=quality_state)
+    judge, labeler = settings.judge(), settings.labeler()
+    scene = _procedural("scene")[0]
+    [labeled] = label([scene], labeler=labeler)
+    assert isinstance(labeled, LabeledSample)
+    rendered = judge.decide_scene(labeled)[-1]
+    assert isinstance(rendered, SampleDecision) and rendered.score.window_id == "scene"
+    assert rendered.score.realism > 0 and not rendered.gate.reason.startswith("memorized")
+    size = judge.reference.image_size
+    image = np.zeros((scene.height, scene.width), np.uint8)
+    image[10:10 + size, 10:10 + size] = np.round(judge.reference.train_pixels[0].reshape(size, size) * 255)
+    pasted = scene.model_copy(update={"image": image.tobytes(), "image_format": "raw", "channels": 1,
+                                      "image_sha256": hashlib.sha256(image.tobytes()).hexdigest(),
+                                      "objects": [Annotation(class_label=0, bbox=[10, 10, size, size])]})
+    [labeled] = label([pasted], labeler=labeler)
+    assert isinstance(labeled, LabeledSample)
+    decided = judge.decide_scene(labeled)[-1]
+    assert isinstance(decided, SampleDecision) and decided.score.memorization_ratio < 1e-6
+    assert decided.gate.decision == "rejected" and decided.gate.reason.startswith("memorized: an object")
+
+
 def test_label_keeps_renderer_labels_checks_scene_objects_and_returns_bad_images_as_errors(quality_state: Path) -> None:
     labeler = Settings(state_dir=quality_state).labeler()
     crops, scenes = _procedural("crop"), _procedural("scene")
