@@ -53,8 +53,9 @@ def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: Genera
             Annotation(class_label=o.class_label, bbox=list(o.bbox), mask_png=png_bytes(o.mask.astype("uint8") * 255))
             for o in (output.objects[i] if output.objects else [])
         ]
-        own: dict[str, Any] = {"sample_id": ids[i], "seed": seed, "conditioning": conditioning[label], "image": image,
-               "image_format": image_format, "image_sha256": hashlib.sha256(image).hexdigest()}
+        own: dict[str, Any] = {"sample_id": ids[i], "seed": seed, "conditioning": conditioning[label],
+                               "image": image, "image_format": image_format,
+                               "image_sha256": hashlib.sha256(image).hexdigest()}
         if first is not None and not objects:
             # its siblings differ only in fields made alike (ids of one generator, seeds from a valid start,
             # validated conditionings, images of one shape, hashes): a copy is as valid as a validation

@@ -244,17 +244,17 @@ class QualityJudge:
     def rejection(self, record: LabeledSample, score: Score) -> str | None:
         """Why a sample fails on its own (memorized, mislabeled, unrealistic), or None."""
         label, scene = record.label, bool(record.sample.objects)
+        at = "an object at " if scene else ""  # a scene is scored by its worst object
         if score.memorization_ratio < self.reference.memorization_floor:
-            return (f"memorized: {'an object at ' if scene else ''}{score.memorization_ratio:.2f}× the real median "
-                    f"distance to the nearest training image (floor {self.reference.memorization_floor:.2f})")
+            return (f"memorized: {at}{score.memorization_ratio:.2f}× the real median distance to the nearest "
+                    f"training image (floor {self.reference.memorization_floor:.2f})")
         if not label.agrees:
             said = ("otherwise for an object (its class, or with a detector its box: IoU < 0.5, or one undeclared)"
                     if scene else f"{label.label}")
             return (f"labeler disagrees with the conditioning: class {record.sample.conditioning.class_label}, "
                     f"labeler says {said} (margin {label.margin:.2f})")
         if score.realism < self.reject_realism:
-            return (f"off the real manifold: {'an object at ' if scene else ''}realism {score.realism:.2f} < "
-                    f"{self.reject_realism:.2f}")
+            return f"off the real manifold: {at}realism {score.realism:.2f} < {self.reject_realism:.2f}"
         return None
 
     def due(self, windows: GeneratorWindows, now_ms: int) -> bool:
