@@ -174,12 +174,11 @@ def _suspect(data: bytes, values: Any) -> bool:
 
 
 def _contents(values: Any) -> Iterator[bytes]:
-    """The bytes and (UTF-8) strings of ten bytes or more in a decoded record: outermost first, bytes before strings
-    (an image first)."""
-    level = [values]
+    """The bytes, outermost first (an image first), then the (UTF-8) strings of ten bytes or more in a decoded
+    record."""
+    level, strings = [values], []
     while level:
         nested: list[Any] = []
-        strings: list[str] = []
         for value in level:
             if isinstance(value, bytes):
                 if len(value) >= 10:
@@ -191,8 +190,8 @@ def _contents(values: Any) -> Iterator[bytes]:
                 nested.extend(value.values())
             elif isinstance(value, list):
                 nested.extend(value)
-        yield from (s.encode() for s in strings)
         level = nested
+    yield from (s.encode() for s in strings)
 
 
 def _canonical(data: bytes, writer: SchemaVersion, values: Any) -> bool:
