@@ -10,13 +10,17 @@ is trained on; scenes are composed fresh every step from the objects each arm ma
 - ``few+procedural-scenes``: those plus whole procedural scenes (the renderer's scene mode: several digits,
   distractor strokes, light and texture), with the renderer's exact boxes and masks;
 - ``few+procedural-both``: the few, the composed procedural objects and the procedural scenes in turn (what
-  ``sdg train-detector`` trains the detection task's labeler on).
+  ``sdg train-detector`` trains the detection task's labeler on);
+- ``few+composed-gan``: the few plus GAN objects composed the same way; the GAN is trained per seed the
+  label-efficient way (the few labels and the unlabeled train images pseudo-labeled by a FixMatch teacher trained
+  on those few labels: no more real labels).
 
 Scored with pycocotools (COCO mAP@0.5 and mAP@0.5:0.95, boxes and masks) over ``--seeds`` seeds, with 95%
 intervals and paired differences against ``real-few`` and ``real-full``. The best arm with synthetic data and
 ``real-full`` are exported to ONNX and quantized to INT8: mAP of both, model size and batch-1 latency.
 Writes ``bench/results/detection.json`` and ``detection.png`` (real test scenes with the detector's boxes and
-masks). Usage: ``python bench/detection.py [--data digits] [--seeds 5] [--k 3] [--steps 1500]``.
+masks). Usage: ``python bench/detection.py [--data digits] [--seeds 5] [--k 3] [--steps 1500] [--arms A,B]
+[--out detection]`` (a subset of arms without ``real-full`` skips the comparisons with it and the INT8 export).
 """
 
 from __future__ import annotations
@@ -57,6 +61,22 @@ from models.scenes import Scenes, coco_scores, scene_grid  # noqa: E402
 from sdg.stats import interval, paired  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+ARMS = ("real-full", "real-few", "few+composed-procedural", "few+procedural-scenes", "few+procedural-both",
+        "few+composed-gan")
+
+
+def gan_objects(splits: Any, config: DetectorConfig, seed: int, per_class: int = 200) -> np.ndarray:
+    """``per_class`` objects per class in [0, 1] from a GAN trained on the few labels and the teacher's
+    pseudo-labels of the unlabeled train images (the demo's label-efficient way)."""
+    from models.gan import GanConfig, train_gan
+    from sdg.training import pseudo_labeled
+
+    data, _ = pseudo_labeled(splits)
+    reference = splits.reference
+    gan = train_gan(data, GanConfig.for_data(reference.image_size, reference.channels, reference.num_classes,
+                                             seed=seed))
+    classes = [c for c in range(config.num_classes) for _ in range(per_class)]
+    return gan([seed * 10**6 + i for i in range(len(classes))], classes).images.astype(np.float32) / 255
 
 
 def deployed(model: CenterNet, config: DetectorConfig, folder: Path, calibration: np.ndarray, test: Scenes,
@@ -87,7 +107,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="labelled real objects per class for the few arms")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--test-scenes", type=int, default=500)
+    parser.add_argument("--arms", default=",".join(ARMS[:5]), help=f"comma-separated, of {', '.join(ARMS)}")
+    parser.add_argument("--out", default="detection", help="bench/results/<out>.json and <out>.png")
     args = parser.parse_args()
+    chosen = args.arms.split(",")
+    if not set(chosen) <= set(ARMS) or "real-few" not in chosen:
+        raise SystemExit(f"--arms: some of {', '.join(ARMS)}, real-few among them (the baseline)")
     console = Console()
     started = time.monotonic()
     reference = load_reference(DataConfig(source=args.data))
@@ -107,15 +132,19 @@ def main() -> None:
             full, few = splits.labeled("train"), splits.labeled("few")
             seeded = dataclasses.replace(config, seed=seed)
             objects, scenes = procedural(render, seeded, seed=seed)
-            plan = {
-                "real-full": ([composer(full.images, full.labels, seeded)], len(full.labels)),
-                "real-few": ([composer(few.images, few.labels, seeded)], len(few.labels)),
-                "few+composed-procedural": ([composer(few.images, few.labels, seeded), objects], len(few.labels)),
-                "few+procedural-scenes": ([composer(few.images, few.labels, seeded), scenes], len(few.labels)),
-                "few+procedural-both": ([composer(few.images, few.labels, seeded), objects, scenes],
-                                        len(few.labels)),
-            }
-            for arm, (sources, count) in plan.items():
+            extra = {"real-few": [], "few+composed-procedural": [objects], "few+procedural-scenes": [scenes],
+                         "few+procedural-both": [objects, scenes]}
+            for arm in chosen:
+                count = len(full.labels) if arm == "real-full" else len(few.labels)
+                if arm == "real-full":
+                    sources = [composer(full.images, full.labels, seeded)]
+                elif arm == "few+composed-gan":
+                    gan = gan_objects(splits, seeded, seed)
+                    sources = [composer(few.images, few.labels, seeded),
+                               composer(gan, np.repeat(np.arange(config.num_classes), len(gan) // config.num_classes),
+                                        seeded)]
+                else:
+                    sources = [composer(few.images, few.labels, seeded), *extra[arm]]
                 model = train_detector(sources, seeded, progress=progress, description=f"seed {seed}: {arm}")
                 found = decode(predict(model, test.images), stride=config.stride, num_classes=config.num_classes)
                 arms.setdefault(arm, []).append(coco_scores(truth, found))
@@ -132,27 +161,28 @@ def main() -> None:
             m: interval([r[m] for r in runs]).as_dict() for m in metrics}}
     for arm in arms:
         for base in ("real-few", "real-full"):
-            if arm not in (base, "real-full"):
+            if arm not in (base, "real-full") and base in arms:
                 c = paired([r["map50_95"] for r in arms[arm]], [r["map50_95"] for r in arms[base]])
                 result["comparisons"].append({"arm": arm, "baseline": base, "metric": "map50_95", **c.as_dict(),
                                               "sentence": c.sentence(arm, base)})
     synthetic = [a for a in arms if a.startswith("few+")]
     best = max(synthetic, key=lambda a: result["arms"][a]["map50_95"]["mean"])
     result["best_synthetic_arm"] = best
-    result["gap_to_real_full_pt"] = {a: round(100 * (result["arms"]["real-full"]["map50"]["mean"]
-                                                     - result["arms"][a]["map50"]["mean"]), 2) for a in synthetic}
+    if "real-full" in arms:
+        result["gap_to_real_full_pt"] = {a: round(100 * (result["arms"]["real-full"]["map50"]["mean"]
+                                                         - result["arms"][a]["map50"]["mean"]), 2) for a in synthetic}
+    result["deployed"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         train = make_splits(reference, seed=0).labeled("train")  # calibration: train scenes, never test ones
         calibration = composer(train.images, train.labels, config)(256, 99).images
-        result["deployed"] = {}
-        for arm in ("real-full", best):
+        for arm in ("real-full", best) if "real-full" in arms else ():
             (Path(tmp) / arm).mkdir()
             result["deployed"][arm] = deployed(models[arm], config, Path(tmp) / arm, calibration, test, truth)
     result["seconds"] = round(time.monotonic() - started, 1)
     found = decode(predict(models[best], test.images[:12]), stride=config.stride, num_classes=config.num_classes)
-    scene_grid(test.images[:12], [[d for d in found if d.scene == n] for n in range(12)], RESULTS / "detection.png",
+    scene_grid(test.images[:12], [[d for d in found if d.scene == n] for n in range(12)], RESULTS / f"{args.out}.png",
                title=f"real test scenes: {best}'s boxes, classes, scores and masks (seed 0)")
-    (RESULTS / "detection.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = Table("arm", "real labels", "mAP@0.5", "mAP@0.5:0.95", "mask mAP@0.5:0.95",
                   title=f"detection on {args.test_scenes} real test scenes ({args.seeds} seeds, 95% intervals)")
     for arm, row in result["arms"].items():
@@ -163,7 +193,7 @@ def main() -> None:
     for c in result["comparisons"]:
         console.print(c["sentence"])
     console.print(result["deployed"])
-    console.print(f"wrote bench/results/detection.json and detection.png in {result['seconds']:.0f} s")
+    console.print(f"wrote bench/results/{args.out}.json and {args.out}.png in {result['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
