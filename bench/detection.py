@@ -65,8 +65,8 @@ ARMS = ("real-full", "real-few", "few+composed-procedural", "few+procedural-scen
         "few+composed-gan")
 
 
-def gan_objects(splits: Any, config: DetectorConfig, seed: int, per_class: int = 200) -> np.ndarray:
-    """``per_class`` objects per class in [0, 1] from a GAN trained on the few labels and the teacher's
+def composed_gan(splits: Any, config: DetectorConfig, seed: int, per_class: int = 200) -> Any:
+    """Scenes composed of ``per_class`` objects per class from a GAN trained on the few labels and the teacher's
     pseudo-labels of the unlabeled train images (the demo's label-efficient way)."""
     from models.gan import GanConfig, train_gan
     from sdg.training import pseudo_labeled
@@ -76,7 +76,8 @@ def gan_objects(splits: Any, config: DetectorConfig, seed: int, per_class: int =
     gan = train_gan(data, GanConfig.for_data(reference.image_size, reference.channels, reference.num_classes,
                                              seed=seed))
     classes = [c for c in range(config.num_classes) for _ in range(per_class)]
-    return gan([seed * 10**6 + i for i in range(len(classes))], classes).images.astype(np.float32) / 255
+    crops = gan([seed * 10**6 + i for i in range(len(classes))], classes).images.astype(np.float32) / 255
+    return composer(crops, np.asarray(classes), config)
 
 
 def deployed(model: CenterNet, config: DetectorConfig, folder: Path, calibration: np.ndarray, test: Scenes,
@@ -133,16 +134,13 @@ def main() -> None:
             seeded = dataclasses.replace(config, seed=seed)
             objects, scenes = procedural(render, seeded, seed=seed)
             extra = {"real-few": [], "few+composed-procedural": [objects], "few+procedural-scenes": [scenes],
-                         "few+procedural-both": [objects, scenes]}
+                     "few+procedural-both": [objects, scenes]}
             for arm in chosen:
                 count = len(full.labels) if arm == "real-full" else len(few.labels)
                 if arm == "real-full":
                     sources = [composer(full.images, full.labels, seeded)]
-                elif arm == "few+composed-gan":
-                    gan = gan_objects(splits, seeded, seed)
-                    sources = [composer(few.images, few.labels, seeded),
-                               composer(gan, np.repeat(np.arange(config.num_classes), len(gan) // config.num_classes),
-                                        seeded)]
+                elif arm == "few+composed-gan":  # a GAN trained for this seed's few labels, only when asked for
+                    sources = [composer(few.images, few.labels, seeded), composed_gan(splits, seeded, seed)]
                 else:
                     sources = [composer(few.images, few.labels, seeded), *extra[arm]]
                 model = train_detector(sources, seeded, progress=progress, description=f"seed {seed}: {arm}")
