@@ -61,7 +61,8 @@ def bare(samples: list, batch: int) -> float:  # type: ignore[type-arg]
         target: Any = str(root / t)
         for part in parts:  # through an open table after the first commit, as the sink writes
             write_deltalake(target, part, mode="append", partition_by=PARTITION_BY)
-            target = target if not isinstance(target, str) else DeltaTable(target)
+            if isinstance(target, str):
+                target = DeltaTable(target)
     return 2 * len(samples) / (time.perf_counter() - start)
 
 

@@ -47,10 +47,11 @@ class SchemaVersion:
     fingerprint: bytes
     named: dict[str, Any]  # the named types ``parsed`` refers to
 
-    @property
-    def header(self) -> bytes:
-        """What a record written with this schema starts with: the magic bytes and the fingerprint."""
-        return MAGIC + self.fingerprint
+    def write(self, values: Any) -> bytes:
+        """The single-object encoding of ``values`` (dicts and lists as fastavro takes them) with this schema."""
+        out = bytearray(MAGIC + self.fingerprint)
+        write_data(out, values, self.parsed, self.named, "", {})  # schemaless_writer's body, without its file
+        return bytes(out)
 
 
 class SchemaRegistry:
@@ -116,9 +117,7 @@ class RecordCodec:
             return wire
         data = record.model_dump()
         data["schema_version"] = writer.version
-        out = bytearray(writer.header)
-        write_data(out, data, writer.parsed, writer.named, "", {})  # schemaless_writer's body, without its file
-        return bytes(out)
+        return writer.write(data)
 
     def decode(self, data: bytes | None) -> Record:
         """Deserialize bytes written with any known schema version into the newest Python type.
@@ -195,11 +194,9 @@ def _contents(values: Any) -> Iterator[bytes]:
 
 
 def _canonical(data: bytes, writer: SchemaVersion, values: Any) -> bool:
-    """Whether ``data`` is what fastavro writes for the values it holds (``values``: read with the writer's schema,
+    """Whether ``data`` is what ``encode`` writes for the values it holds (``values``: read with the writer's schema,
     or None to read them again so)."""
     if values is None:
         values = fastavro.schemaless_reader(io.BytesIO(data[_HEADER:]), writer.parsed, None)
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, writer.parsed, values)
-    return out.getvalue() == data[_HEADER:]
+    return writer.write(values) == data
 

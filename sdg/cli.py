@@ -205,7 +205,7 @@ def run_processor(
     import os
 
     # before torch loads: its OpenMP threads sleep when idle instead of spinning for ~ms on cores the broker and the
-    # other processors need (the pipeline took 0.70 of the time; a node running one generator alone can set ACTIVE)
+    # other processors need (the pipeline took 0.75 of the time; a node running one generator alone can set ACTIVE)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from sdg.run_events import run_events
     from sdg.workers import datasets

@@ -299,9 +299,9 @@ class DeltaSink:
         return self._build()
 
     def flush(self, *, wait: bool = True) -> list[tuple[Any, Exception]]:
-        """Start writing every table's buffered rows, each with its offsets in the same commit, once the buffer is full
-        or old (after the last write has landed; ``wait``: at once, and wait for it); the records whose rows did not fit a table, with why (the
-        runtime dead-letters them before it commits the Kafka offsets).
+        """Start writing every table's buffered rows, each with its offsets in the same commit, once the buffer is
+        full or old (after the last write has landed; ``wait``: at once, and wait for it); the records whose rows
+        did not fit a table, with why (the runtime dead-letters them before it commits the Kafka offsets).
 
         Raises:
             Whatever the last write raised (a disk or storage error stops the step; nothing of it is committed).
