@@ -95,17 +95,26 @@ def _wait_for_leaders(client: AdminClient, names: list[str], *, timeout_s: float
         time.sleep(0.1)
 
 
+METADATA_LAG_S = 3.0
+"""How long a topic missing from one broker's metadata is looked for again before it is called missing."""
+
+
 def describe_topics(kafka: KafkaConfig, names: list[str] | None = None, *, timeout_s: float = 10) -> list[TopicState]:
     """Partitions, replication and non-default configs of ``names`` (default: every topic in the cluster)."""
     client = admin_client(kafka)
-    try:
-        metadata = client.list_topics(timeout=timeout_s)
-    except KafkaException as e:
-        raise BrokerError(f"cannot list topics at {kafka.bootstrap_servers}: {e}") from e
-    selected = sorted(n for n in metadata.topics if not n.startswith("__")) if names is None else names
-    missing = [n for n in selected if n not in metadata.topics]
-    if missing:
-        raise BrokerError(f"topics not in the cluster: {missing}; run `sdg topics create`")
+    deadline = time.monotonic() + METADATA_LAG_S
+    while True:  # in a cluster, a broker's metadata may lag a topic another broker just created
+        try:
+            metadata = client.list_topics(timeout=timeout_s)
+        except KafkaException as e:
+            raise BrokerError(f"cannot list topics at {kafka.bootstrap_servers}: {e}") from e
+        selected = sorted(n for n in metadata.topics if not n.startswith("__")) if names is None else names
+        missing = [n for n in selected if n not in metadata.topics]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise BrokerError(f"topics not in the cluster: {missing}; run `sdg topics create`")
+        time.sleep(0.1)
     resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in selected]
     configs = {r.name: f.result() for r, f in client.describe_configs(resources).items()} if resources else {}
     states = []
