@@ -11,9 +11,14 @@ is trained on; scenes are composed fresh every step from the objects each arm ma
   distractor strokes, light and texture), with the renderer's exact boxes and masks;
 - ``few+procedural-both``: the few, the composed procedural objects and the procedural scenes in turn (what
   ``sdg train-detector`` trains the detection task's labeler on);
-- ``few+composed-gan``: the few plus GAN objects composed the same way; the GAN is trained per seed the
-  label-efficient way (the few labels and the unlabeled train images pseudo-labeled by a FixMatch teacher trained
-  on those few labels: no more real labels).
+- ``few+composed-gan``, ``few+composed-diffusion``: the few plus GAN or diffusion objects composed the same way;
+  each generator is trained per seed the label-efficient way (the few labels and the unlabeled train images
+  pseudo-labeled by a FixMatch teacher trained on those few labels: no more real labels);
+- ``few+layout-diffusion``: the few plus whole scenes the layout-conditioned diffusion model (``models.layout``)
+  draws into seeded boxes, trained the same label-efficient way;
+- ``few+composed-pseudo``: the few plus the generators' own training data composed, the unlabeled real objects
+  with the teacher's labels (no generator: what the generators learn from, as a reference);
+- ``few+composed-pseudo+gan``: the few, the pseudo-labeled real objects and the GAN's objects in turn.
 
 Scored with pycocotools (COCO mAP@0.5 and mAP@0.5:0.95, boxes and masks) over ``--seeds`` seeds, with 95%
 intervals and paired differences against ``real-few`` and ``real-full``. The best arm with synthetic data and
@@ -42,9 +47,11 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from models.catalog import trainer  # noqa: E402
 from models.detector import (  # noqa: E402
     CenterNet,
     DetectorConfig,
+    SceneSource,
     composer,
     decode,
     detector_spec,
@@ -54,30 +61,55 @@ from models.detector import (  # noqa: E402
     train_detector,
 )
 from models.labeler import deploy  # noqa: E402
-from models.reference import DataConfig, load_reference, make_splits  # noqa: E402
+from models.reference import DataConfig, LabeledData, load_reference, make_splits  # noqa: E402
 from models.render import RenderConfig  # noqa: E402
 from models.runtime import OnnxModel  # noqa: E402
 from models.scenes import Scenes, coco_scores, scene_grid  # noqa: E402
 from sdg.stats import interval, paired  # noqa: E402
+from sdg.training import pseudo_labeled  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 ARMS = ("real-full", "real-few", "few+composed-procedural", "few+procedural-scenes", "few+procedural-both",
-        "few+composed-gan")
+        "few+composed-gan", "few+composed-diffusion", "few+layout-diffusion", "few+composed-pseudo",
+        "few+composed-pseudo+gan")
+GENERATED = ARMS[5:]  # the arms that need the seed's pseudo-labels
 
 
-def composed_gan(splits: Any, config: DetectorConfig, seed: int, per_class: int = 200) -> Any:
-    """Scenes composed of ``per_class`` objects per class from a GAN trained on the few labels and the teacher's
-    pseudo-labels of the unlabeled train images (the demo's label-efficient way)."""
-    from models.gan import GanConfig, train_gan
-    from sdg.training import pseudo_labeled
-
-    data, _ = pseudo_labeled(splits)
-    reference = splits.reference
-    gan = train_gan(data, GanConfig.for_data(reference.image_size, reference.channels, reference.num_classes,
-                                             seed=seed))
+def composed(kind: str, data: LabeledData, reference: Any, config: DetectorConfig, seed: int,
+             per_class: int = 200) -> SceneSource:
+    """Scenes composed of ``per_class`` objects per class from a GAN or diffusion model trained on ``data`` (the few
+    labels and the teacher's pseudo-labels of the unlabeled train images: the demo's label-efficient way)."""
+    train, generator_config = trainer(kind, reference.image_size, reference.channels, reference.num_classes, seed=seed)
+    model = train(data, generator_config)
     classes = [c for c in range(config.num_classes) for _ in range(per_class)]
-    crops = gan([seed * 10**6 + i for i in range(len(classes))], classes).images.astype(np.float32) / 255
+    crops = model([seed * 10**6 + i for i in range(len(classes))], classes).images.astype(np.float32) / 255
     return composer(crops, np.asarray(classes), config)
+
+
+def layout_scenes(data: LabeledData, reference: Any, config: DetectorConfig, seed: int,
+                  count: int = 1500) -> SceneSource:
+    """``count`` scenes (drawn from at random each step) of a layout-conditioned diffusion model trained on ``data``
+    at the detector's scene size."""
+    train, layout_config = trainer("layout-diffusion", reference.image_size, reference.channels, reference.num_classes,
+                                   dark_ink=reference.dark_ink, scene=config.scene_size, seed=seed)
+    out = train(data, layout_config)([seed * 10**6 + i for i in range(count)],
+                                     [i % config.num_classes for i in range(count)])
+
+    def scenes(n: int, step: int) -> Scenes:
+        picks = np.random.default_rng(step).integers(0, count, n)
+        return Scenes(out.images[picks], [out.objects[i] for i in picks], [])
+    return scenes
+
+
+def generated(arm: str, data: LabeledData, reference: Any, config: DetectorConfig, seed: int) -> list[SceneSource]:
+    """The extra sources of a ``GENERATED`` arm from this seed's few labels and pseudo-labels (``data``)."""
+    if arm == "few+composed-pseudo":
+        return [composer(data.images, data.labels, config)]
+    if arm == "few+composed-pseudo+gan":
+        return [composer(data.images, data.labels, config), composed("gan", data, reference, config, seed)]
+    if arm == "few+layout-diffusion":
+        return [layout_scenes(data, reference, config, seed)]
+    return [composed(arm.removeprefix("few+composed-"), data, reference, config, seed)]
 
 
 def deployed(model: CenterNet, config: DetectorConfig, folder: Path, calibration: np.ndarray, test: Scenes,
@@ -133,14 +165,18 @@ def main() -> None:
             full, few = splits.labeled("train"), splits.labeled("few")
             seeded = dataclasses.replace(config, seed=seed)
             objects, scenes = procedural(render, seeded, seed=seed)
+            pseudo: LabeledData | None = None
             extra = {"real-few": [], "few+composed-procedural": [objects], "few+procedural-scenes": [scenes],
                      "few+procedural-both": [objects, scenes]}
             for arm in chosen:
                 count = len(full.labels) if arm == "real-full" else len(few.labels)
                 if arm == "real-full":
                     sources = [composer(full.images, full.labels, seeded)]
-                elif arm == "few+composed-gan":  # a GAN trained for this seed's few labels, only when asked for
-                    sources = [composer(few.images, few.labels, seeded), composed_gan(splits, seeded, seed)]
+                elif arm in GENERATED:  # generators trained for this seed's few labels, only when asked for
+                    if pseudo is None:
+                        pseudo, _ = pseudo_labeled(splits)
+                    sources = [composer(few.images, few.labels, seeded),
+                               *generated(arm, pseudo, reference, seeded, seed)]
                 else:
                     sources = [composer(few.images, few.labels, seeded), *extra[arm]]
                 model = train_detector(sources, seeded, progress=progress, description=f"seed {seed}: {arm}")

@@ -8,13 +8,14 @@ from typing import Any, Callable
 from models.generator import Generator, GeneratorError, TrainedGenerator
 from models.registry import ModelRegistry
 
-KINDS = ("gan", "diffusion", "procedural")
-TRAINABLE = ("gan", "diffusion")
+KINDS = ("gan", "diffusion", "layout-diffusion", "procedural")
+TRAINABLE = ("gan", "diffusion", "layout-diffusion")
 
 
-def trainer(kind: str, image_size: int, channels: int, num_classes: int,
+def trainer(kind: str, image_size: int, channels: int, num_classes: int, *, dark_ink: bool = False,
             **overrides: Any) -> tuple[Callable[..., TrainedGenerator], Any]:
-    """The training function of a trainable generator kind and its config for the data (``overrides``: steps, seed).
+    """The training function of a trainable generator kind and its config for the data (``overrides``: steps, seed;
+    ``dark_ink``: the data draws dark objects on light, which the layout model's object masks need to know).
 
     Raises:
         GeneratorError: ``kind`` is not trainable.
@@ -27,6 +28,10 @@ def trainer(kind: str, image_size: int, channels: int, num_classes: int,
         from models.diffusion import DiffusionConfig, train_diffusion
 
         return train_diffusion, DiffusionConfig.for_data(image_size, channels, num_classes, **overrides)
+    if kind == "layout-diffusion":
+        from models.layout import LayoutConfig, train_layout
+
+        return train_layout, LayoutConfig.for_data(image_size, channels, num_classes, dark_ink=dark_ink, **overrides)
     raise GeneratorError(f"unknown trainable generator {kind!r}; valid: {', '.join(TRAINABLE)}")
 
 
@@ -63,6 +68,10 @@ class GeneratorCatalog:
                 from models.gan import GanModel
 
                 model = GanModel.from_checkpoint(found, weights, config)
+            elif name == "layout-diffusion":
+                from models.layout import LayoutDiffusion
+
+                model = LayoutDiffusion.from_checkpoint(found, weights, config)
             else:
                 from models.diffusion import DiffusionModel
 

@@ -64,13 +64,16 @@ def _scheduler(c: DiffusionConfig) -> DDPMScheduler:
                          prediction_type=c.prediction)
 
 
-def _unet(c: DiffusionConfig) -> UNet2DModel:
+def _unet(c: DiffusionConfig, layout_channels: int = 0) -> UNet2DModel:
+    """The UNet: class-conditioned through an embedding, or (``layout_channels``) through maps concatenated to its
+    input (``models.layout``)."""
     blocks = len(c.channels)
     return UNet2DModel(
-        sample_size=c.image_size, in_channels=c.image_channels, out_channels=c.image_channels,
+        sample_size=c.image_size, in_channels=c.image_channels + layout_channels, out_channels=c.image_channels,
         layers_per_block=c.layers_per_block,
         block_out_channels=c.channels, down_block_types=("DownBlock2D",) * blocks,
-        up_block_types=("UpBlock2D",) * blocks, num_class_embeds=c.num_classes + 1,  # the last id: no class
+        up_block_types=("UpBlock2D",) * blocks,
+        num_class_embeds=None if layout_channels else c.num_classes + 1,  # the last id: no class
         norm_num_groups=min(8, c.channels[0]),
     )
 

@@ -270,7 +270,8 @@ def console_app(
 
 @app.command("train-generator")
 def train_generator(
-    kind: Annotated[Literal["gan", "diffusion"], typer.Argument(help="The generator to train.")],
+    kind: Annotated[Literal["gan", "diffusion", "layout-diffusion"], typer.Argument(
+        help="The generator to train (layout-diffusion draws whole scenes into boxes: the detection tasks').")],
     labels_per_class: Annotated[Optional[int], typer.Option(help="Train on K real labels per class (default: the whole train split).")] = None,
     pseudo_labels: Annotated[bool, typer.Option(help="With --labels-per-class: add unlabeled train images, labeled by a semi-supervised teacher trained on the K labels (dual pseudo training).")] = False,
     steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the model's).")] = None,
@@ -515,7 +516,8 @@ def verify(
 
 @app.command()
 def plan(
-    generator: Annotated[Literal["gan", "diffusion", "procedural"], typer.Option(help="The generator.")],
+    generator: Annotated[Literal["gan", "diffusion", "layout-diffusion", "procedural"], typer.Option(
+        help="The generator.")],
     per_class: Annotated[int, typer.Option(help="Samples per class.")] = 100,
     classes: Annotated[str, typer.Option(help="Comma-separated classes.")] = "0,1,2,3,4,5,6,7,8,9",
     seed: Annotated[int, typer.Option(help="Plan seed: the same seed names the same samples.")] = 0,

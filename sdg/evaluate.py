@@ -271,8 +271,8 @@ def gated_synthetic(experiment: Experiment, splits: Splits, kind: str, *, dpt: b
     if dpt:  # DPT: the teacher labels every unlabeled image; the generator learns from all of them
         data = LabeledData(np.concatenate([few.images, unlabeled]),
                            np.concatenate([few.labels, probabilities(teacher, unlabeled).argmax(1)]), few.budget)
-        train, config = trainer(kind, reference.image_size, reference.channels, reference.num_classes, seed=0,
-                                **({} if plan.generator_steps is None else {"steps": plan.generator_steps}))
+        steps: dict[str, Any] = {} if plan.generator_steps is None else {"steps": plan.generator_steps}
+        train, config = trainer(kind, reference.image_size, reference.channels, reference.num_classes, seed=0, **steps)
         with experiment.console.status(f"k = {k}: {kind} on {len(data.labels)} teacher-labeled images (DPT)"):
             model = train(data, config)
         version = catalog.registry.save(kind, model.weights(), model.checkpoint_config())

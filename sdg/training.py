@@ -19,6 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from models.catalog import TRAINABLE, trainer
 from models.edge import EdgeMetrics
 from models.generator import GeneratorError
 from models.image import sample_grid
@@ -62,8 +63,9 @@ def pseudo_labeled(splits: Splits, *, threshold: float = 0.9, steps: int = 1500,
 
 def train_generator(settings: Settings, kind: str, *, labels_per_class: int | None, pseudo_labels: bool,
                     steps: int | None, seed: int, console: Console) -> Trained:
-    if kind not in ("gan", "diffusion"):
-        raise GeneratorError(f"trainable generators: gan, diffusion (procedural needs no training), not {kind!r}")
+    if kind not in TRAINABLE:
+        raise GeneratorError(f"trainable generators: {', '.join(TRAINABLE)} (procedural needs no training), "
+                             f"not {kind!r}")
     if pseudo_labels and labels_per_class is None:
         raise GeneratorError("--pseudo-labels needs --labels-per-class")
     splits = settings.splits(labels_per_class=labels_per_class or 10, seed=seed)
@@ -75,9 +77,8 @@ def train_generator(settings: Settings, kind: str, *, labels_per_class: int | No
         data, pseudo = pseudo_labeled(splits)
     else:
         data = splits.labeled("few")
-    from models.catalog import trainer
-
-    train, config = trainer(kind, reference.image_size, reference.channels, reference.num_classes, seed=seed,
+    train, config = trainer(kind, reference.image_size, reference.channels, reference.num_classes,
+                            dark_ink=reference.dark_ink, seed=seed,
                             **({} if steps is None else {"steps": steps}))
     columns = (TextColumn(f"training {kind}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -311,7 +312,7 @@ def stream_budgets(settings: Settings, generators: Iterable[str], answered: Sequ
     budgets = labeler_budgets(settings)
     for name in generators:
         kind, version = name.split("@")
-        if kind in ("gan", "diffusion"):
+        if kind in TRAINABLE:
             budgets += [LabelBudget.from_dict(b) for b in registry.load_files(kind, version)[2].get("label_budgets", [])]
     if answered:
         budgets.append(human_budget(answered))

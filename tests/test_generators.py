@@ -144,6 +144,63 @@ def test_scenes_composed_of_a_generators_objects_have_exact_boxes_and_masks(name
         assert (abs(image[union] - canvas.pop()) > 60).all()
 
 
+@pytest.fixture(scope="module")
+def layout(splits: Splits):  # type: ignore[no-untyped-def]
+    from models.layout import LayoutConfig, train_layout
+
+    return train_layout(splits.labeled("few"), LayoutConfig.for_data(8, 1, 10, scene=32, steps=10, channels=(8, 16),
+                                                                      batch_size=8, sample_steps=3))
+
+
+def test_layout_diffusion_draws_scenes_into_seeded_layouts(tmp_path: Path, layout) -> None:  # type: ignore[no-untyped-def]
+    seeds, classes = [5, 6, 7], [7, 2, 2]
+    out = layout(seeds, classes)
+    assert out.images.shape == (3, 32, 32) and out.scheduler == "DDIM" and out.steps == 3
+    assert (layout(seeds, classes).images == out.images).all() and (layout([7], [2]).images[0] == out.images[2]).all()
+    assert layout.label_budgets[0].n_labels == 50 and len(layout.boxes) == 50  # the few's labels, their boxes
+    for seed, first, objects in zip(seeds, classes, out.objects):
+        boxes = layout.layout(seed, first)
+        assert 2 <= len(boxes) <= 4 and boxes[0].class_label == first
+        union = np.zeros((32, 32), int)
+        for box in boxes:
+            x, y, w, h = (int(v) for v in box.bbox)
+            assert (w, h) in {(int(a), int(b)) for _, a, b in layout.boxes[layout.boxes[:, 0] == box.class_label]}
+            assert box.mask.sum() == w * h and box.mask[y:y + h, x:x + w].all()
+            union += box.mask
+        assert union.max() == 1  # boxes do not overlap
+        assert all(any((o.mask <= b.mask).all() and o.class_label == b.class_label for b in boxes) for o in objects)
+    loaded = GeneratorCatalog(tmp_path)
+    version = loaded.registry.save("layout-diffusion", layout.weights(), layout.checkpoint_config())
+    again = loaded.get("layout-diffusion")
+    assert again.version == version and (again(seeds, classes).images == out.images).all()
+    with pytest.raises(GeneratorError, match="draws scenes"):
+        layout([1], [1], mode="crop")
+    job = plan_jobs("layout-diffusion", classes=[3], per_class=2, seed=1, run_id="r", params={"mode": "scene"})[0]
+    samples = [r for r in generate(job, generators=loaded, config=GenerateConfig()) if isinstance(r, GeneratedSample)]
+    assert [(s.generator, s.width, s.conditioning.params) for s in samples] == [
+        ("layout-diffusion", 32, {"mode": "scene"})] * 2
+
+
+def test_a_layouts_objects_are_the_ink_drawn_in_its_boxes() -> None:
+    from models.generator import Annotated
+    from models.layout import drawn_objects
+
+    image = np.zeros((1, 16, 16), np.uint8)
+    image[0, 2:6, 3:5] = 200  # ink inside the first box and beyond its right edge
+    image[0, 3:5, 5:9] = 200
+    image[0, 12, 12] = 40  # too faint to be ink
+    boxes = []
+    for x, y, w, h in ((2, 1, 5, 6), (10, 10, 4, 4)):
+        mask = np.zeros((16, 16), bool)
+        mask[y:y + h, x:x + w] = True
+        boxes.append(Annotated(4, (x, y, w, h), mask))
+    (drawn,) = drawn_objects(image, [boxes], dark_ink=False, threshold=0.25)
+    assert len(drawn) == 1  # the second box holds no ink: no object
+    assert drawn[0].bbox == (3.0, 2.0, 4.0, 4.0) and drawn[0].mask.sum() == 8 + 4
+    (light,) = drawn_objects(255 - image, [boxes], dark_ink=True, threshold=0.25)
+    assert light[0].bbox == drawn[0].bbox
+
+
 def test_checkpoints_are_versioned_by_content_and_checked(tmp_path: Path, gan: GanModel) -> None:
     registry = ModelRegistry(tmp_path)
     version = registry.save("gan", gan.weights(), gan.checkpoint_config())
