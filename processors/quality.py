@@ -7,8 +7,10 @@ candidate sample. When it closes, the processor scores the window and the slidin
 and the ``slide`` − 1 before it, moments merged), per generator and per class, against the
 real-vs-real baseline at the same n, then decides every sample of the window: accepted, review or
 rejected, each with a reason. A multi-object scene is scored on its objects: each one's crop like a sample (realism,
-memorization), the scene taking its worst object's score, and decided at once on those and its labels (no window:
-the set metrics compare single objects with single objects).
+memorization), the scene taking its worst object's score. Scenes have windows of their own per generator (window
+ids ``<generator>@<version>/scenes:…``) whose set metrics are computed on their object crops against the same real
+objects, so a scene generator that collapses onto a few objects shows like a sample generator; ``scene_gate``
+says whether their state decides scenes too.
 
 ``QualityProcessor`` is the stateful step: the runtime re-keys samples by generator version (so one worker
 owns each generator's windows) and hands each one over with its partition's store, where a generator's
@@ -88,6 +90,10 @@ class QualityConfig(BaseModel):
     min_window: int = Field(default=50, ge=2, description="A sliding window with fewer samples is warming up.")
     min_margin: float = Field(default=0.5, ge=0, le=1, description="Labeler top-2 margin below which a label is uncertain.")
     reject_realism_factor: float = Field(default=0.5, gt=0, description="Reject below this × the real 1% realism.")
+    scene_gate: Literal["objects", "window"] = Field(default="objects", description=(
+        "objects: a scene is decided on its objects (realism, memorization, labels), its window's set metrics "
+        "recorded but not applied (renderers are unrealistic on purpose: domain randomization); window: also by its "
+        "window's state, like a single sample."))
 
 
 WindowState = Literal["warming_up", "admissible", "inadmissible"]
@@ -127,10 +133,12 @@ class Closed:
 
 @dataclass
 class Pending:
-    """A sample waiting for its window: its features, per-sample score and per-sample rejection (None: a candidate)."""
+    """A sample waiting for its window: its features (k, d) and classes (k,) (one row, or one per object of a
+    scene), per-sample score and per-sample rejection (None: a candidate)."""
 
     record: LabeledSample
     features: np.ndarray
+    classes: np.ndarray
     score: Score
     rejection: str | None
     duplicate: bool = False  # already in the sliding window (a re-delivery): not counted twice
@@ -149,6 +157,7 @@ class GeneratorWindows:
     dim: int
     slide: int
     version: str = ""
+    scenes: bool = False  # a window of multi-object scenes, measured on their objects
     seq: int = 0
     opened_ms: int | None = None
     pending: list[Pending] = field(default_factory=list)
@@ -157,7 +166,7 @@ class GeneratorWindows:
 
     def window_id(self, kind: str = "tumbling", class_label: int | None = None) -> str:
         version = f"@{self.version[:8]}" if self.version else ""
-        suffix = "" if class_label is None else f"/{class_label}"
+        suffix = ("/scenes" if self.scenes else "") + ("" if class_label is None else f"/{class_label}")
         return f"{self.generator}{version}{suffix}:{kind}:{self.seq}"
 
     def add(self, item: Pending, now_ms: int) -> None:
@@ -229,16 +238,32 @@ class QualityJudge:
         return out
 
     def assess(self, records: list[LabeledSample], window_id: str) -> list[Pending]:
-        """Features, per-sample score and per-sample rejection of each record (its label re-checked)."""
-        images = sample_images([r.sample for r in records], self.reference.channels)
-        features = self.extractor.run(images)
-        realism, nn_distance, memorization = self.reference.per_sample(features, images)
-        out = []
-        for i, (record, refused) in enumerate(self.checked(records)):
-            score = Score(window_id=window_id, realism=float(realism[i]), nn_distance=float(nn_distance[i]),
-                          memorization_ratio=float(memorization[i]), extractor=self.reference.extractor,
-                          extractor_hash=self.reference.extractor_hash)
-            out.append(Pending(record, features[i].astype(np.float32), score, refused or self.rejection(record, score)))
+        """Features, per-sample score and per-sample rejection of each record (its label re-checked). A scene is
+        measured on its objects' crops and takes its worst object's score (least realistic, farthest, closest to a
+        training image)."""
+        ref = self.reference
+        singles = [r.sample for r in records if not r.sample.objects]
+        fitted = iter(sample_images(singles, ref.channels) if singles else ())
+        parts, classes = [], []
+        for r in records:
+            if r.sample.objects:
+                image = sample_image(r.sample)
+                parts.append(np.stack([object_crop(image, o.bbox, ref.image_size, ref.channels) for o in r.sample.objects]))
+                classes.append(np.array([o.class_label for o in r.sample.objects], dtype=np.int64))
+            else:
+                parts.append(next(fitted)[None])
+                classes.append(np.array([r.label.label], dtype=np.int64))  # agreed: the class asked for
+        images = np.concatenate(parts)
+        features = self.extractor.run(images).astype(np.float32)
+        realism, nn_distance, memorization = ref.per_sample(features, images)
+        out, start = [], 0
+        for (record, refused), own in zip(self.checked(records), classes):
+            part = slice(start, start + len(own))
+            start = part.stop
+            score = Score(window_id=window_id, realism=float(realism[part].min()),
+                          nn_distance=float(nn_distance[part].max()), memorization_ratio=float(memorization[part].min()),
+                          extractor=ref.extractor, extractor_hash=ref.extractor_hash)
+            out.append(Pending(record, features[part], own, score, refused or self.rejection(record, score)))
         return out
 
     def rejection(self, record: LabeledSample, score: Score) -> str | None:
@@ -291,8 +316,9 @@ class QualityJudge:
         """Score the open window and its sliding window, decide each of its samples, start the next window."""
         pending = windows.pending
         candidates = [p for p in pending if p.rejection is None and not p.duplicate]
-        features = np.stack([p.features for p in candidates]) if candidates else np.zeros((0, windows.dim), np.float32)
-        labels = np.array([p.record.label.label for p in candidates], dtype=np.int64)  # agreed: the class asked for
+        features = np.concatenate([p.features for p in candidates]) if candidates else np.zeros((0, windows.dim),
+                                                                                               np.float32)
+        labels = np.concatenate([p.classes for p in candidates]) if candidates else np.zeros(0, np.int64)
         moments = windows.moments if windows.moments is not None else RunningMoments(windows.dim)
         times = [p.record.sample.created_ms for p in pending]
         floor = self.reference.memorization_floor
@@ -314,8 +340,9 @@ class QualityJudge:
                                     None, run_id)
         out.append(sliding)
         out = [w.model_copy(update={"memorized_fraction": memorized}) for w in out]  # type: ignore[union-attr]
+        state = sliding.gate_state if not windows.scenes or self.config.scene_gate == "window" else "admissible"
         for item in pending:
-            out += self.decide(item, sliding.gate_state, f"{sliding.window_id}: {why}")
+            out += self.decide(item, state, f"{sliding.window_id}: {why}")
         windows.remember(closed)
         windows.seq += 1
         windows.pending, windows.moments, windows.opened_ms = [], None, None
@@ -339,27 +366,12 @@ class QualityJudge:
                                           f"{item.score.realism:.2f} < {self.review_realism:.2f} (real 1%)")
         else:
             decision, reason = "accepted", ("accepted: every object labeled confidently and in agreement, and "
-                                            "realistic (scenes have no set metrics)" if scene else
+                                            "realistic" if scene else
                                             "accepted: window admissible, label confident and in agreement, realistic")
         scored = ScoredSample(run_id=record.run_id, sample=record.sample, label=record.label, score=item.score)
         gate = Gate(decision=decision, reason=reason, gate=c.preset)
         return [scored, SampleDecision(run_id=record.run_id, sample=record.sample, label=record.label,
                                        score=item.score, gate=gate)]
-
-    def decide_scene(self, record: LabeledSample) -> list[Record]:
-        """A multi-object scene: each object's crop is scored like a sample against the real set and the scene takes
-        its worst object's score (least realistic, farthest, closest to a training image); no window (the set
-        metrics compare single objects with single objects)."""
-        ref, sample = self.reference, record.sample
-        image = sample_image(sample)
-        crops = np.stack([object_crop(image, o.bbox, ref.image_size, ref.channels) for o in sample.objects])
-        realism, nn_distance, memorization = ref.per_sample(self.extractor.run(crops), crops)
-        score = Score(window_id="scene", realism=float(realism.min()), nn_distance=float(nn_distance.max()),
-                      memorization_ratio=float(memorization.min()), extractor=ref.extractor,
-                      extractor_hash=ref.extractor_hash)
-        [(record, refused)] = self.checked([record])
-        return self.decide(Pending(record, np.zeros(0), score, refused or self.rejection(record, score)),
-                           "admissible", "scene")
 
 
 def _pack_closed(closed: Closed) -> bytes:
@@ -374,9 +386,13 @@ def _unpack_closed(data: bytes, dim: int) -> Closed:
                   frozenset(str(i) for i in arrays["sample_ids"]))
 
 
+SCENES = "#scenes"  # the state key's suffix of a generator's scene windows (no name holds a '#')
+
+
 def generator_key(record: LabeledSample) -> str:
-    """The state key of a labeled sample: its generator and version (``key_by`` of the quality step)."""
-    return f"{record.sample.generator}@{record.sample.generator_version}"
+    """The state key of a labeled sample: its generator and version, and whether it is a scene (``key_by`` of the
+    quality step: single samples and scenes of one generator have windows of their own)."""
+    return f"{record.sample.generator}@{record.sample.generator_version}" + (SCENES if record.sample.objects else "")
 
 
 class QualityProcessor:
@@ -429,8 +445,8 @@ class QualityProcessor:
         """The generator's windows from the store's cache, or rebuilt from its rows."""
         if generator in store.cache:
             return store.cache[generator]
-        name, version = generator.split("@", 1)
-        windows = GeneratorWindows(name, self.dim, self.slide, version=version)
+        name, version = generator.removesuffix(SCENES).split("@", 1)
+        windows = GeneratorWindows(name, self.dim, self.slide, version=version, scenes=generator.endswith(SCENES))
         store.cache[generator] = windows
         head = store.get(f"{generator}|head")
         if head is None:
@@ -473,8 +489,6 @@ class QualityProcessor:
     def process(self, record: LabeledSample, store: Store) -> list[Record]:
         """Take one sample into its generator's open window; decide the window when it is due (``route`` checked
         it: the runtime runs it on the source record and again on the repartition topic's copy)."""
-        if record.sample.objects:
-            return self.judge.decide_scene(record)
         generator = generator_key(record)
         windows = self.windows(store, generator)
         [item] = self.judge.assess([record], windows.window_id())
@@ -491,10 +505,7 @@ class QualityProcessor:
         results: list[list[Record] | Exception] = [[] for _ in records]
         chunks: dict[str, list[int]] = {}
         for i, record in enumerate(records):
-            if record.sample.objects:
-                results[i] = self._one(record, store)
-            else:
-                chunks.setdefault(generator_key(record), []).append(i)
+            chunks.setdefault(generator_key(record), []).append(i)
         for generator, indices in chunks.items():
             windows = self.windows(store, generator)
             while indices:
@@ -560,7 +571,8 @@ def gate_offline(judge: QualityJudge, labeler: Labeler, samples: list[GeneratedS
     labeled = [r for r in label(samples, labeler=labeler) if not isinstance(r, Exception)]
     first = samples[0] if samples else None
     windows = GeneratorWindows(first.generator if first else "", judge.reference.sets[None].features.shape[1],
-                               judge.config.slide, version=first.generator_version if first else "")
+                               judge.config.slide, version=first.generator_version if first else "",
+                               scenes=bool(first and first.objects))
     out: list[Record] = []
     size = judge.config.window_size
     for start in range(0, len(labeled), size):

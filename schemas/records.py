@@ -210,6 +210,11 @@ class QualityWindow(Record):
     def key(self) -> str:
         return self.generator if self.class_label is None else f"{self.generator}/{self.class_label}"
 
+    @property
+    def scenes(self) -> bool:
+        """A window of multi-object scenes, measured on their objects: its id reads ``<generator>@<version>/scenes…``."""
+        return "/scenes" in self.window_id.split(":")[0]
+
 
 class Reading(Record):
     schema_name: ClassVar[str] = "Reading"

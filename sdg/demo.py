@@ -532,8 +532,8 @@ def _generation(
                 if record.run_id != run_id:
                     continue
                 if isinstance(record, QualityWindow):
-                    if record.kind == "sliding" and record.class_label is None:
-                        windows[record.generator] = record
+                    if record.kind == "sliding" and record.class_label is None:  # keyed like _kind
+                        windows[record.generator + ("/scene" if record.scenes else "")] = record
                 elif isinstance(record, SampleDecision):
                     decisions.setdefault(_kind(record.sample), Counter())[record.gate.decision] += 1
                     if record.gate.decision == "accepted":
@@ -541,7 +541,7 @@ def _generation(
                     reasons.setdefault(_kind(record.sample), Counter())[record.gate.reason.split(":")[0]] += 1
                     progress.advance(task)
                 done = sum(sum(c.values()) for c in decisions.values()) >= expected
-                if done and {k for k in decisions if "/" not in k} <= set(windows):  # windows may come after
+                if done and set(decisions) <= set(windows):  # windows may come after
                     break
 
     table = Table("generator", "version", "samples", "classes", "scheduler", "per-sample ms", title="samples arrived")

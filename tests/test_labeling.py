@@ -100,12 +100,15 @@ def test_the_gate_scores_a_scene_on_its_objects_and_rejects_a_pasted_training_im
 
     settings = Settings(state_dir=quality_state)
     judge, labeler = settings.judge(), settings.labeler()
+    windows = GeneratorWindows("procedural", 64, 5, version="v1", scenes=True)
     scene = _procedural("scene")[0]
     [labeled] = label([scene], labeler=labeler)
     assert isinstance(labeled, LabeledSample)
-    rendered = judge.decide_scene(labeled)[-1]
-    assert isinstance(rendered, SampleDecision) and rendered.score.window_id == "scene"
-    assert rendered.score.realism > 0 and not rendered.gate.reason.startswith("memorized")
+    [rendered] = judge.assess([labeled], windows.window_id())
+    assert rendered.score.window_id == "procedural@v1/scenes:tumbling:0"
+    assert rendered.features.shape == (len(scene.objects), 64)  # one row per object
+    assert rendered.classes.tolist() == [o.class_label for o in scene.objects]
+    assert rendered.score.realism > 0 and not (rendered.rejection or "").startswith("memorized")
     size = judge.reference.image_size
     image = np.zeros((scene.height, scene.width), np.uint8)
     image[10:10 + size, 10:10 + size] = np.round(judge.reference.train_pixels[0].reshape(size, size) * 255)
@@ -114,9 +117,42 @@ def test_the_gate_scores_a_scene_on_its_objects_and_rejects_a_pasted_training_im
                                       "objects": [Annotation(class_label=0, bbox=[10, 10, size, size])]})
     [labeled] = label([pasted], labeler=labeler)
     assert isinstance(labeled, LabeledSample)
-    decided = judge.decide_scene(labeled)[-1]
+    [pasted_item] = judge.assess([labeled], windows.window_id())
+    windows.add(pasted_item, 0)
+    decided = judge.close(windows)[-1]
     assert isinstance(decided, SampleDecision) and decided.score.memorization_ratio < 1e-6
     assert decided.gate.decision == "rejected" and decided.gate.reason.startswith("memorized: an object")
+
+
+def test_scene_windows_measure_the_objects_and_catch_a_collapsed_scene_generator(quality_state: Path) -> None:
+    """Scenes of held-out real objects make an admissible window; scenes that repeat one object (a collapsed
+    scene generator) an inadmissible one: with ``scene_gate=window`` every scene of it is rejected, by default
+    (``objects``) its scenes are decided on their objects alone."""
+    from models.scenes import real_scenes
+    from tests.test_detection import labeled as through_label
+
+    images, labels = SPLITS.test_set()
+    varied = real_scenes(images, labels, count=40, size=32, seed=3)
+    same = real_scenes(np.repeat(images[:1], 4, axis=0), np.repeat(labels[:1], 4), count=40, size=32, seed=3)
+    for scenes, state, gate in ((varied, "admissible", "window"), (same, "inadmissible", "window"),
+                                (same, "inadmissible", "objects")):
+        config = QualityConfig(window_size=40, min_window=20, scene_gate=gate)  # type: ignore[arg-type]
+        settings = Settings(state_dir=quality_state, quality=config)
+        judge, labeler = settings.judge(), settings.labeler()
+        windows = GeneratorWindows("planted", 64, 5, version="v1", scenes=True)
+        for item in judge.assess(through_label(scenes, labeler, "t"), windows.window_id()):
+            windows.add(item, 0)
+        crops = sum(len(p.classes) for p in windows.pending if p.rejection is None)
+        out = judge.close(windows)
+        sliding = next(w for w in out if isinstance(w, QualityWindow) and w.kind == "sliding")
+        assert sliding.window_id == "planted@v1/scenes:sliding:0" and sliding.gate_state == state, sliding
+        assert sliding.metrics.n == crops > 40  # measured on the objects, not the scenes
+        decisions = Counter(r.gate.decision for r in out if isinstance(r, SampleDecision))
+        assert sum(decisions.values()) == 40
+        if state == "admissible" or gate == "objects":
+            assert decisions["accepted"] >= 30, (gate, decisions)
+        else:
+            assert decisions == {"rejected": 40}
 
 
 def test_label_keeps_renderer_labels_checks_scene_objects_and_returns_bad_images_as_errors(quality_state: Path) -> None:
