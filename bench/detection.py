@@ -25,7 +25,7 @@ intervals and paired differences against ``real-few`` and ``real-full``. The bes
 ``real-full`` are exported to ONNX and quantized to INT8: mAP of both, model size and batch-1 latency.
 Writes ``bench/results/detection.json`` and ``detection.png`` (real test scenes with the detector's boxes and
 masks). Usage: ``python bench/detection.py [--data digits] [--seeds 5] [--k 3] [--steps 1500] [--arms A,B]
-[--out detection]`` (a subset of arms without ``real-full`` skips the comparisons with it and the INT8 export).
+[--out detection] [--diffusion-steps N]`` (a subset of arms without ``real-full`` skips the comparisons with it and the INT8 export).
 """
 
 from __future__ import annotations
@@ -75,23 +75,24 @@ ARMS = ("real-full", "real-few", "few+composed-procedural", "few+procedural-scen
 GENERATED = ARMS[5:]  # the arms that need the seed's pseudo-labels
 
 
-def composed(kind: str, data: LabeledData, reference: Any, config: DetectorConfig, seed: int,
-             per_class: int = 200) -> SceneSource:
+def composed(kind: str, data: LabeledData, reference: Any, config: DetectorConfig, seed: int, *,
+             per_class: int = 200, **overrides: Any) -> SceneSource:
     """Scenes composed of ``per_class`` objects per class from a GAN or diffusion model trained on ``data`` (the few
     labels and the teacher's pseudo-labels of the unlabeled train images: the demo's label-efficient way)."""
-    train, generator_config = trainer(kind, reference.image_size, reference.channels, reference.num_classes, seed=seed)
+    train, generator_config = trainer(kind, reference.image_size, reference.channels, reference.num_classes, seed=seed,
+                                      **overrides)
     model = train(data, generator_config)
     classes = [c for c in range(config.num_classes) for _ in range(per_class)]
     crops = model([seed * 10**6 + i for i in range(len(classes))], classes).images.astype(np.float32) / 255
     return composer(crops, np.asarray(classes), config)
 
 
-def layout_scenes(data: LabeledData, reference: Any, config: DetectorConfig, seed: int,
-                  count: int = 1500) -> SceneSource:
+def layout_scenes(data: LabeledData, reference: Any, config: DetectorConfig, seed: int, *, count: int = 1500,
+                  **overrides: Any) -> SceneSource:
     """``count`` scenes (drawn from at random each step) of a layout-conditioned diffusion model trained on ``data``
     at the detector's scene size."""
     train, layout_config = trainer("layout-diffusion", reference.image_size, reference.channels, reference.num_classes,
-                                   dark_ink=reference.dark_ink, scene=config.scene_size, seed=seed)
+                                   dark_ink=reference.dark_ink, scene=config.scene_size, seed=seed, **overrides)
     out = train(data, layout_config)([seed * 10**6 + i for i in range(count)],
                                      [i % config.num_classes for i in range(count)])
 
@@ -101,15 +102,18 @@ def layout_scenes(data: LabeledData, reference: Any, config: DetectorConfig, see
     return scenes
 
 
-def generated(arm: str, data: LabeledData, reference: Any, config: DetectorConfig, seed: int) -> list[SceneSource]:
+def generated(arm: str, data: LabeledData, reference: Any, config: DetectorConfig, seed: int,
+              diffusion_steps: int | None = None) -> list[SceneSource]:
     """The extra sources of a ``GENERATED`` arm from this seed's few labels and pseudo-labels (``data``)."""
+    steps = {} if diffusion_steps is None else {"steps": diffusion_steps}
     if arm == "few+composed-pseudo":
         return [composer(data.images, data.labels, config)]
     if arm == "few+composed-pseudo+gan":
         return [composer(data.images, data.labels, config), composed("gan", data, reference, config, seed)]
     if arm == "few+layout-diffusion":
-        return [layout_scenes(data, reference, config, seed)]
-    return [composed(arm.removeprefix("few+composed-"), data, reference, config, seed)]
+        return [layout_scenes(data, reference, config, seed, **steps)]
+    kind = arm.removeprefix("few+composed-")
+    return [composed(kind, data, reference, config, seed, **(steps if kind == "diffusion" else {}))]
 
 
 def deployed(model: CenterNet, config: DetectorConfig, folder: Path, calibration: np.ndarray, test: Scenes,
@@ -140,6 +144,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="labelled real objects per class for the few arms")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--test-scenes", type=int, default=500)
+    parser.add_argument("--diffusion-steps", type=int, default=None,
+                        help="training steps of the per-seed diffusion and layout models (default: each kind's)")
     parser.add_argument("--arms", default=",".join(ARMS[:5]), help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--out", default="detection", help="bench/results/<out>.json and <out>.png")
     args = parser.parse_args()
@@ -176,7 +182,7 @@ def main() -> None:
                     if pseudo is None:
                         pseudo, _ = pseudo_labeled(splits)
                     sources = [composer(few.images, few.labels, seeded),
-                               *generated(arm, pseudo, reference, seeded, seed)]
+                               *generated(arm, pseudo, reference, seeded, seed, args.diffusion_steps)]
                 else:
                     sources = [composer(few.images, few.labels, seeded), *extra[arm]]
                 model = train_detector(sources, seeded, progress=progress, description=f"seed {seed}: {arm}")
@@ -188,7 +194,7 @@ def main() -> None:
                 console.print(f"seed {seed} {arm}: {arms[arm][-1]}")
     metrics = ("map50", "map50_95", "mask_map50", "mask_map50_95")
     result: dict[str, Any] = {"data": args.data, "seeds": args.seeds, "k_labels_per_class": args.k,
-                              "steps": args.steps, "test_scenes": args.test_scenes,
+                              "steps": args.steps, "diffusion_steps": args.diffusion_steps, "test_scenes": args.test_scenes,
                               "test_objects": len(truth["annotations"]), "arms": {}, "comparisons": []}
     for arm, runs in arms.items():
         result["arms"][arm] = {"real_labels": labels[arm], **{
