@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -151,25 +151,41 @@ def train_diffusion(data: LabeledData, config: DiffusionConfig = DiffusionConfig
         raise GeneratorError(f"diffusion configured for {config.image_channels}×{config.image_size}² images, "
                              f"given {tuple(x_all.shape[1:])}")
     y_all = torch.as_tensor(data.labels, dtype=torch.long)
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        index = torch.as_tensor(rng.integers(0, len(x_all), config.batch_size))
+        y = y_all[index].clone()
+        y[torch.rand(len(y)) < config.uncond_prob] = config.num_classes
+        return x_all[index], y, None
+
     unet = _unet(config)
+    fit(unet, config, batch, progress=progress)
+    return DiffusionModel(config, unet, label_budgets=[data.budget])
+
+
+Batch = Callable[[int], "tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]"]
+
+
+def fit(unet: UNet2DModel, config: DiffusionConfig, batch: Batch, *, progress: Any = None) -> None:
+    """Train ``unet`` ``config.steps`` steps on the DDPM objective (linear warm-up, then cosine decay): ``batch(step)``
+    gives clean images in [-1, 1], their class labels (or None) and maps concatenated to the noised input (a
+    layout, or None); the UNet predicts the noise or, with ``prediction="sample"``, the clean image."""
     scheduler = _scheduler(config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr)
     warmup = max(1, config.steps // 10)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
     )
-    for _ in range(config.steps):
-        index = torch.as_tensor(rng.integers(0, len(x_all), config.batch_size))
-        x0, y = x_all[index], y_all[index].clone()
-        y[torch.rand(len(y)) < config.uncond_prob] = config.num_classes
+    for step in range(config.steps):
+        x0, labels, maps = batch(step)
         noise = torch.randn_like(x0)
         t = torch.randint(0, config.train_timesteps, (len(x0),))
-        target = noise if config.prediction == "epsilon" else x0
-        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, noise, t), t, class_labels=y).sample, target)
+        noised = scheduler.add_noise(x0, noise, t)
+        predicted = unet(noised if maps is None else torch.cat([noised, maps], dim=1), t, class_labels=labels).sample
+        loss = torch.nn.functional.mse_loss(predicted, noise if config.prediction == "epsilon" else x0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         lr_schedule.step()
         if progress is not None:
             progress(1)
-    return DiffusionModel(config, unet, label_budgets=[data.budget])

@@ -14,7 +14,6 @@ inside its box, and its box that ink's bounds: the labeler's IoU check catches a
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -24,11 +23,11 @@ from diffusers import DDIMScheduler
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from models.diffusion import DiffusionConfig, _scheduler, _unet
+from models.diffusion import DiffusionConfig, _scheduler, _unet, fit
 from models.generator import Annotated, GeneratorError, GeneratorOutput, check_request, seeded_normal
 from models.image import to_uint8
 from models.reference import LabelBudget, LabeledData
-from models.scenes import Scenes, real_scenes, scene_size
+from models.scenes import real_scenes, scene_size
 
 KIND = "layout-diffusion"
 BOXES = "layout.boxes"  # the weights' entry holding the box bank: (class, width, height) rows
@@ -204,28 +203,15 @@ def train_layout(data: LabeledData, config: LayoutConfig, *, progress: Any = Non
         raise GeneratorError(f"{KIND} configured for {d.image_channels}×{config.object_size}² objects, "
                              f"given {data.images.shape[1:]}")
     torch.manual_seed(d.seed)
+
+    def batch(step: int) -> tuple[torch.Tensor, None, torch.Tensor]:
+        scenes = real_scenes(data.images, data.labels, count=d.batch_size, size=d.image_size, objects=config.objects,
+                             seed=d.seed * 1_000_003 + step, dark_ink=config.dark_ink,
+                             ink_threshold=config.ink_threshold)
+        return (as_tensor(scenes.images.astype(np.float32) / 255) * 2 - 1, None,
+                layout_maps(scenes.objects, d.num_classes, d.image_size))
+
     unet = _unet(d, layout_channels=d.num_classes)
-    scheduler = _scheduler(d)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=d.lr)
-    warmup = max(1, d.steps // 10)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / d.steps)))
-    for step in range(d.steps):
-        scenes: Scenes = real_scenes(data.images, data.labels, count=d.batch_size, size=d.image_size,
-                                     objects=config.objects, seed=d.seed * 1_000_003 + step, dark_ink=config.dark_ink,
-                                     ink_threshold=config.ink_threshold)
-        x0 = as_tensor(scenes.images.astype(np.float32) / 255) * 2 - 1
-        condition = layout_maps(scenes.objects, d.num_classes, d.image_size)
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, d.train_timesteps, (len(x0),))
-        target = noise if d.prediction == "epsilon" else x0
-        predicted = unet(torch.cat([scheduler.add_noise(x0, noise, t), condition], dim=1), t).sample
-        loss = torch.nn.functional.mse_loss(predicted, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr_schedule.step()
-        if progress is not None:
-            progress(1)
+    fit(unet, d, batch, progress=progress)
     return LayoutDiffusion(config, unet, box_bank(data, config), label_budgets=[data.budget])
 
