@@ -94,7 +94,7 @@ def layout_scenes(data: LabeledData, reference: Any, config: DetectorConfig, see
     train, layout_config = trainer("layout-diffusion", reference.image_size, reference.channels, reference.num_classes,
                                    dark_ink=reference.dark_ink, scene=config.scene_size, seed=seed, **overrides)
     out = train(data, layout_config)([seed * 10**6 + i for i in range(count)],
-                                     [i % config.num_classes for i in range(count)])
+                                     [i % config.num_classes for i in range(count)], mode="scene")
 
     def scenes(n: int, step: int) -> Scenes:
         picks = np.random.default_rng(step).integers(0, count, n)

@@ -145,8 +145,8 @@ class LayoutDiffusion:
     @torch.inference_mode()
     def __call__(self, seeds: Sequence[int], classes: Sequence[int], **params: str) -> GeneratorOutput:
         check_request(self, seeds, classes)
-        if params.get("mode", "scene") != "scene" or set(params) - {"mode", "steps"}:
-            raise GeneratorError(f"{KIND} draws scenes (mode=scene) and takes steps, got {params}")
+        if params.get("mode") != "scene" or set(params) - {"mode", "steps"}:  # the label step takes scenes asked for
+            raise GeneratorError(f"{KIND} draws scenes: plan it with mode=scene (and optionally steps), got {params}")
         d = self.config.diffusion
         steps = int(params.get("steps", d.sample_steps))
         if not 1 <= steps <= d.train_timesteps:

@@ -534,6 +534,8 @@ def plan(
     if bad:
         raise typer.BadParameter(f"{bad}: write key=value, e.g. steps=25", param_hint="--param")
     params = {key: value for key, _, value in pairs}
+    if generator == "layout-diffusion":
+        params.setdefault("mode", "scene")  # it draws scenes only
     try:
         wanted = [int(c) for c in classes.split(",")]
     except ValueError:

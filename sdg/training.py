@@ -85,7 +85,8 @@ def train_generator(settings: Settings, kind: str, *, labels_per_class: int | No
         task = progress.add_task(kind, total=config.steps)
         model = train(data, config, progress=lambda n: progress.advance(task, n))
     labels = [c for c in range(reference.num_classes) for _ in range(10)]
-    grid = sample_grid(model(list(range(len(labels))), labels).images, labels)
+    scenes = {"mode": "scene"} if getattr(model, "draws_scenes", False) else {}
+    grid = sample_grid(model(list(range(len(labels))), labels, **scenes).images, labels)
     checkpoint = model.checkpoint_config()
     checkpoint["training"] = {"images": int(len(data.images)), "pseudo_labeled": pseudo,
                               "reference_splits": splits.hashes}

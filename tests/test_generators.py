@@ -154,9 +154,10 @@ def layout(splits: Splits):  # type: ignore[no-untyped-def]
 
 def test_layout_diffusion_draws_scenes_into_seeded_layouts(tmp_path: Path, layout) -> None:  # type: ignore[no-untyped-def]
     seeds, classes = [5, 6, 7], [7, 2, 2]
-    out = layout(seeds, classes)
+    out = layout(seeds, classes, mode="scene")
     assert out.images.shape == (3, 32, 32) and out.scheduler == "DDIM" and out.steps == 3
-    assert (layout(seeds, classes).images == out.images).all() and (layout([7], [2]).images[0] == out.images[2]).all()
+    assert (layout(seeds, classes, mode="scene").images == out.images).all()
+    assert (layout([7], [2], mode="scene").images[0] == out.images[2]).all()
     assert layout.label_budgets[0].n_labels == 50 and len(layout.boxes) == 50  # the few's labels, their boxes
     for seed, first, objects in zip(seeds, classes, out.objects):
         boxes = layout.layout(seed, first)
@@ -172,9 +173,10 @@ def test_layout_diffusion_draws_scenes_into_seeded_layouts(tmp_path: Path, layou
     loaded = GeneratorCatalog(tmp_path)
     version = loaded.registry.save("layout-diffusion", layout.weights(), layout.checkpoint_config())
     again = loaded.get("layout-diffusion")
-    assert again.version == version and (again(seeds, classes).images == out.images).all()
-    with pytest.raises(GeneratorError, match="draws scenes"):
-        layout([1], [1], mode="crop")
+    assert again.version == version and (again(seeds, classes, mode="scene").images == out.images).all()
+    for params in ({"mode": "crop"}, {}):
+        with pytest.raises(GeneratorError, match="draws scenes: plan it with mode=scene"):
+            layout([1], [1], **params)
     job = plan_jobs("layout-diffusion", classes=[3], per_class=2, seed=1, run_id="r", params={"mode": "scene"})[0]
     samples = [r for r in generate(job, generators=loaded, config=GenerateConfig()) if isinstance(r, GeneratedSample)]
     assert [(s.generator, s.width, s.conditioning.params) for s in samples] == [
