@@ -95,6 +95,9 @@ def layout_scenes(data: LabeledData, reference: Any, config: DetectorConfig, see
                                    dark_ink=reference.dark_ink, scene=config.scene_size, seed=seed, **overrides)
     out = train(data, layout_config)([seed * 10**6 + i for i in range(count)],
                                      [i % config.num_classes for i in range(count)], mode="scene")
+    if seed == 0:
+        scene_grid(out.images[:18], out.objects[:18], RESULTS / "layout_diffusion_scenes.png",
+                   title="layout diffusion (seed 0): generated scenes with the boxes and masks they were drawn into")
 
     def scenes(n: int, step: int) -> Scenes:
         picks = np.random.default_rng(step).integers(0, count, n)
