@@ -75,7 +75,7 @@ class Watcher:
                 self.queue.answer(record.sample_id)
                 self.human[record.reviewer] += 1
             elif isinstance(record, QualityWindow):
-                self.windows[(record.generator, record.class_label)] = record
+                self.windows[(record.generator + (" scenes" if record.scenes else ""), record.class_label)] = record
             elif isinstance(record, Reading) and record.source == "plant":
                 self.nodes[record.node_id].update(die_c=record.die_c, coolant_c=record.coolant_c,
                                                   power_w=record.power_w, ts_ms=record.ts_ms)
@@ -100,7 +100,7 @@ class Watcher:
                               **{d: self.decided[g][d] for d in ("accepted", "review", "rejected")},
                               "acceptance": (self.decided[g]["accepted"] / max(1, sum(self.decided[g].values())))}
                           for g in sorted(set(self.generated) | set(self.decided))}
-            windows = [{"generator": w.generator, "window": w.window_id.split(":", 1)[-1], "n": w.metrics.n,
+            windows = [{"generator": g, "window": w.window_id.split(":", 1)[-1], "n": w.metrics.n,
                         "fid": w.metrics.fid, "fid_baseline": w.baseline.fid if w.baseline else None,
                         "recall": w.metrics.recall, "recall_baseline": w.baseline.recall if w.baseline else None,
                         "gate": w.gate_state} for (g, c), w in sorted(self.windows.items(), key=lambda kv: kv[0][0])
