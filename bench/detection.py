@@ -201,7 +201,7 @@ def main() -> None:
                               "test_objects": len(truth["annotations"]), "arms": {}, "comparisons": []}
     for arm, runs in arms.items():
         result["arms"][arm] = {"real_labels": labels[arm], **{
-            m: interval([r[m] for r in runs]).as_dict() for m in metrics}}
+            m: interval([r[m] for r in runs]).as_dict() for m in metrics}, "per_seed": runs}
     for arm in arms:
         for base in ("real-few", "real-full"):
             if arm not in (base, "real-full") and base in arms:
