@@ -24,6 +24,12 @@ class Annotated:
     mask: np.ndarray
 
 
+def bounds(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """The box (x, y, w, h) of a non-empty mask's pixels."""
+    ys, xs = np.nonzero(mask)
+    return (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
+
+
 @dataclass(frozen=True)
 class GeneratorOutput:
     """Images as uint8, (N, H, W) grey or (N, H, W, C) colour; per-sample objects for multi-object samples."""

@@ -24,10 +24,10 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from models.diffusion import DiffusionConfig, _scheduler, _unet, fit
-from models.generator import Annotated, GeneratorError, GeneratorOutput, check_request, seeded_normal
+from models.generator import Annotated, GeneratorError, GeneratorOutput, bounds, check_request, seeded_normal
 from models.image import to_uint8
 from models.reference import LabelBudget, LabeledData
-from models.scenes import real_scenes, scene_size
+from models.scenes import free_spot, ink, real_scenes, scene_size
 
 KIND = "layout-diffusion"
 BOXES = "layout.boxes"  # the weights' entry holding the box bank: (class, width, height) rows
@@ -77,12 +77,6 @@ def layout_maps(objects: Sequence[Sequence[Annotated]], num_classes: int, size: 
     return torch.from_numpy(maps)
 
 
-def ink(images: np.ndarray, *, dark_ink: bool, threshold: float) -> np.ndarray:
-    """Where images (N, H, W[, C]) in [0, 1] differ from their background by more than ``threshold``."""
-    value = (1.0 - images) if dark_ink else images
-    return (value.mean(axis=-1) if value.ndim == 4 else value) > threshold
-
-
 def drawn_objects(images: np.ndarray, layouts: Sequence[Sequence[Annotated]], *, dark_ink: bool,
                   threshold: float) -> list[list[Annotated]]:
     """The objects drawn into each layout: an object's mask is the ink (``ink``) inside its box, its box that
@@ -94,9 +88,7 @@ def drawn_objects(images: np.ndarray, layouts: Sequence[Sequence[Annotated]], *,
         for obj in layout:
             mask = drawn[n] & obj.mask
             if mask.any():
-                ys, xs = np.nonzero(mask)
-                box = (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
-                scene.append(Annotated(obj.class_label, box, mask))
+                scene.append(Annotated(obj.class_label, bounds(mask), mask))
         objects.append(scene)
     return objects
 
@@ -129,13 +121,10 @@ class LayoutDiffusion:
         for k in [int(first), *(int(k) for k in rng.integers(self.num_classes, size=n - 1))]:
             sizes = self.boxes[self.boxes[:, 0] == k, 1:]
             w, h = (int(v) for v in sizes[rng.integers(len(sizes))]) if len(sizes) else (cell, cell)
-            for _ in range(20):  # a free cell, or the object is left out
-                top, left = int(rng.integers(0, side - cell + 1)), int(rng.integers(0, side - cell + 1))
-                if not taken[top:top + cell, left:left + cell].any():
-                    break
-            else:
+            spot = free_spot(rng, taken, cell, cell)
+            if spot is None:  # no free cell: the object is left out
                 continue
-            taken[top:top + cell, left:left + cell] = True
+            top, left = spot
             y, x = top + int(rng.integers(0, cell - h + 1)), left + int(rng.integers(0, cell - w + 1))
             mask = np.zeros((side, side), dtype=bool)
             mask[y:y + h, x:x + w] = True
@@ -187,9 +176,9 @@ def box_bank(data: LabeledData, config: LayoutConfig) -> np.ndarray:
     drawn = ink(data.images, dark_ink=config.dark_ink, threshold=config.ink_threshold)
     rows = []
     for mask, label in zip(drawn, data.labels):
-        ys, xs = np.nonzero(mask)
-        if len(xs):
-            rows.append((int(label), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)))
+        if mask.any():
+            _, _, w, h = bounds(mask)
+            rows.append((int(label), int(w), int(h)))
     return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.generator import Annotated, GeneratorError, GeneratorOutput, check_request
+from models.generator import Annotated, GeneratorError, GeneratorOutput, bounds, check_request
 from models.image import to_uint8
 from models.reference import LabelBudget
 from models.registry import content_version
@@ -189,10 +189,8 @@ class ProceduralRenderer:
             full = np.zeros((size, size), dtype=np.float32)
             full[y0:y0 + glyph_size, x0:x0 + glyph_size] = resized
             mask = full.reshape(c.scene_size, 2, c.scene_size, 2).mean(axis=(1, 3)) > 0.25
-            ys, xs = np.nonzero(mask)
-            if ys.size:
-                bbox = (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
-                objects.append(Annotated(digit, bbox, mask))
+            if mask.any():
+                objects.append(Annotated(digit, bounds(mask), mask))
         for _ in range(int(rng.integers(0, 3))):  # distractors: thin strokes that are not digits
             y = int(rng.integers(0, size))
             ink[y:y + 2, int(rng.integers(0, size // 2)):int(rng.integers(size // 2, size))] = rng.uniform(0.3, 0.8)

@@ -19,7 +19,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from models.generator import Annotated, Generator, GeneratorOutput
+from models.generator import Annotated, Generator, GeneratorOutput, bounds
 
 
 @dataclass(frozen=True)
@@ -55,28 +55,36 @@ def real_scenes(images: np.ndarray, labels: np.ndarray, *, count: int, size: int
         taken = np.zeros((size, size), dtype=bool)
         for index in rng.choice(len(images), size=int(rng.integers(objects[0], objects[1] + 1)), replace=False):
             image = images[index].astype(np.float32)
-            ink = (1.0 - image) if dark_ink else image
-            mask = (ink.mean(axis=-1) if colour else ink) > ink_threshold
-            if not mask.any():
+            mask = ink(image[None], dark_ink=dark_ink, threshold=ink_threshold)[0]
+            spot = free_spot(rng, taken, h, w) if mask.any() else None
+            if spot is None:  # no ink, or no free spot: the object is left out
                 continue
-            for _ in range(20):  # a free spot, or the object is left out
-                top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-                if not taken[top:top + h, left:left + w].any():
-                    break
-            else:
-                continue
-            taken[top:top + h, left:left + w] = True
+            top, left = spot
             full = np.zeros((size, size), dtype=bool)
             full[top:top + h, left:left + w] = mask
             region = out[n, top:top + h, left:left + w]
             region[mask] = image[mask]
-            ys, xs = np.nonzero(full)
-            bbox = (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
-            placed.append(Annotated(int(labels[index]), bbox, full))
+            placed.append(Annotated(int(labels[index]), bounds(full), full))
             used.append(int(index))
         scenes.append(placed)
         sources.append(used)
     return Scenes(np.round(out * 255).astype(np.uint8), scenes, sources)
+
+
+def ink(images: np.ndarray, *, dark_ink: bool, threshold: float) -> np.ndarray:
+    """Where images (N, H, W[, C]) in [0, 1] differ from their background by more than ``threshold``."""
+    value = (1.0 - images) if dark_ink else images
+    return (value.mean(axis=-1) if value.ndim == 4 else value) > threshold
+
+
+def free_spot(rng: np.random.Generator, taken: np.ndarray, h: int, w: int, tries: int = 20) -> tuple[int, int] | None:
+    """A random ``h``×``w`` spot of ``taken`` that holds nothing yet (marked taken), or None after ``tries`` draws."""
+    for _ in range(tries):
+        top, left = int(rng.integers(0, taken.shape[0] - h + 1)), int(rng.integers(0, taken.shape[1] - w + 1))
+        if not taken[top:top + h, left:left + w].any():
+            taken[top:top + h, left:left + w] = True
+            return top, left
+    return None
 
 
 def scene_size(image_size: int) -> int:
