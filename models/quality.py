@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -126,6 +126,7 @@ class Reference:
     channels: int
     sets: dict[int | None, RealSet]
     train_pixels: np.ndarray
+    test_pixels: np.ndarray
     memorization_scale: float  # median real test-to-train pixel distance
     memorization_floor: float  # 1st percentile of the real test ratios: below it a sample is memorized
     realism_quantiles: dict[str, float]
@@ -154,11 +155,33 @@ class Reference:
             name=f"{splits.reference.name}:train={splits.hashes['train']}:test={splits.hashes['test']}",
             extractor=extractor, extractor_hash=extractor_hash, k=k, image_size=splits.reference.image_size,
             channels=splits.reference.channels,
-            sets=sets, train_pixels=train_px,
+            sets=sets, train_pixels=train_px, test_pixels=test_px,
             memorization_scale=scale, memorization_floor=float(np.quantile(nearest / scale, 0.01)),
             realism_quantiles={f"q{q:02d}": float(np.quantile(scores, q / 100)) for q in (1, 2, 5, 10, 50)},
             seed=seed,
         )
+
+    def of_scenes(self, size: int, features: Any, *, count: int = 1000) -> Reference:
+        """The reference for whole scenes of ``size`` × ``size``: real scenes composed of this reference's real objects
+        (``models.scenes.real_scenes``: the train split's for the manifold, ``count`` of them; the test split's for
+        the baseline, half as many), each fitted whole to the extractor's input. One class: a scene has none."""
+        from models.reference import ReferenceSet
+        from models.runtime import fit_image
+        from models.scenes import real_scenes
+
+        shape = (-1, self.image_size, self.image_size) + (() if self.channels == 1 else (self.channels,))
+        parts = []
+        for pixels, n, seed in ((self.train_pixels, count, self.seed), (self.test_pixels, count // 2, self.seed + 1)):
+            images = pixels.reshape(shape).astype(np.float32)
+            dark = ReferenceSet("", images, np.zeros(len(images), np.int64), 1).dark_ink
+            scenes = real_scenes(images, np.zeros(len(images), np.int64), count=n, size=size, seed=seed, dark_ink=dark)
+            parts.append(np.stack([fit_image(s, self.image_size, self.channels) for s in scenes.images]))
+        fitted = np.concatenate(parts)
+        real = ReferenceSet(f"scenes{size}", fitted.astype(np.float32) / 255, np.zeros(len(fitted), np.int64), 1)
+        splits = Splits(real, np.arange(len(parts[0])), np.arange(len(parts[0]), len(fitted)), np.arange(0), 0, self.seed)
+        built = Reference.build(splits, features, extractor=self.extractor, extractor_hash=self.extractor_hash, k=self.k,
+                                seed=self.seed)
+        return replace(built, name=f"{self.name}:scenes={size}")
 
     def metrics(self, moments: RunningMoments, features: np.ndarray, class_label: int | None = None) -> Metrics:
         """Generated vs real: FID from the window's running sums, k-NN metrics from its features."""

@@ -7,10 +7,11 @@ candidate sample. When it closes, the processor scores the window and the slidin
 and the ``slide`` − 1 before it, moments merged), per generator and per class, against the
 real-vs-real baseline at the same n, then decides every sample of the window: accepted, review or
 rejected, each with a reason. A multi-object scene is scored on its objects: each one's crop like a sample (realism,
-memorization), the scene taking its worst object's score. Scenes have windows of their own per generator (window
-ids ``<generator>@<version>/scenes:…``) whose set metrics are computed on their object crops against the same real
-objects, so a scene generator that collapses onto a few objects shows like a sample generator; ``scene_gate``
-says whether their state decides scenes too.
+memorization), the scene taking its worst object's score. Scenes have windows of their own per generator, measured
+twice: on their object crops against the same real objects (ids ``<generator>@<version>/scenes:…``: a scene
+generator that collapses onto a few objects shows like a sample generator), and as whole scenes fitted to the
+extractor's input against real scenes of their size composed of the real train objects (``…/scenes/whole:…``:
+a wrong layout, object count or background shows there); ``scene_gate`` says whether their state decides scenes too.
 
 ``QualityProcessor`` is the stateful step: the runtime re-keys samples by generator version (so one worker
 owns each generator's windows) and hands each one over with its partition's store, where a generator's
@@ -25,10 +26,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.image import sample_image, sample_images
 from models.quality import Reference, RunningMoments
 from models.reference import Splits
+from models.runtime import fit_image
 from processors.label import Labeler, label, object_crop
 from schemas.errors import UndecodableRecord
 from schemas.records import (
@@ -91,12 +93,13 @@ class QualityConfig(BaseModel):
     min_margin: float = Field(default=0.5, ge=0, le=1, description="Labeler top-2 margin below which a label is uncertain.")
     reject_realism_factor: float = Field(default=0.5, gt=0, description="Reject below this × the real 1% realism.")
     scene_gate: Literal["objects", "window"] = Field(default="objects", description=(
-        "objects: a scene is decided on its objects (realism, memorization, labels), its window's set metrics "
+        "objects: a scene is decided on its objects (realism, memorization, labels), its windows' set metrics "
         "recorded but not applied (renderers are unrealistic on purpose: domain randomization); window: also by its "
-        "window's state, like a single sample."))
+        "windows' state (the worse of its objects' and its whole scenes'), like a single sample."))
 
 
 WindowState = Literal["warming_up", "admissible", "inadmissible"]
+SEVERITY = {"admissible": 0, "warming_up": 1, "inadmissible": 2}
 
 
 def window_gate(metrics: Metrics, baseline: Metrics, config: QualityConfig, *, variance: float) -> tuple[WindowState, str]:
@@ -129,6 +132,8 @@ class Closed:
     features: np.ndarray
     labels: np.ndarray
     sample_ids: frozenset[str] = frozenset()
+    wholes: np.ndarray | None = None  # a scene window's candidates fitted whole (n, d), and their sizes (n,)
+    sizes: np.ndarray | None = None
 
 
 @dataclass
@@ -142,6 +147,8 @@ class Pending:
     score: Score
     rejection: str | None
     duplicate: bool = False  # already in the sliding window (a re-delivery): not counted twice
+    whole: np.ndarray | None = None  # a scene's features fitted whole (1, d), and its side
+    size: int = 0
 
 
 @dataclass
@@ -164,9 +171,10 @@ class GeneratorWindows:
     moments: RunningMoments | None = None
     history: deque[Closed] = field(default_factory=deque)
 
-    def window_id(self, kind: str = "tumbling", class_label: int | None = None) -> str:
+    def window_id(self, kind: str = "tumbling", class_label: int | None = None, *, whole: bool = False) -> str:
         version = f"@{self.version[:8]}" if self.version else ""
-        suffix = ("/scenes" if self.scenes else "") + ("" if class_label is None else f"/{class_label}")
+        suffix = ("/scenes" if self.scenes else "") + ("/whole" if whole else "") + (
+            "" if class_label is None else f"/{class_label}")
         return f"{self.generator}{version}{suffix}:{kind}:{self.seq}"
 
     def add(self, item: Pending, now_ms: int) -> None:
@@ -202,6 +210,13 @@ class QualityJudge:
         self.relabel = relabel
         self.review_realism = reference.realism_quantiles["q01"]
         self.reject_realism = self.review_realism * config.reject_realism_factor
+        self._scenes: dict[int, Reference] = {}
+
+    def scene_reference(self, size: int) -> Reference:
+        """The real side of whole-scene windows of ``size`` × ``size`` scenes (``Reference.of_scenes``), once per size."""
+        if size not in self._scenes:
+            self._scenes[size] = self.reference.of_scenes(size, self.extractor.run)
+        return self._scenes[size]
 
     @classmethod
     def load(cls, extractor: Path, splits: Splits, config: QualityConfig, labeler: Labeler) -> QualityJudge:
@@ -244,26 +259,31 @@ class QualityJudge:
         ref = self.reference
         singles = [r.sample for r in records if not r.sample.objects]
         fitted = iter(sample_images(singles, ref.channels) if singles else ())
-        parts, classes = [], []
+        parts, classes, wholes, sizes = [], [], [], []
         for r in records:
             if r.sample.objects:
                 image = sample_image(r.sample)
                 parts.append(np.stack([object_crop(image, o.bbox, ref.image_size, ref.channels) for o in r.sample.objects]))
                 classes.append(np.array([o.class_label for o in r.sample.objects], dtype=np.int64))
+                wholes.append(fit_image(image, ref.image_size, ref.channels))
+                sizes.append(image.shape[0])
             else:
                 parts.append(next(fitted)[None])
                 classes.append(np.array([r.label.label], dtype=np.int64))  # agreed: the class asked for
         images = np.concatenate(parts)
-        features = self.extractor.run(images).astype(np.float32)
+        every = self.extractor.run(np.concatenate([images, np.stack(wholes)]) if wholes else images).astype(np.float32)
+        features, whole = every[:len(images)], iter(every[len(images):, None])
         realism, nn_distance, memorization = ref.per_sample(features, images)
-        out, start = [], 0
+        out, start, side = [], 0, iter(sizes)
         for (record, refused), own in zip(self.checked(records), classes):
             part = slice(start, start + len(own))
             start = part.stop
             score = Score(window_id=window_id, realism=float(realism[part].min()),
                           nn_distance=float(nn_distance[part].max()), memorization_ratio=float(memorization[part].min()),
                           extractor=ref.extractor, extractor_hash=ref.extractor_hash)
-            out.append(Pending(record, features[part], own, score, refused or self.rejection(record, score)))
+            scene = bool(record.sample.objects)
+            out.append(Pending(record, features[part], own, score, refused or self.rejection(record, score),
+                               whole=next(whole) if scene else None, size=next(side) if scene else 0))
         return out
 
     def rejection(self, record: LabeledSample, score: Score) -> str | None:
@@ -290,8 +310,9 @@ class QualityJudge:
 
     def _window(self, windows: GeneratorWindows, kind: Literal["tumbling", "sliding"], moments: RunningMoments,
                 features: np.ndarray, times: list[int], class_label: int | None,
-                run_id: str) -> tuple[QualityWindow, str]:
-        ref = self.reference
+                run_id: str, *, scenes: Reference | None = None) -> tuple[QualityWindow, str]:
+        """One window's metrics against the real set and its state; ``scenes``: a whole-scene window's reference."""
+        ref = scenes or self.reference
         n = len(features)
         needed = self.config.min_window if class_label is None else ref.k + 1
         baseline = None
@@ -305,7 +326,8 @@ class QualityJudge:
             variance = float(np.trace(ref.sets[class_label].moments.cov))
             state, why = window_gate(metrics, baseline, self.config, variance=variance)
         window = QualityWindow(
-            run_id=run_id, window_id=windows.window_id(kind, class_label), generator=windows.generator,
+            run_id=run_id, window_id=windows.window_id(kind, class_label, whole=scenes is not None),
+            generator=windows.generator,
             generator_version=windows.pending[-1].record.sample.generator_version, class_label=class_label, kind=kind,
             start_ms=min(times), end_ms=max(times), metrics=metrics, baseline=baseline,
             memorized_fraction=0.0, extractor=ref.extractor, extractor_hash=ref.extractor_hash,
@@ -332,6 +354,10 @@ class QualityJudge:
                 class_moments = RunningMoments(windows.dim).update(features[members])
                 out.append(self._window(windows, "tumbling", class_moments, features[members], times, c, run_id)[0])
         closed = Closed(moments, features, labels, frozenset(p.record.sample.sample_id for p in pending))
+        if windows.scenes:
+            closed.wholes = np.concatenate([p.whole for p in candidates if p.whole is not None] or
+                                           [np.zeros((0, windows.dim), np.float32)])
+            closed.sizes = np.array([p.size for p in candidates if p.whole is not None], dtype=np.int64)
         span = [*windows.history, closed]
         merged = span[0].moments
         for part in span[1:]:
@@ -339,14 +365,35 @@ class QualityJudge:
         sliding, why = self._window(windows, "sliding", merged, np.concatenate([p.features for p in span]), times,
                                     None, run_id)
         out.append(sliding)
+        state, why = sliding.gate_state, f"{sliding.window_id}: {why}"
+        if windows.scenes:
+            whole, whole_why = self._whole_windows(windows, span, pending, times, run_id)
+            out += whole
+            worst = max([(sliding, why), (whole[-1], whole_why)], key=lambda w: SEVERITY[w[0].gate_state])
+            state, why = (worst[0].gate_state, worst[1]) if self.config.scene_gate == "window" else ("admissible", "")
         out = [w.model_copy(update={"memorized_fraction": memorized}) for w in out]  # type: ignore[union-attr]
-        state = sliding.gate_state if not windows.scenes or self.config.scene_gate == "window" else "admissible"
         for item in pending:
-            out += self.decide(item, state, f"{sliding.window_id}: {why}")
+            out += self.decide(item, state, why)
         windows.remember(closed)
         windows.seq += 1
         windows.pending, windows.moments, windows.opened_ms = [], None, None
         return out
+
+    def _whole_windows(self, windows: GeneratorWindows, span: list[Closed], pending: list[Pending], times: list[int],
+                       run_id: str) -> tuple[list[QualityWindow], str]:
+        """A scene window's tumbling and sliding windows measured on whole scenes against real scenes of their size
+        (the window's most common one: scenes of other sizes are left out of them), and the sliding one's reason."""
+        size = Counter(p.size for p in pending).most_common(1)[0][0]
+        scenes = self.scene_reference(size)
+        out, why = [], ""
+        for kind, parts in (("tumbling", span[-1:]), ("sliding", span)):
+            features = np.concatenate([c.wholes[c.sizes == size] for c in parts if c.wholes is not None and
+                                       c.sizes is not None] + [np.zeros((0, windows.dim), np.float32)])
+            moments = RunningMoments(windows.dim).update(features) if len(features) else RunningMoments(windows.dim)
+            window, why = self._window(windows, kind, moments, features, times, None, run_id,  # type: ignore[arg-type]
+                                       scenes=scenes)
+            out.append(window)
+        return out, f"{out[-1].window_id}: {why}"
 
     def decide(self, item: Pending, state: WindowState, why: str) -> list[Record]:
         """The scored record and the decision for one sample; every reason reads ``<category>: <details>``."""
@@ -376,14 +423,17 @@ class QualityJudge:
 
 def _pack_closed(closed: Closed) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, features=closed.features, labels=closed.labels, sample_ids=np.array(sorted(closed.sample_ids)))
+    arrays: dict[str, Any] = {"features": closed.features, "labels": closed.labels, "sample_ids": np.array(sorted(closed.sample_ids))}
+    if closed.wholes is not None and closed.sizes is not None:
+        arrays |= {"wholes": closed.wholes, "sizes": closed.sizes}
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
 def _unpack_closed(data: bytes, dim: int) -> Closed:
     arrays = np.load(io.BytesIO(data))  # no pickles: the changelog is a topic like any other
     return Closed(RunningMoments(dim).update(arrays["features"]), arrays["features"], arrays["labels"],
-                  frozenset(str(i) for i in arrays["sample_ids"]))
+                  frozenset(str(i) for i in arrays["sample_ids"]), arrays.get("wholes"), arrays.get("sizes"))
 
 
 SCENES = "#scenes"  # the state key's suffix of a generator's scene windows (no name holds a '#')

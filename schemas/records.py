@@ -212,8 +212,16 @@ class QualityWindow(Record):
 
     @property
     def scenes(self) -> bool:
-        """A window of multi-object scenes, measured on their objects: its id reads ``<generator>@<version>/scenes…``."""
+        """A window of multi-object scenes: its id reads ``<generator>@<version>/scenes…``."""
         return "/scenes" in self.window_id.split(":")[0]
+
+    @property
+    def measured_on(self) -> Literal["samples", "objects", "scenes"]:
+        """What the metrics compare with the real set: single samples, the objects of scenes (their crops against
+        real objects), or whole scenes (against real scenes composed of real objects: ids ``…/scenes/whole…``)."""
+        if not self.scenes:
+            return "samples"
+        return "scenes" if "/scenes/whole" in self.window_id.split(":")[0] else "objects"
 
 
 class Reading(Record):

@@ -321,13 +321,13 @@ def quality(
     from sdg.report import quality_table
     from streams.subscribe import subscribe as records
 
-    latest: dict[tuple[str, bool, int | None, str], Any] = {}
+    latest: dict[tuple[str, str, int | None, str], Any] = {}
     for received in records("sdg.quality", kafka=_settings().kafka_client, from_beginning=True, idle_timeout_s=3):
         window = received.record
         if not isinstance(window, QualityWindow):
             continue
         if (run is None or window.run_id == run) and (classes or window.class_label is None):
-            latest[(window.generator, window.scenes, window.class_label, window.kind)] = window
+            latest[(window.generator, window.measured_on, window.class_label, window.kind)] = window
     if not latest:
         console.print("no quality windows yet" + (f" for run {run}" if run else ""))
         return

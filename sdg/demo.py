@@ -533,7 +533,7 @@ def _generation(
                     continue
                 if isinstance(record, QualityWindow):
                     if record.kind == "sliding" and record.class_label is None:  # keyed like _kind
-                        windows[record.generator + ("/scene" if record.scenes else "")] = record
+                        windows[record.generator + WINDOW_KINDS[record.measured_on]] = record
                 elif isinstance(record, SampleDecision):
                     decisions.setdefault(_kind(record.sample), Counter())[record.gate.decision] += 1
                     if record.gate.decision == "accepted":
@@ -579,6 +579,9 @@ def _record_training(settings: Settings, train_s: dict[str, float]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     before = json.loads(path.read_text()) if path.exists() else {}
     path.write_text(json.dumps({**before, **train_s}, indent=2))
+
+
+WINDOW_KINDS = {"samples": "", "objects": "/scene", "scenes": "/scene/whole"}  # a window's key, like _kind's
 
 
 def _kind(sample: GeneratedSample) -> str:

@@ -11,6 +11,9 @@ from schemas.records import QualityWindow
 STATE_STYLE = {"admissible": "green", "inadmissible": "red", "warming_up": "yellow"}
 
 
+MEASURED_ON = {"samples": "", "objects": " scene objects", "scenes": " whole scenes"}
+
+
 def quality_table(windows: list[QualityWindow], *, title: str = "quality windows (value / real-vs-real baseline)") -> Table:
     table = Table("generator", "class", "window", "n", "FID", "precision", "recall", "density", "coverage",
                   "memorized", "gate", title=title)
@@ -19,7 +22,7 @@ def quality_table(windows: list[QualityWindow], *, title: str = "quality windows
         cells = [f"{getattr(w.metrics, m):.3g} / {getattr(b, m):.3g}" if b else f"{getattr(w.metrics, m):.3g}"
                  for m in ("fid", "precision", "recall", "density", "coverage")]
         style = STATE_STYLE[w.gate_state]
-        table.add_row(w.generator + (" scenes" if w.scenes else ""), "all" if w.class_label is None else str(w.class_label), w.window_id.split(":", 1)[1],
+        table.add_row(w.generator + MEASURED_ON[w.measured_on], "all" if w.class_label is None else str(w.class_label), w.window_id.split(":", 1)[1],
                       str(w.metrics.n), *cells, f"{w.memorized_fraction:.1%}", f"[{style}]{w.gate_state}[/]")
     if windows:
         table.caption = f"extractor {windows[0].extractor} ({windows[0].extractor_hash}), reference {windows[0].reference_split}"

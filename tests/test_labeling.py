@@ -19,7 +19,7 @@ from models.render import ProceduralRenderer
 from models.runtime import ModelFileError, OnnxModel, OnnxSpec, export_onnx
 from processors.generate import GenerateConfig, generate, plan_jobs
 from processors.label import label
-from processors.quality import GeneratorWindows, QualityConfig
+from processors.quality import GeneratorWindows, QualityConfig, _pack_closed, _unpack_closed
 from schemas.records import GeneratedSample, LabeledSample, QualityWindow, SampleDecision
 from sdg.settings import Settings
 
@@ -124,32 +124,43 @@ def test_the_gate_scores_a_scene_on_its_objects_and_rejects_a_pasted_training_im
     assert decided.gate.decision == "rejected" and decided.gate.reason.startswith("memorized: an object")
 
 
-def test_scene_windows_measure_the_objects_and_catch_a_collapsed_scene_generator(quality_state: Path) -> None:
-    """Scenes of held-out real objects make an admissible window; scenes that repeat one object (a collapsed
-    scene generator) an inadmissible one: with ``scene_gate=window`` every scene of it is rejected, by default
-    (``objects``) its scenes are decided on their objects alone."""
+def test_scene_windows_measure_objects_and_whole_scenes_and_catch_what_each_shows(quality_state: Path) -> None:
+    """Scenes of held-out real objects make admissible windows, on their objects and as whole scenes. Scenes that
+    repeat one object (a collapsed scene generator) make an inadmissible object window; scenes of one object each
+    (a wrong layout, every object real) an inadmissible whole-scene window. With ``scene_gate=window`` every scene
+    of either is rejected; by default (``objects``) scenes are decided on their objects alone."""
     from models.scenes import real_scenes
     from tests.test_detection import labeled as through_label
 
     images, labels = SPLITS.test_set()
     varied = real_scenes(images, labels, count=40, size=32, seed=3)
     same = real_scenes(np.repeat(images[:1], 4, axis=0), np.repeat(labels[:1], 4), count=40, size=32, seed=3)
-    for scenes, state, gate in ((varied, "admissible", "window"), (same, "inadmissible", "window"),
-                                (same, "inadmissible", "objects")):
+    sparse = real_scenes(images, labels, count=40, size=32, objects=(1, 1), seed=3)
+    cases = ((varied, "admissible", "admissible", "window"), (same, "inadmissible", "admissible", "window"),
+             (same, "inadmissible", "admissible", "objects"), (sparse, "admissible", "inadmissible", "window"))
+    for scenes, on_objects, on_scenes, gate in cases:
         config = QualityConfig(window_size=40, min_window=20, scene_gate=gate)  # type: ignore[arg-type]
         settings = Settings(state_dir=quality_state, quality=config)
         judge, labeler = settings.judge(), settings.labeler()
         windows = GeneratorWindows("planted", 64, 5, version="v1", scenes=True)
         for item in judge.assess(through_label(scenes, labeler, "t"), windows.window_id()):
             windows.add(item, 0)
-        crops = sum(len(p.classes) for p in windows.pending if p.rejection is None)
+        candidates = [p for p in windows.pending if p.rejection is None]
+        crops = sum(len(p.classes) for p in candidates)
         out = judge.close(windows)
-        sliding = next(w for w in out if isinstance(w, QualityWindow) and w.kind == "sliding")
-        assert sliding.window_id == "planted@v1/scenes:sliding:0" and sliding.gate_state == state, sliding
-        assert sliding.metrics.n == crops > 40  # measured on the objects, not the scenes
+        sliding, whole = [w for w in out if isinstance(w, QualityWindow) and w.kind == "sliding"]
+        assert sliding.window_id == "planted@v1/scenes:sliding:0" and sliding.measured_on == "objects"
+        assert sliding.gate_state == on_objects and sliding.metrics.n == crops >= len(candidates), sliding
+        # whole scenes, against real scenes of their size composed of the train split's objects
+        assert whole.window_id == "planted@v1/scenes/whole:sliding:0" and whole.measured_on == "scenes"
+        assert whole.gate_state == on_scenes and whole.metrics.n == len(candidates), whole
+        assert whole.reference_split.endswith(":scenes=32")
+        kept = _unpack_closed(_pack_closed(windows.history[-1]), 64)  # the sliding window survives a restart
+        assert kept.sizes is not None and set(kept.sizes) == {32} and kept.wholes is not None
+        assert np.array_equal(kept.wholes, windows.history[-1].wholes)  # type: ignore[arg-type]
         decisions = Counter(r.gate.decision for r in out if isinstance(r, SampleDecision))
         assert sum(decisions.values()) == 40
-        if state == "admissible" or gate == "objects":
+        if on_objects == on_scenes == "admissible" or gate == "objects":
             assert decisions["accepted"] >= 30, (gate, decisions)
         else:
             assert decisions == {"rejected": 40}
