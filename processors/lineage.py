@@ -16,6 +16,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 from schemas.records import (
     Annotation,
     GeneratedSample,
@@ -135,6 +137,44 @@ def rows_of(record: Record, topic: str, partition: int, offset: int) -> Rows:
     raise ValueError(f"the lineage sink does not record {record.schema_name} records")
 
 
+def sample_columns(samples: Any, topics: list[str], partitions: list[int], offsets: list[int]) -> dict[str, Any]:
+    """The ``samples`` and ``lineage`` rows of ``GeneratedSample`` records decoded column-wise (a ``Columns.table``
+    from ``schemas.columnar``, each read at its topic, partition and offset): ``rows_of``'s rows as Arrow tables, column
+    by column. Scenes take the one-record path (``schemas.columnar``): ``objects_json`` is ``[]`` here."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from schemas.tables import TABLES
+
+    n = samples.num_rows
+    col = samples.column
+    created = col("created_ms")
+    conditioning = col("conditioning").combine_chunks()
+    params = pc.struct_field(conditioning, "params")
+    where = {"run_id": col("run_id"), "date": pc.strftime(pc.cast(created, pa.timestamp("ms")), format="%Y-%m-%d"),
+             "created_ms": created, "kafka_topic": pa.array(topics, pa.string()),
+             "kafka_partition": pa.array(partitions, pa.int32()), "kafka_offset": pa.array(offsets, pa.int64())}
+    shared = {"sample_id": col("sample_id"), "generator": col("generator"), "generator_version": col("generator_version"),
+              "seed": col("seed"), "class_label": pc.fill_null(pc.struct_field(conditioning, "class_label"), NO_CLASS),
+              "image_sha256": col("image_sha256")}
+    lengths = pc.list_value_length(params).to_numpy(zero_copy_only=False)
+    params_json = np.full(n, "{}", dtype=object)
+    for i in np.flatnonzero(lengths).tolist():  # a map as rows_of writes it: its last value per key, keys sorted
+        params_json[i] = _json({p["key"]: p["value"] for p in params[i].as_py()})
+    sample = {**where, **shared, "job_id": col("job_id"), "params_json": pa.array(params_json, pa.string()),
+              "image": col("image"), "image_format": col("image_format"), "width": col("width"), "height": col("height"),
+              "channels": col("channels"), "node_id": col("node_id"), "objects_json": pa.array(["[]"] * n, pa.string())}
+    nulls = {name: pa.nulls(n, TABLES["lineage"].field(name).type) for name in (
+        "label", "confidence", "margin", "agrees", "labeler_version", "window_id", "realism", "extractor_hash",
+        "decision", "reason")}
+    lineage = {**where, **shared, "stage": pa.array(["generated"] * n, pa.string()), **nulls}
+    return {table: pa.Table.from_pydict({f.name: columns[f.name] for f in TABLES[table] if f.name in columns}).cast(
+        pa.schema([f for f in TABLES[table] if f.name in columns]))
+        for table, columns in (("samples", sample), ("lineage", lineage))}
+
+
+rows_of.columns = {"GeneratedSample": sample_columns}  # type: ignore[attr-defined]  # the same rows, column-wise
+
 RowsFn = Callable[[Record, str, int, int], Rows]
 
 
@@ -152,4 +192,5 @@ def downsampled(fn: RowsFn, *, every_s: float) -> RowsFn:
             last[key] = bucket
         return fn(record, topic, partition, offset)
 
+    rows.columns = getattr(fn, "columns", {})  # type: ignore[attr-defined]  # readings are not made column-wise
     return rows

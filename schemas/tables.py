@@ -11,7 +11,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 PARTITION_BY = ["run_id", "date"]
 GENESIS = "0" * 64  # the previous hash of a chain's first row
@@ -174,11 +176,62 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":")
 
 
 def row_hash(row: dict[str, Any], prev_hash: str) -> str:
-    """SHA-256 of the previous row's hash and this row's content (every column but the chain's own)."""
+    """The first chain format: SHA-256 of the previous row's hash and this row's content (every column but the
+    chain's own) as key-sorted JSON. Tables keep such rows; the sink writes ``chain_contents``' format."""
     content = row if _CHAIN_EXCLUDED.isdisjoint(row) else {k: v for k, v in row.items() if k not in _CHAIN_EXCLUDED}
     digest = hashlib.sha256(prev_hash.encode())
     digest.update(_CANONICAL.encode(content).encode())
     return digest.hexdigest()
+
+
+CHAIN_FORMAT = b"sdg-chain/2\x00"  # the second format's content starts so: never JSON, never the first's preimage
+
+
+def _fixed(values: np.ndarray, width: int) -> pa.Array:
+    """Little-endian values as a binary array of ``width`` bytes each."""
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, pa.py_buffer(values.tobytes())]
+                                                ).cast(pa.binary())
+
+
+def _encoded(name: str, column: Any) -> pa.Array:
+    """A column's part of the rows' chained content: name, type and value bytes where it holds a value, b"" where null."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    kind = column.type
+    if pa.types.is_null(kind):
+        return pa.array([b""] * len(column), pa.binary())
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
+        data = column.cast(pa.binary())
+        lengths = pc.fill_null(pc.binary_length(data), 0).to_numpy(zero_copy_only=False).astype("<u4")
+        parts, tag = [_fixed(lengths, 4), pc.fill_null(data, b"")], b"s"
+    elif pa.types.is_boolean(kind):
+        parts, tag = [_fixed(pc.fill_null(column, False).to_numpy(zero_copy_only=False).astype("<u1"), 1)], b"b"
+    elif pa.types.is_integer(kind):
+        parts, tag = [_fixed(pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype("<i8"), 8)], b"i"
+    elif pa.types.is_floating(kind):
+        parts, tag = [_fixed(pc.fill_null(column, 0.0).to_numpy(zero_copy_only=False).astype("<f8"), 8)], b"f"
+    else:
+        raise TypeError(f"the lineage chain has no encoding for column {name} of type {kind}")
+    joined = pc.binary_join_element_wise(pa.scalar(name.encode() + b"\x00" + tag, pa.binary()), *parts,
+                                         pa.scalar(b"", pa.binary()))
+    return pc.if_else(pc.is_null(column), pa.scalar(b"", pa.binary()), joined)
+
+
+def chain_contents(table: pa.Table) -> list[bytes]:
+    """Each row's content as the hash chain reads it (the second format), built column by column: every column but
+    the chain's own that holds a value, in name order, as its name, a type tag (string, integer, float, boolean)
+    and its value (a string or bytes length-prefixed, a number as 8 little-endian bytes). Types of one tag encode
+    alike (an int32 as an int64), and a column added later, null in older rows, leaves their content as it was."""
+    names = sorted(n for n in table.column_names if n not in _CHAIN_EXCLUDED)
+    if not table.num_rows:
+        return []
+    parts = [_encoded(n, table.column(n)) for n in names]
+    content = pc.binary_join_element_wise(pa.scalar(CHAIN_FORMAT, pa.binary()), *parts, pa.scalar(b"", pa.binary()))
+    return content.to_pylist()  # type: ignore[no-any-return]
+
+
+def chained(previous: str, content: bytes) -> str:
+    """A row's hash in the second format: SHA-256 of the previous row's hash and its ``chain_contents``."""
+    return hashlib.sha256(previous.encode() + content).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -201,8 +254,10 @@ def verify_chain(rows: list[dict[str, Any]], heads: dict[str, tuple[int, str]] |
     Catches an edited field (its hash no longer matches), a removed or inserted row (a gap or a
     repeat in ``seq``, or a ``prev_hash`` that is not the previous row's hash) and reordered rows.
     ``heads`` (chain id → the last (seq, hash) the writer recorded in its commits) also catches
-    rows cut off a chain's end.
+    rows cut off a chain's end. A row's hash may be of either format (``chained``, or ``row_hash`` in tables
+    written before it).
     """
+    contents = dict(zip(map(id, rows), chain_contents(pa.Table.from_pylist(rows)))) if rows else {}
     chains: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
         chains.setdefault(tuple(row[k] for k in CHAIN_KEY), []).append(row)
@@ -222,7 +277,7 @@ def verify_chain(rows: list[dict[str, Any]], heads: dict[str, tuple[int, str]] |
             if row["prev_hash"] != previous:
                 return ChainBreak(chain, row["seq"], row.get("sample_id"),
                                   "prev_hash is not the previous row's hash (rows removed, inserted or reordered)")
-            if row_hash(row, previous) != row["row_hash"]:
+            if chained(previous, contents[id(row)]) != row["row_hash"] and row_hash(row, previous) != row["row_hash"]:
                 return ChainBreak(chain, row["seq"], row.get("sample_id"), "content does not match its hash (edited)")
             previous = row["row_hash"]
     return None

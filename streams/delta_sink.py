@@ -8,29 +8,33 @@ after every table's commit, and only as a shortcut: the Delta versions are the t
 
 Lineage rows get a hash chain per (run, date, source topic, source partition): each source
 partition has one owner in the consumer group, so every chain has a single writer.
+
+A consumed batch takes the column-wise path where it can (``write_many``): its values decoded at once into Arrow
+(``schemas.columnar``), their rows built column by column (the rows function's ``columns``), the chain's content
+too (``schemas.tables.chain_contents``); what that path leaves (other record types, scenes, anything it cannot
+check) is decoded and written one record at a time, in its place in the batch.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import operator
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from schemas.records import Record
-from schemas.tables import CHAIN_KEY, GENESIS, IDENTITY, PARTITION_BY, TABLES, chain_id, row_hash
+from schemas.tables import CHAIN_KEY, GENESIS, IDENTITY, PARTITION_BY, TABLES, chain_contents, chained
 from streams.anchors import Anchors
 from streams.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 HEADS_KEY = "sdg.chain_heads"  # commit metadata: the head of every chain the commit extended
-chain_key = operator.itemgetter(*CHAIN_KEY)
+CHAIN_COLUMNS = ("seq", "prev_hash", "row_hash")
 
 
 class SinkConfig(BaseModel):
@@ -165,18 +169,22 @@ class DeltaSink:
                  tables: DeltaTables, group: str, config: SinkConfig = SinkConfig(), anchors: Anchors | None = None) -> None:
         """``fn`` makes the rows of one record read at (topic, partition, offset): ``processors.lineage.rows_of``;
         ``group`` is the step's consumer group (it names the offsets each table records); ``anchors``: where the
-        chain heads of every lineage commit are also signed and kept."""
+        chain heads of every lineage commit are also signed and kept. ``fn.columns``, when ``fn`` has it (record type
+        → rows of a ``schemas.columnar`` table, each read at its topic, partition, offset), makes ``fn``'s rows
+        column-wise."""
         self.tables = tables
         self.anchors = anchors
         self.group = group
         self.config = config
         self.fn = fn
+        self.columns: dict[str, Callable[..., dict[str, Any]]] = getattr(fn, "columns", {})
         self.stats = SinkStats()
         self._next: dict[tuple[str, str], int] = {}  # (table, app id) → next offset the table needs
         self._chains: dict[tuple[Any, ...], tuple[int, str]] = {}
         self._commits: dict[str, int] = {}
-        self._buffer: dict[str, list[dict[str, Any]]] = {}
-        self._owners: dict[str, list[Any]] = {}  # per table, per buffered row: the message it came from
+        self._buffer: dict[str, list[Any]] = {}  # per table: rows (dicts) and, from write_many, Arrow tables of rows
+        self._owners: dict[str, list[Any]] = {}  # per table, per buffered row: the message it came from (None: a table)
+        self._rows = 0
         self._covered: dict[tuple[str, int], int] = {}  # source partition → next offset once the buffer is written
         self._first: dict[tuple[str, int], int] = {}  # source partition → the buffer's first offset
         self._oldest: float | None = None
@@ -209,13 +217,32 @@ class DeltaSink:
             fresh.append(row)
         return fresh
 
+    def _fresh(self, table: str, data: Any) -> Any:
+        """``_new`` for a pyarrow table of rows."""
+        import pyarrow as pa
+
+        if table not in IDENTITY or not data.num_rows:
+            return data
+        keep = []
+        for run_id, identity in zip(data.column("run_id").to_pylist(),
+                                    zip(*(data.column(c).to_pylist() for c in IDENTITY[table]))):
+            seen = self._seen.get((table, run_id))
+            if seen is None:
+                seen = self._seen[(table, run_id)] = self.tables.identities(table, run_id)
+            keep.append(identity not in seen)
+            seen.add(identity)
+        if all(keep):
+            return data
+        self.stats.duplicates += keep.count(False)
+        return data.filter(pa.array(keep))
+
     def due(self) -> bool:
         """A full or old buffer, or a write that has landed (its offsets can be committed)."""
         return self._full() or (self._inflight is not None and self._inflight[0].done())
 
     def _full(self) -> bool:
         """The buffer holds ``batch_rows`` rows, or its oldest is ``max_batch_s`` old."""
-        return sum(map(len, self._buffer.values())) >= self.config.batch_rows or (
+        return self._rows >= self.config.batch_rows or (
             self._oldest is not None and time.monotonic() - self._oldest >= self.config.max_batch_s)
 
     def _needs(self, table: str, topic: str, partition: int) -> int:
@@ -235,40 +262,115 @@ class DeltaSink:
             table_rows = self._new(table, table_rows)
             self._buffer.setdefault(table, []).extend(table_rows)
             self._owners.setdefault(table, []).extend([message] * len(table_rows))
+            self._rows += len(table_rows)
             wrote = True
         if rows and not wrote:
             self.stats.skipped += 1
+        self._read(topic, partition, offset)
+
+    def _read(self, topic: str, partition: int, offset: int) -> None:
         self._covered[(topic, partition)] = offset + 1
         self._first.setdefault((topic, partition), offset)
         if self._oldest is None:
             self._oldest = time.monotonic()
 
-    def _chain(self, rows: list[dict[str, Any]]) -> dict[str, str]:
-        """Chain the rows; the commit metadata that records each touched chain's new head."""
-        touched: dict[tuple[Any, ...], dict[str, Any]] = {}
-        chains = self._chains
-        for row in rows:
-            key = chain_key(row)
+    def write_many(self, messages: list[Any], one: Callable[[Any], None], carries: Callable[[str, str], bool]) -> None:
+        """Buffer the rows of a consumed batch, in its order: column-wise what ``schemas.columnar`` decodes and
+        ``columns`` makes rows of (of a type its topic ``carries``), each other message through ``one`` (the
+        runtime's one-record path: decoded, checked, ``write``, or dead-lettered)."""
+        import numpy as np
+        import pyarrow as pa
+
+        from schemas.columnar import decode_columns
+
+        groups = [g for g in decode_columns([m.value() for m in messages]) if g.name in self.columns] \
+            if self.columns else []
+        fast: dict[int, tuple[dict[str, Any], int]] = {}  # message → its group's rows, its row in them
+        for group in groups:
+            carried = np.array([carries(messages[i].topic(), group.name) for i in group.index.tolist()], dtype=bool)
+            if not carried.all():
+                group = replace(group, table=group.table.filter(pa.array(carried)), index=group.index[carried])
+            read = [messages[i] for i in group.index.tolist()]
+            rows = self.columns[group.name](group.table, [m.topic() for m in read], [m.partition() for m in read],
+                                            [m.offset() for m in read])
+            fast.update((i, (rows, k)) for k, i in enumerate(group.index.tolist()))
+        run: list[int] = []
+        for i, message in enumerate(messages):
+            if i in fast and (not run or fast[run[-1]][0] is fast[i][0]):
+                run.append(i)
+                continue
+            if run:
+                self._write_rows([messages[j] for j in run], fast[run[0]][0], [fast[j][1] for j in run])
+            run = [i] if i in fast else []
+            if not run:
+                one(message)
+        if run:
+            self._write_rows([messages[j] for j in run], fast[run[0]][0], [fast[j][1] for j in run])
+
+    def _write_rows(self, messages: list[Any], rows: dict[str, Any], take: list[int]) -> None:
+        """Buffer rows ``take`` of each table's Arrow rows, made of ``messages`` (one row each), like ``write``."""
+        import pyarrow as pa
+
+        where = [(m.topic(), m.partition(), m.offset()) for m in messages]
+        wrote = [False] * len(messages)
+        for table, data in rows.items():
+            keep = [offset >= self._needs(table, topic, partition) for topic, partition, offset in where]
+            part = self._fresh(table, data.take(pa.array([k for k, kept in zip(take, keep) if kept])))
+            wrote = [w or kept for w, kept in zip(wrote, keep)]
+            if part.num_rows:
+                self._buffer.setdefault(table, []).append(part)
+                self._owners.setdefault(table, []).append(None)
+                self._rows += part.num_rows
+        self.stats.skipped += wrote.count(False)
+        for topic, partition, offset in where:
+            self._read(topic, partition, offset)
+
+    def _chain(self, data: Any) -> tuple[Any, dict[str, str]]:
+        """The lineage rows with their chain columns; the commit metadata that records each touched chain's new head."""
+        import pyarrow as pa
+
+        chains, touched = self._chains, {}
+        seqs, previous_hashes, hashes = [], [], []
+        keys = zip(*(data.column(k).to_pylist() for k in CHAIN_KEY))
+        for key, content in zip(keys, chain_contents(data)):
             head = chains.get(key)
             if head is None:
                 head = chains[key] = self.tables.chain_head(key)
             seq, previous = head
-            digest = row_hash(row, previous)  # before the chain's own columns are set
-            row["seq"], row["prev_hash"], row["row_hash"] = seq, previous, digest
-            chains[key] = (seq + 1, digest)
-            touched[key] = row
-        return {HEADS_KEY: json.dumps({chain_id(row): [row["seq"], row["row_hash"]] for row in touched.values()})}
+            digest = chained(previous, content)
+            seqs.append(seq)
+            previous_hashes.append(previous)
+            hashes.append(digest)
+            chains[key] = touched[key] = (seq + 1, digest)
+        for name, values, kind in zip(CHAIN_COLUMNS, (seqs, previous_hashes, hashes), (pa.int64(), pa.string(), pa.string())):
+            data = data.append_column(TABLES["lineage"].field(name), pa.array(values, kind))
+        heads = {"|".join(map(str, key)): [seq - 1, digest] for key, (seq, digest) in touched.items()}
+        return data, {HEADS_KEY: json.dumps(heads)}
+
+    @staticmethod
+    def _unchained(table: str) -> Any:
+        import pyarrow as pa
+
+        return pa.schema([f for f in TABLES[table] if f.name not in CHAIN_COLUMNS])
 
     def _build(self) -> dict[str, tuple[Any, dict[str, str] | None]]:
         import pyarrow as pa
 
-        out = {}
-        for table, rows in self._buffer.items():
-            if rows:
-                metadata = self._chain(rows) if table == "lineage" else None  # the chain columns first
-                schema = TABLES[table]  # column by column: five times faster than from_pylist on the samples rows
-                out[table] = (pa.Table.from_pydict({n: [r.get(n) for r in rows] for n in schema.names}, schema=schema),
-                              metadata)
+        out: dict[str, tuple[Any, dict[str, str] | None]] = {}
+        for table, items in self._buffer.items():
+            schema, parts, rows = self._unchained(table), [], []
+            for item in [*items, None]:
+                if isinstance(item, dict):
+                    rows.append(item)
+                    continue
+                if rows:  # column by column: five times faster than from_pylist on the samples rows
+                    parts.append(pa.Table.from_pydict({n: [r.get(n) for r in rows] for n in schema.names}, schema=schema))
+                    rows = []
+                if item is not None:
+                    parts.append(item.select(schema.names).cast(schema))
+            if parts:
+                data = pa.concat_tables(parts)
+                out[table] = self._chain(data) if table == "lineage" else (data, None)
         return out
 
     def _arrow(self) -> dict[str, tuple[Any, dict[str, str] | None]]:
@@ -286,15 +388,17 @@ class DeltaSink:
             self._chains = chains  # the chains advance only by the rows that are written
         bad: dict[int, tuple[Any, Exception]] = {}
         for table, rows in self._buffer.items():
-            schema = pa.schema([f for f in TABLES[table] if f.name not in ("seq", "prev_hash", "row_hash")])
+            schema = self._unchained(table)
             for row, owner in zip(rows, self._owners[table]):
+                if owner is None:
+                    continue  # rows made column-wise: of the table's types already
                 try:
                     pa.Table.from_pylist([row], schema=schema)
                 except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
                     bad.setdefault(id(owner), (owner, ValueError(f"a row for table {table} does not fit its schema: {e}")))
         self._rejected += list(bad.values())
         for table in self._buffer:
-            kept = [(r, o) for r, o in zip(self._buffer[table], self._owners[table]) if id(o) not in bad]
+            kept = [(r, o) for r, o in zip(self._buffer[table], self._owners[table]) if o is None or id(o) not in bad]
             self._buffer[table], self._owners[table] = [r for r, _ in kept], [o for _, o in kept]
         return self._build()
 
@@ -314,6 +418,7 @@ class DeltaSink:
             rejected, self._rejected = self._rejected, []
             self.stats.dead_letters += len(rejected)
             self._buffer, self._owners, self._covered, self._first, self._oldest = {}, {}, {}, {}, None
+            self._rows = 0
         if wait:
             self._settle()
         return rejected

@@ -1,0 +1,115 @@
+"""Column-wise decoding (``schemas.columnar``), rows (``processors.lineage.sample_columns``) and chain content
+(``schemas.tables.chain_contents``): the same values, rows and hashes as the one-record path, never more accepted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from processors.lineage import rows_of, sample_columns
+from schemas.codec import RecordCodec, registry
+from schemas.columnar import decode_columns
+from schemas.examples import example_sample
+from schemas.records import GeneratedSample
+from schemas.tables import GENESIS, TABLES, chain_contents, chained, row_hash, verify_chain
+
+CODEC = RecordCodec()
+
+
+def as_record(row: dict[str, Any]) -> dict[str, Any]:
+    """A decoded row as ``model_dump`` has it: maps from their (key, value) lists."""
+    row = dict(row)
+    row["conditioning"] = {**row["conditioning"], "params": {p["key"]: p["value"] for p in row["conditioning"]["params"]}}
+    row["timings_ms"] = {p["key"]: p["value"] for p in row["timings_ms"]}
+    return row
+
+
+def varied() -> list[GeneratedSample]:
+    samples = [example_sample(i, "col", payload_bytes=300) for i in range(40)]
+    samples[1] = samples[1].model_copy(update={"conditioning": samples[1].conditioning.model_copy(
+        update={"params": {"b": "2", "a": "ü", "mode": "crop"}, "class_label": None}), "created_ms": 0})
+    samples[2] = samples[2].model_copy(update={"created_ms": 253_402_300_799_999, "timings_ms": {"x": 1.5, "y": -2.0},
+                                               "scheduler": "ddim", "steps": 4, "seed": 2**40})
+    raw = bytes(range(64))
+    samples[3] = samples[3].model_copy(update={"image": raw, "image_format": "raw", "width": 8, "height": 8})
+    return samples
+
+
+def test_valid_samples_decode_column_wise_to_the_codecs_values_and_rows() -> None:
+    samples = varied()
+    values = [CODEC.encode(s) for s in samples]
+    [group] = decode_columns(values)
+    assert group.name == "GeneratedSample" and group.index.tolist() == list(range(len(samples)))
+    for row, sample in zip(group.table.to_pylist(), samples):
+        assert as_record(row) == sample.model_dump()
+    partitions, offsets = [i % 3 for i in range(len(samples))], list(range(100, 100 + len(samples)))
+    made = sample_columns(group.table, ["t"] * len(samples), partitions, offsets)
+    for table in ("samples", "lineage"):
+        rows = [r for s, p, o in zip(samples, partitions, offsets) for r in rows_of(s, "t", p, o)[table]]
+        expected = pa.Table.from_pylist(rows, schema=pa.schema([f for f in TABLES[table] if f.name in rows[0]]))
+        assert made[table].select(expected.column_names).equals(expected), table
+
+
+def _forged(**fields: Any) -> bytes:
+    """A sample's encoding with ``fields`` replaced, written as it is (no pydantic in the way)."""
+    values = example_sample(0, "col").model_dump() | fields
+    return registry().latest("GeneratedSample").write(values)
+
+
+GOOD = CODEC.encode(example_sample(0, "col"))
+PLANTED = {
+    "a union's branch index 3 (the codec: out of range)": GOOD[:72] + b"\x06" + GOOD[73:],
+    "a union's branch index as a 3-byte varint": GOOD[:72] + b"\x82\x80\x00" + GOOD[73:],
+    "an over-long varint (the codec: not canonical)": GOOD[:10] + b"\x86" + b"\x80" * 9 + b"\x00" + GOOD[11:],
+    "trailing bytes": GOOD + b"\x00\x00",
+    "truncated": GOOD[:-3],
+    "a run_id that is no path segment": _forged(run_id="../etc"),
+    "a NaN timing": _forged(timings_ms={"x": float("nan")}),
+    "raw pixels of the wrong size": _forged(image_format="raw", image=b"\x00" * 10),
+    "an image hash that is not one": _forged(image_sha256="XYZ"),
+    "width 0": _forged(width=0),
+    "a schema version the writer did not write": _forged(schema_version=2),
+    "a class out of range": _forged(conditioning={"class_label": 70_000, "params": {}}),
+}
+
+
+@pytest.mark.parametrize("name", PLANTED)
+def test_what_the_codec_refuses_is_left_to_it(name: str) -> None:
+    """Each planted value is left to the one-record path (which refuses it with a reason); so are the few values
+    read in one block with it when the reader refuses the block (it is halved down to eight), the rest pass."""
+    data = PLANTED[name]
+    with pytest.raises(Exception):
+        CODEC.decode(data)
+    values = [GOOD] * 32
+    values[1] = data
+    taken = {i for group in decode_columns(values) for i in group.index.tolist()}
+    assert 1 not in taken and set(range(8, 32)) <= taken, (name, sorted(taken))
+
+
+def test_chain_content_is_typed_by_tag_and_a_later_column_leaves_old_rows_as_they_were() -> None:
+    rows = [{"a": 1, "b": "x", "c": None, "d": 1.5, "e": True}, {"a": None, "b": "ü", "c": None, "d": None, "e": False}]
+    inferred = chain_contents(pa.Table.from_pylist(rows))
+    typed = chain_contents(pa.Table.from_pylist(rows, schema=pa.schema(
+        [("a", pa.int32()), ("b", pa.string()), ("c", pa.string()), ("d", pa.float64()), ("e", pa.bool_())])))
+    assert inferred == typed and inferred[0] != inferred[1]
+    assert chain_contents(pa.Table.from_pylist([{**r, "added": None} for r in rows])) == inferred
+    assert chain_contents(pa.Table.from_pylist([{**rows[0], "b": "y"}]))[0] != inferred[0]
+
+
+def test_verify_chain_takes_both_formats_and_catches_an_edit() -> None:
+    samples = [varied()[i] for i in (0, 3, 4, 5)]  # one chain: one day
+    old = [rows_of(s, "t", 0, i)["lineage"][0] for i, s in enumerate(samples)]
+    previous = GENESIS
+    for seq, row in enumerate(old[:2]):  # written in the first format, then the sink's
+        row |= {"seq": seq, "prev_hash": previous, "row_hash": row_hash(row, previous)}
+        previous = row["row_hash"]
+    for seq, row in enumerate(old[2:], start=2):
+        content = chain_contents(pa.Table.from_pylist([row]))[0]
+        row |= {"seq": seq, "prev_hash": previous, "row_hash": chained(previous, content)}
+        previous = row["row_hash"]
+    assert verify_chain(old) is None
+    old[3]["seed"] += 1
+    broken = verify_chain(old)
+    assert broken is not None and broken.seq == 3 and "edited" in broken.reason
