@@ -11,6 +11,7 @@ import pytest
 from processors.lineage import rows_of, sample_columns
 from schemas.codec import RecordCodec, registry
 from schemas.columnar import decode_columns
+from schemas.errors import UndecodableRecord
 from schemas.examples import example_sample
 from schemas.records import GeneratedSample
 from schemas.tables import GENESIS, TABLES, chain_contents, chained, row_hash, verify_chain
@@ -80,7 +81,7 @@ def test_what_the_codec_refuses_is_left_to_it(name: str) -> None:
     """Each planted value is left to the one-record path (which refuses it with a reason); so are the few values
     read in one block with it when the reader refuses the block (it is halved down to eight), the rest pass."""
     data = PLANTED[name]
-    with pytest.raises(Exception):
+    with pytest.raises(UndecodableRecord):
         CODEC.decode(data)
     values = [GOOD] * 32
     values[1] = data
