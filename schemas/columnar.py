@@ -121,7 +121,10 @@ def _varint_lengths(values: np.ndarray) -> np.ndarray:
     """Bytes of each value's Avro varint (zigzag, 7 bits a byte)."""
     v = values.astype(np.int64)
     z = ((v << 1) ^ (v >> 63)).view(np.uint64)
-    return 1 + sum((z >= np.uint64(1) << np.uint64(7 * k)).astype(np.int64) for k in range(1, 10))
+    lengths = np.ones(len(z), dtype=np.int64)
+    for k in range(1, 10):
+        lengths += z >= np.uint64(1) << np.uint64(7 * k)
+    return lengths
 
 
 def _layout(schema: Any, column: Any, at: np.ndarray | None, unions: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -133,11 +136,11 @@ def _layout(schema: Any, column: Any, at: np.ndarray | None, unions: list[tuple[
     if kind in ("int", "long"):
         return _varint_lengths(pc.fill_null(column, 0).to_numpy(zero_copy_only=False))
     if kind in ("string", "bytes"):
-        size = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        size: np.ndarray = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         return _varint_lengths(size) + size
     if kind in ("float", "double", "boolean", "null", "fixed"):
-        return np.full(n, {"float": 4, "double": 8, "boolean": 1, "null": 0}.get(kind, schema.get("size", 0)
-                                                                                      if isinstance(schema, dict) else 0))
+        width = int(schema["size"]) if kind == "fixed" else {"float": 4, "double": 8, "boolean": 1, "null": 0}[kind]
+        return np.full(n, width, dtype=np.int64)
     if kind == "record":
         total = np.zeros(n, dtype=np.int64)
         for f in schema["fields"]:
@@ -169,7 +172,7 @@ def _canonical(writer: SchemaVersion, table: pa.Table, body: bytes, starts: np.n
         return np.zeros(0, dtype=bool)
     record = pa.StructArray.from_arrays([c.combine_chunks() for c in table.columns], names=table.column_names)
     schema = _plain(writer.raw, [])
-    ok = _layout(schema, record, np.zeros(len(starts), dtype=np.int64), unions) == ends - starts
+    ok: np.ndarray = _layout(schema, record, np.zeros(len(starts), dtype=np.int64), unions) == ends - starts
     data = np.frombuffer(body, dtype=np.uint8)
     for at, byte in unions:
         ok &= data[np.minimum(starts + at, len(data) - 1)] == byte

@@ -90,7 +90,8 @@ def test_what_the_codec_refuses_is_left_to_it(name: str) -> None:
 
 
 def test_chain_content_is_typed_by_tag_and_a_later_column_leaves_old_rows_as_they_were() -> None:
-    rows = [{"a": 1, "b": "x", "c": None, "d": 1.5, "e": True}, {"a": None, "b": "ü", "c": None, "d": None, "e": False}]
+    rows: list[dict[str, Any]] = [{"a": 1, "b": "x", "c": None, "d": 1.5, "e": True},
+                                  {"a": None, "b": "ü", "c": None, "d": None, "e": False}]
     inferred = chain_contents(pa.Table.from_pylist(rows))
     typed = chain_contents(pa.Table.from_pylist(rows, schema=pa.schema(
         [("a", pa.int32()), ("b", pa.string()), ("c", pa.string()), ("d", pa.float64()), ("e", pa.bool_())])))
