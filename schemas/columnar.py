@@ -137,7 +137,7 @@ def _layout(schema: Any, column: Any, at: np.ndarray | None, unions: list[tuple[
         return _varint_lengths(pc.fill_null(column, 0).to_numpy(zero_copy_only=False))
     if kind in ("string", "bytes"):
         size: np.ndarray = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-        return _varint_lengths(size) + size
+        return np.asarray(_varint_lengths(size) + size)
     if kind in ("float", "double", "boolean", "null", "fixed"):
         width = int(schema["size"]) if kind == "fixed" else {"float": 4, "double": 8, "boolean": 1, "null": 0}[kind]
         return np.full(n, width, dtype=np.int64)
