@@ -101,15 +101,16 @@ def _read(writer: SchemaVersion, values: Sequence[bytes], index: np.ndarray) -> 
     body = b"".join(parts)
     blob = _header(writer) + _zigzag(len(index)) + _zigzag(len(body)) + body + _SYNC
     try:
-        frame = pl.read_avro(io.BytesIO(blob))
-        table = frame.unnest("value").to_arrow()
+        frame = pl.read_avro(io.BytesIO(blob)).unnest("value")
+        checked = frame.select(CHECKS[writer.name](writer.version)).to_series().to_numpy()
+        table = frame.to_arrow()
         table.validate(full=True)  # strings are UTF-8
     except (Exception, PanicException):  # the reader's errors on a corrupt body are many and untyped
         if len(index) <= _SMALLEST:
             return []
         half = len(index) // 2
         return _read(writer, values, index[:half]) + _read(writer, values, index[half:])
-    ok = np.frombuffer(b"".join(table.column("marker").to_pylist()), dtype="<u8") == markers
+    ok = (np.frombuffer(b"".join(table.column("marker").to_pylist()), dtype="<u8") == markers) & checked
     table = table.drop_columns(["marker"])
     lengths = np.fromiter(map(len, parts[::2]), dtype=np.int64, count=len(index))
     starts = np.concatenate([[0], np.cumsum(lengths + 8)[:-1]])  # each body's place in the block
@@ -127,6 +128,12 @@ def _varint_lengths(values: np.ndarray) -> np.ndarray:
     return lengths
 
 
+def _numbers(column: Any) -> np.ndarray:
+    """An integer column as int64, nulls as 0."""
+    return np.asarray((pc.fill_null(column, 0) if column.null_count else column).to_numpy(zero_copy_only=False),
+                      dtype=np.int64)
+
+
 def _layout(schema: Any, column: Any, at: np.ndarray | None, unions: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Each row's bytes of ``column`` in its canonical encoding under ``schema`` (polars' form: maps as arrays),
     and, in ``unions``, where each of its unions' branch index is (``at``: where the column starts in each body; None
@@ -134,9 +141,9 @@ def _layout(schema: Any, column: Any, at: np.ndarray | None, unions: list[tuple[
     n = len(column)
     kind = schema if isinstance(schema, str) else schema["type"] if isinstance(schema, dict) else "union"
     if kind in ("int", "long"):
-        return _varint_lengths(pc.fill_null(column, 0).to_numpy(zero_copy_only=False))
+        return _varint_lengths(_numbers(column))
     if kind in ("string", "bytes"):
-        size: np.ndarray = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        size = _numbers(pc.binary_length(column))
         return np.asarray(_varint_lengths(size) + size)
     if kind in ("float", "double", "boolean", "null", "fixed"):
         width = int(schema["size"]) if kind == "fixed" else {"float": 4, "double": 8, "boolean": 1, "null": 0}[kind]
@@ -179,55 +186,31 @@ def _canonical(writer: SchemaVersion, table: pa.Table, body: bytes, starts: np.n
     return ok
 
 
-def _match(column: Any, pattern: str) -> Any:
-    return pc.match_substring_regex(column, pattern)
+def generated_sample_ok(version: int) -> Any:
+    """A polars expression: the rows of a ``GeneratedSample`` frame pydantic accepts (the model's field constraints;
+    polars' regexes are Rust's, as pydantic-core's are). A scene (objects) is left to the one-record path (its
+    boxes are checked against the image there)."""
+    import polars as pl
+
+    col = pl.col
+    class_label = col("conditioning").struct.field("class_label")
+    return pl.all_horizontal([
+        col("schema_version") == version, col("run_id").str.contains(RUN_ID_PATTERN),
+        col("created_ms").is_between(0, MAX_MS), col("sample_id").str.contains(NAME_PATTERN),
+        col("job_id").str.contains(r"^[A-Za-z0-9._:@+=/-]{0,128}$"), col("generator").str.contains(NAME_PATTERN),
+        col("generator_version").str.contains(NAME_PATTERN), col("seed") >= 0,
+        class_label.is_null() | class_label.is_between(0, 65_535),
+        col("image_format").is_in(["png", "raw"]), col("image_sha256").str.contains(r"^[0-9a-f]{64}$"),
+        col("width").is_between(1, MAX_SIDE), col("height").is_between(1, MAX_SIDE), col("channels").is_between(1, 4),
+        col("node_id").str.contains(NAME_PATTERN), col("scheduler").is_null() | (col("scheduler").str.len_chars() <= 128),
+        col("steps").is_null() | (col("steps") >= 0),
+        col("timings_ms").list.eval(pl.element().struct.field("value").is_finite()).list.all(),
+        col("objects").list.len() == 0,
+        (col("image_format") != "raw") | (col("image").bin.size() == col("width") * col("height") * col("channels")),
+    ]).fill_null(False)
 
 
-def _within(column: Any, low: float, high: float) -> Any:
-    return pc.and_(pc.greater_equal(column, low), pc.less_equal(column, high))
-
-
-def _null_or(column: Any, check: Any) -> Any:
-    return pc.or_kleene(pc.is_null(column), check)
-
-
-def _finite_maps(column: Any) -> Any:
-    """Rows of a map of floats (a list of (key, value) structs) whose values are all finite."""
-    flat = pc.list_flatten(column)
-    bad = pc.invert(pc.is_finite(pc.struct_field(flat, "value")))
-    parents = pc.filter(pc.list_parent_indices(column), bad).to_numpy()
-    ok = np.ones(len(column), dtype=bool)
-    ok[parents] = False
-    return pa.array(ok)
-
-
-def generated_sample_ok(t: pa.Table, version: int) -> Any:
-    """Rows of a ``GeneratedSample`` table that pydantic accepts: the model's field constraints, column-wise. A scene
-    (objects) is left to the one-record path (its boxes are checked against the image there)."""
-    c = t.column
-    conditioning = c("conditioning").combine_chunks()
-    class_label = pc.struct_field(conditioning, "class_label")
-    checks = [
-        pc.equal(c("schema_version"), version), _match(c("run_id"), RUN_ID_PATTERN),
-        _within(c("created_ms"), 0, MAX_MS), _match(c("sample_id"), NAME_PATTERN),
-        _match(c("job_id"), r"^[A-Za-z0-9._:@+=/-]{0,128}$"), _match(c("generator"), NAME_PATTERN),
-        _match(c("generator_version"), NAME_PATTERN), pc.greater_equal(c("seed"), 0),
-        _null_or(class_label, _within(class_label, 0, 65_535)),
-        pc.is_in(c("image_format"), pa.array(["png", "raw"])), _match(c("image_sha256"), r"^[0-9a-f]{64}$"),
-        _within(c("width"), 1, MAX_SIDE), _within(c("height"), 1, MAX_SIDE), _within(c("channels"), 1, 4),
-        _match(c("node_id"), NAME_PATTERN), _null_or(c("scheduler"), pc.less_equal(pc.utf8_length(c("scheduler")), 128)),
-        _null_or(c("steps"), pc.greater_equal(c("steps"), 0)), _finite_maps(c("timings_ms").combine_chunks()),
-        pc.equal(pc.list_value_length(c("objects")), 0),
-        pc.or_(pc.not_equal(c("image_format"), "raw"),
-               pc.equal(pc.binary_length(c("image")), pc.multiply(pc.multiply(c("width"), c("height")), c("channels")))),
-    ]
-    ok = checks[0]
-    for check in checks[1:]:
-        ok = pc.and_kleene(ok, check)
-    return pc.fill_null(ok, False)
-
-
-CHECKS: dict[str, Callable[[pa.Table, int], Any]] = {"GeneratedSample": generated_sample_ok}
+CHECKS: dict[str, Callable[[int], Any]] = {"GeneratedSample": generated_sample_ok}
 
 
 def decode_columns(values: Sequence[bytes | None]) -> list[Columns]:
@@ -244,9 +227,6 @@ def decode_columns(values: Sequence[bytes | None]) -> list[Columns]:
         if writer is None or writer.name not in CHECKS or schemas.latest(writer.name) is not writer:
             continue
         for table, index in _read(writer, values, np.asarray(members, dtype=np.int64)):  # type: ignore[arg-type]
-            ok = CHECKS[writer.name](table, writer.version).to_numpy(zero_copy_only=False)
-            if not ok.all():
-                table, index = table.filter(pa.array(ok)), index[ok]
             if len(index):
                 out.append(Columns(writer.name, table, index))
     return out

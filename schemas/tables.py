@@ -195,25 +195,26 @@ def _fixed(values: np.ndarray, width: int) -> pa.Array:
 
 def _encoded(name: str, column: Any) -> pa.Array:
     """A column's part of the rows' chained content: name, type and value bytes where it holds a value, b"" where null."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    column = original = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     kind = column.type
     if pa.types.is_null(kind):
         return pa.array([b""] * len(column), pa.binary())
+    nulls = column.null_count
+    if nulls:  # a null's part is b"": joined below, then emptied
+        column = pc.fill_null(column, False if pa.types.is_boolean(kind) else "" if pa.types.is_string(kind) or
+                              pa.types.is_large_string(kind) else b"" if pa.types.is_binary(kind) else 0)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
         data = column.cast(pa.binary())
-        lengths = pc.fill_null(pc.binary_length(data), 0).to_numpy(zero_copy_only=False).astype("<u4")
-        parts, tag = [_fixed(lengths, 4), pc.fill_null(data, b"")], b"s"
-    elif pa.types.is_boolean(kind):
-        parts, tag = [_fixed(pc.fill_null(column, False).to_numpy(zero_copy_only=False).astype("<u1"), 1)], b"b"
-    elif pa.types.is_integer(kind):
-        parts, tag = [_fixed(pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype("<i8"), 8)], b"i"
-    elif pa.types.is_floating(kind):
-        parts, tag = [_fixed(pc.fill_null(column, 0.0).to_numpy(zero_copy_only=False).astype("<f8"), 8)], b"f"
+        parts, tag = [_fixed(pc.binary_length(data).to_numpy(zero_copy_only=False).astype("<u4"), 4), data], b"s"
+    elif pa.types.is_boolean(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        tag, width, dtype = (b"b", 1, "<u1") if pa.types.is_boolean(kind) else (b"i", 8, "<i8") if \
+            pa.types.is_integer(kind) else (b"f", 8, "<f8")
+        parts = [_fixed(column.to_numpy(zero_copy_only=False).astype(dtype), width)]
     else:
         raise TypeError(f"the lineage chain has no encoding for column {name} of type {kind}")
     joined = pc.binary_join_element_wise(pa.scalar(name.encode() + b"\x00" + tag, pa.binary()), *parts,
                                          pa.scalar(b"", pa.binary()))
-    return pc.if_else(pc.is_null(column), pa.scalar(b"", pa.binary()), joined)
+    return pc.if_else(pc.is_null(original), pa.scalar(b"", pa.binary()), joined) if nulls else joined
 
 
 def chain_contents(table: pa.Table) -> list[bytes]:

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -60,6 +60,7 @@ class SinkStats:
     rows: dict[str, int] = field(default_factory=dict)
     commits: int = 0
     dead_letters: int = 0
+    last_commit_s: float | None = None  # time.monotonic() of the last commit
 
 
 def app_id(group: str, topic: str, partition: int) -> str:
@@ -178,6 +179,8 @@ class DeltaSink:
         self.config = config
         self.fn = fn
         self.columns: dict[str, Callable[..., dict[str, Any]]] = getattr(fn, "columns", {})
+        if self.columns:
+            import schemas.columnar  # noqa: F401  # its reader loads now, not with the first batch
         self.stats = SinkStats()
         self._next: dict[tuple[str, str], int] = {}  # (table, app id) → next offset the table needs
         self._chains: dict[tuple[Any, ...], tuple[int, str]] = {}
@@ -237,8 +240,9 @@ class DeltaSink:
         return data.filter(pa.array(keep))
 
     def due(self) -> bool:
-        """A full or old buffer, or a write that has landed (its offsets can be committed)."""
-        return self._full() or (self._inflight is not None and self._inflight[0].done())
+        """A full or old buffer, or a write that has landed while nothing new came in (its offsets can be committed;
+        with more coming in they are committed at the next checkpoint: the tables' versions are the truth)."""
+        return self._full() or (not self._covered and self._inflight is not None and self._inflight[0].done())
 
     def _full(self) -> bool:
         """The buffer holds ``batch_rows`` rows, or its oldest is ``max_batch_s`` old."""
@@ -274,10 +278,12 @@ class DeltaSink:
         if self._oldest is None:
             self._oldest = time.monotonic()
 
-    def write_many(self, messages: list[Any], one: Callable[[Any], None], carries: Callable[[str, str], bool]) -> None:
+    def write_many(self, messages: list[Any], one: Callable[[Any], None],
+                   carries: Callable[[str, str], bool]) -> Iterator[int]:
         """Buffer the rows of a consumed batch, in its order: column-wise what ``schemas.columnar`` decodes and
         ``columns`` makes rows of (of a type its topic ``carries``), each other message through ``one`` (the
-        runtime's one-record path: decoded, checked, ``write``, or dead-lettered)."""
+        runtime's one-record path: decoded, checked, ``write``, or dead-lettered). Yields how many messages it has
+        taken each time the buffer is full (the runtime writes it out, then resumes) and at the end."""
         import numpy as np
         import pyarrow as pa
 
@@ -294,27 +300,37 @@ class DeltaSink:
             rows = self.columns[group.name](group.table, [m.topic() for m in read], [m.partition() for m in read],
                                             [m.offset() for m in read])
             fast.update((i, (rows, k)) for k, i in enumerate(group.index.tolist()))
-        run: list[int] = []
-        for i, message in enumerate(messages):
-            if i in fast and (not run or fast[run[-1]][0] is fast[i][0]):
-                run.append(i)
+        i = 0
+        while i < len(messages):
+            if self._full():
+                yield i
+            if i not in fast:
+                one(messages[i])
+                i += 1
                 continue
-            if run:
-                self._write_rows([messages[j] for j in run], fast[run[0]][0], [fast[j][1] for j in run])
-            run = [i] if i in fast else []
-            if not run:
-                one(message)
-        if run:
-            self._write_rows([messages[j] for j in run], fast[run[0]][0], [fast[j][1] for j in run])
+            rows = fast[i][0]
+            end, most = i, i + max(1, (self.config.batch_rows - self._rows) // len(rows))  # a run of one group's rows, up to the room left
+            while end < len(messages) and end < most and end in fast and fast[end][0] is rows:
+                end += 1
+            self._write_rows(messages[i:end], rows, [fast[j][1] for j in range(i, end)])
+            i = end
+        yield i
 
     def _write_rows(self, messages: list[Any], rows: dict[str, Any], take: list[int]) -> None:
         """Buffer rows ``take`` of each table's Arrow rows, made of ``messages`` (one row each), like ``write``."""
         import pyarrow as pa
 
         where = [(m.topic(), m.partition(), m.offset()) for m in messages]
+        lowest: dict[tuple[str, int], int] = {}
+        for topic, partition, offset in where:
+            lowest[(topic, partition)] = min(offset, lowest.get((topic, partition), offset))
         wrote = [False] * len(messages)
         for table, data in rows.items():
-            keep = [offset >= self._needs(table, topic, partition) for topic, partition, offset in where]
+            needs = {tp: self._needs(table, *tp) for tp in lowest}
+            if all(lowest[tp] >= n for tp, n in needs.items()):  # none written before a restart: the common case
+                keep = [True] * len(where)
+            else:
+                keep = [offset >= needs[(topic, partition)] for topic, partition, offset in where]
             part = self._fresh(table, data.take(pa.array([k for k, kept in zip(take, keep) if kept])))
             wrote = [w or kept for w, kept in zip(wrote, keep)]
             if part.num_rows:
@@ -328,24 +344,27 @@ class DeltaSink:
     def _chain(self, data: Any) -> tuple[Any, dict[str, str]]:
         """The lineage rows with their chain columns; the commit metadata that records each touched chain's new head."""
         import pyarrow as pa
+        import pyarrow.compute as pc
 
-        chains, touched = self._chains, {}
+        # each row's chain as a number (no name of the key holds a '|': chain_id's separator)
+        ids = pc.dictionary_encode(pc.binary_join_element_wise(
+            *(data.column(k).cast(pa.string()) for k in CHAIN_KEY), "|")).combine_chunks()
+        keys = [(run, day, topic, int(partition)) for run, day, topic, partition in
+                (name.split("|") for name in ids.dictionary.to_pylist())]
+        heads = [self._chains.get(key) or self.tables.chain_head(key) for key in keys]
         seqs, previous_hashes, hashes = [], [], []
-        keys = zip(*(data.column(k).to_pylist() for k in CHAIN_KEY))
-        for key, content in zip(keys, chain_contents(data)):
-            head = chains.get(key)
-            if head is None:
-                head = chains[key] = self.tables.chain_head(key)
-            seq, previous = head
+        for chain, content in zip(ids.indices.to_numpy().tolist(), chain_contents(data)):
+            seq, previous = heads[chain]
             digest = chained(previous, content)
             seqs.append(seq)
             previous_hashes.append(previous)
             hashes.append(digest)
-            chains[key] = touched[key] = (seq + 1, digest)
+            heads[chain] = (seq + 1, digest)
+        self._chains.update(zip(keys, heads))
         for name, values, kind in zip(CHAIN_COLUMNS, (seqs, previous_hashes, hashes), (pa.int64(), pa.string(), pa.string())):
             data = data.append_column(TABLES["lineage"].field(name), pa.array(values, kind))
-        heads = {"|".join(map(str, key)): [seq - 1, digest] for key, (seq, digest) in touched.items()}
-        return data, {HEADS_KEY: json.dumps(heads)}
+        touched = {"|".join(map(str, key)): [seq - 1, digest] for key, (seq, digest) in zip(keys, heads)}
+        return data, {HEADS_KEY: json.dumps(touched)}
 
     @staticmethod
     def _unchained(table: str) -> Any:
@@ -446,6 +465,7 @@ class DeltaSink:
                 self._next[(table, app)] = n
             self.stats.rows[table] = self.stats.rows.get(table, 0) + data.num_rows
             self.stats.commits += 1
+            self.stats.last_commit_s = time.monotonic()
             self._commits[table] = self._commits.get(table, 0) + 1
             if self._commits[table] % self.config.compact_every == 0:
                 self.tables.compact(table)

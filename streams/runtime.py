@@ -579,11 +579,13 @@ class Runner:
             value = topic_spec(topic).value
             return value is None or issubclass(RECORD_TYPES[name], value)
 
-        self.step.fn.write_many(messages, one, carries)
-        for message in messages:
-            self._mark(message)
-        if self.step.fn.due():  # a full buffer is written at once
-            self._checkpoint()
+        done = 0
+        for taken in self.step.fn.write_many(messages, one, carries):  # pauses when the buffer is full: written at once
+            for message in messages[done:taken]:
+                self._mark(message)
+            done = taken
+            if self.step.fn.due():
+                self._checkpoint()
 
     def _each(self, messages: list[Message]) -> None:
         held: dict[int, list[tuple[Message, Record]]] = {}  # a batched stateful step's records, per partition
@@ -764,7 +766,8 @@ class KafkaIO:
                 self._begin()
                 return
             if positions:
-                self.producer.flush()
+                if len(self.producer.client):  # records not yet acknowledged go out before the inputs are committed
+                    self.producer.flush()
                 self._consumer.commit(offsets=positions, asynchronous=False)
         except KafkaException as e:
             raise BrokerError(f"checkpoint failed: {e.args[0].str()}") from e
