@@ -211,6 +211,7 @@ def generated_sample_ok(version: int) -> Any:
 
 
 CHECKS: dict[str, Callable[[int], Any]] = {"GeneratedSample": generated_sample_ok}
+KEYS = {"GeneratedSample": "sample_id"}  # the column that is each type's Kafka key (``Record.key``)
 
 
 def decode_columns(values: Sequence[bytes | None]) -> list[Columns]:

@@ -115,6 +115,11 @@ def topics_of(kind: type[Record]) -> list[str]:
     return [spec.name for spec in _SPECS if spec.value is kind]
 
 
+def topic_of_type(kind: type[Record]) -> str | None:
+    """The catalog topic of every record of type ``kind`` (None: none, or one per record: a sample decision's)."""
+    return _BY_TYPE.get(kind)
+
+
 def topic_of(record: Record) -> str:
     """The catalog topic of a record, by its type (a sample decision by its decision).
 
@@ -123,7 +128,7 @@ def topic_of(record: Record) -> str:
     """
     if isinstance(record, SampleDecision):
         return f"sdg.samples.{record.gate.decision}"
-    name = _BY_TYPE.get(type(record))
+    name = topic_of_type(type(record))
     if name is None:
         raise UnknownTopic(f"no catalog topic carries {record.schema_name}")
     return name

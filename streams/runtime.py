@@ -51,7 +51,7 @@ from typing import (
 from schemas.codec import RecordCodec
 from schemas.errors import UndecodableRecord
 from schemas.records import RECORD_TYPES, Record
-from streams.catalog import TopicSpec, topic_of
+from streams.catalog import TopicSpec, topic_of, topic_of_type
 from streams.catalog import topic as topic_spec
 from streams.config import KafkaConfig, RunnerConfig
 from streams.dead_letter import DLQ_TOPIC, dead_letter
@@ -562,10 +562,60 @@ class Runner:
                 self._batch(messages)
             elif self.step.kind == "sink" and hasattr(self.step.fn, "write_many"):
                 self._sink(messages)
+            elif (self.step.kind == "map" and hasattr(self.step.fn, "forwards") and self.rate_cap is None
+                  and self._repartition is None):
+                self._forward(messages)
             else:
                 self._each(messages)
         finally:
             self._wire.clear()
+
+    def _carries(self, topic: str, name: str) -> bool:
+        """Whether ``topic`` carries records of type ``name`` (``_decode``'s check, by type)."""
+        value = topic_spec(topic).value
+        return value is None or issubclass(RECORD_TYPES[name], value)
+
+    def _forward(self, messages: list[Message]) -> None:
+        """A map step that forwards records unchanged or drops them (``fn.forwards``: record type → which rows of a
+        ``schemas.columnar`` table it forwards), on a consumed batch at once: what decodes and checks column-wise is
+        forwarded as the bytes it came in, in its place in the batch; the rest takes the one-record path."""
+        from schemas.columnar import KEYS, decode_columns
+
+        fast: dict[int, tuple[str, bytes | None]] = {}  # message → its output topic and key (None: dropped)
+        for group in decode_columns([m.value() for m in messages]):
+            forwards = self.step.fn.forwards.get(group.name)
+            topic = self._topic_of_type(group.name)
+            if forwards is None or topic is None:
+                continue
+            kept, keys = forwards(group.table), group.table.column(KEYS[group.name]).to_pylist()
+            for k, i in enumerate(group.index.tolist()):
+                if self._carries(messages[i].topic(), group.name):
+                    fast[i] = (topic, keys[k].encode() if kept[k] else None)
+        for i, message in enumerate(messages):
+            if i not in fast:
+                self._each([message])
+                continue
+            if self.stopping.is_set():
+                break
+            self._mark(message)
+            topic, key = fast[i]
+            if key is None:
+                continue
+            value = message.value()
+            try:
+                check_size(topic, key, value, None, max_record_bytes=self.io.max_record_bytes)
+            except RecordTooLarge as e:
+                self._fail(message, e)
+                continue
+            self.io.send(topic, key, value)
+            self.stats.produced[topic] += 1
+
+    def _topic_of_type(self, name: str) -> str | None:
+        """Where the step's unchanged records of type ``name`` go: its sink, else the catalog's topic of the type
+        (None: decided per record, like a sample decision's topic)."""
+        if self.step.sink is not None:
+            return self.step.sink if self._carries(self.step.sink, name) else None
+        return topic_of_type(RECORD_TYPES[name])
 
     def _sink(self, messages: list[Message]) -> None:
         """A sink's batch at once (``write_many``): what it takes column-wise it checks as ``_decode`` would, its
@@ -575,12 +625,8 @@ class Runner:
             if record is not None:
                 self._call(message, record)
 
-        def carries(topic: str, name: str) -> bool:
-            value = topic_spec(topic).value
-            return value is None or issubclass(RECORD_TYPES[name], value)
-
         done = 0
-        for taken in self.step.fn.write_many(messages, one, carries):  # pauses when the buffer is full: written at once
+        for taken in self.step.fn.write_many(messages, one, self._carries):  # pauses when the buffer is full: written at once
             for message in messages[done:taken]:
                 self._mark(message)
             done = taken
