@@ -133,8 +133,13 @@ def test_the_pass_through_step_forwards_a_batch_column_wise_in_order_and_dead_le
         broker.send("sdg.samples.raw", sample)
     broker.append("sdg.samples.raw", b"bad-1", PLANTED["a union's branch index 3 (the codec: out of range)"])
     broker.append("sdg.samples.raw", b"bad-2", PLANTED["a NaN timing"])
-    decoded = []
-    monkeypatch.setattr(RecordCodec, "decode", lambda self, data: decoded.append(data) or CODEC_DECODE(self, data))
+    decoded: list[bytes] = []
+
+    def counted(self: RecordCodec, data: bytes) -> Any:
+        decoded.append(data)
+        return CODEC_DECODE(self, data)
+
+    monkeypatch.setattr(RecordCodec, "decode", counted)
     step = Step("forward", ("sdg.samples.raw",), passthrough, sink="sdg.replay.forwarded")
     stats = broker.runner(step, group="g").run(max_idle_s=0.05)
     assert stats.consumed == len(samples) + 2
