@@ -308,8 +308,8 @@ class DeltaSink:
                 one(messages[i])
                 i += 1
                 continue
-            rows = fast[i][0]
-            end, most = i, i + max(1, (self.config.batch_rows - self._rows) // len(rows))  # a run of one group's rows, up to the room left
+            rows = fast[i][0]  # a run of one group's rows, as many as the buffer has room for
+            end, most = i, i + max(1, (self.config.batch_rows - self._rows) // len(rows))
             while end < len(messages) and end < most and end in fast and fast[end][0] is rows:
                 end += 1
             self._write_rows(messages[i:end], rows, [fast[j][1] for j in range(i, end)])
