@@ -8,8 +8,8 @@ For batches of 100, 1,000 and 10,000 rows:
   app-transaction versions, offset commit), timed from its first consumed batch until its last commit (joining the
   consumer group, a one-time cost, is left out of the ratio and reported apart: ``*_with_startup_rows_per_s``).
 
-Each size writes 20 commits per table (at least 2,000 samples). Writes ``bench/results/sink.json``. Usage:
-``python bench/sink.py [--quick]`` (``--quick``: 8 commits per table).
+Each size writes at least 20 commits per table and 20,000 samples. Writes ``bench/results/sink.json``. Usage:
+``python bench/sink.py [--quick]`` (``--quick``: 8 commits, 4,000 samples).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    commits = 8 if args.quick else 20
+    commits, minimum = (8, 4_000) if args.quick else (20, 20_000)
     broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(), security="plaintext",
                                          jars_dir=ROOT / ".sdg" / "kafka" / "jars"), Path(tempfile.mkdtemp()))
     with console.status("starting the embedded broker"):
@@ -104,7 +104,7 @@ def main() -> None:
         admin.create_topics(broker.kafka, TopicConfig())
         for batch in (100, 1_000, 10_000):
             run = f"bench-{batch}"
-            samples = [example_sample(i, run, payload_bytes=300) for i in range(max(2_000, commits * batch // 2))]
+            samples = [example_sample(i, run, payload_bytes=300) for i in range(max(minimum, commits * batch // 2))]
             # a batch of B rows holds B/2 samples: both tables get B/2 rows a commit
             with console.status(f"batches of {batch} rows"):
                 bare_rate = bare(samples, batch // 2)

@@ -155,7 +155,7 @@ class MemoryIO:
         else:
             self.broker.append(topic, key, value, partition=partition, headers=headers)
 
-    def checkpoint(self, offsets: dict[tuple[str, int], int]) -> None:
+    def checkpoint(self, offsets: dict[tuple[str, int], int], *, wait: bool = True) -> None:
         for topic, key, value, partition, headers in self._pending:
             self.broker.append(topic, key, value, partition=partition, headers=headers)
         self._pending.clear()

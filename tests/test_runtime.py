@@ -389,12 +389,12 @@ def test_a_sink_step_commits_no_offset_beyond_what_its_sink_has_written() -> Non
     committed: list[int] = []
     checkpoint = runner.io.checkpoint
 
-    def watched(offsets: dict[tuple[str, int], int]) -> None:
+    def watched(offsets: dict[tuple[str, int], int], *, wait: bool = True) -> None:
         landed = {(m.topic(), m.partition(), m.offset()) for m in sink.written}
         for (topic, partition), offset in offsets.items():  # every offset below a committed one has landed
             assert all((topic, partition, o) in landed for o in range(offset)), (topic, partition, offset)
         committed.append(sum(offsets.values()))
-        checkpoint(offsets)
+        checkpoint(offsets, wait=wait)
 
     runner.io.checkpoint = watched  # type: ignore[method-assign]
     drain(runner)
