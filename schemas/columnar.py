@@ -231,3 +231,12 @@ def decode_columns(values: Sequence[bytes | None]) -> list[Columns]:
             if len(index):
                 out.append(Columns(writer.name, table, index))
     return out
+
+
+def warm() -> None:
+    """Load the reader and what it imports on first use (polars, its Arrow export): a processor does this at start,
+    not with its first batch."""
+    from schemas.codec import RecordCodec
+    from schemas.examples import example_sample
+
+    decode_columns([RecordCodec().encode(example_sample(0, "warm"))])

@@ -180,7 +180,9 @@ class DeltaSink:
         self.fn = fn
         self.columns: dict[str, Callable[..., dict[str, Any]]] = getattr(fn, "columns", {})
         if self.columns:
-            import schemas.columnar  # noqa: F401  # its reader loads now, not with the first batch
+            from schemas.columnar import warm
+
+            warm()
         self.stats = SinkStats()
         self._next: dict[tuple[str, str], int] = {}  # (table, app id) → next offset the table needs
         self._chains: dict[tuple[Any, ...], tuple[int, str]] = {}
@@ -226,16 +228,22 @@ class DeltaSink:
 
         if table not in IDENTITY or not data.num_rows:
             return data
+        runs = data.column("run_id").unique().to_pylist()
+        identities = list(zip(*(data.column(c).to_pylist() for c in IDENTITY[table])))
+        if len(runs) == 1:  # the common case: one run, nothing seen before: no row by row
+            seen = self._seen.get((table, runs[0]))
+            if seen is None:
+                seen = self._seen[(table, runs[0])] = self.tables.identities(table, runs[0])
+            if seen.isdisjoint(identities) and len(set(identities)) == len(identities):
+                seen.update(identities)
+                return data
         keep = []
-        for run_id, identity in zip(data.column("run_id").to_pylist(),
-                                    zip(*(data.column(c).to_pylist() for c in IDENTITY[table]))):
+        for run_id, identity in zip(data.column("run_id").to_pylist(), identities):
             seen = self._seen.get((table, run_id))
             if seen is None:
                 seen = self._seen[(table, run_id)] = self.tables.identities(table, run_id)
             keep.append(identity not in seen)
             seen.add(identity)
-        if all(keep):
-            return data
         self.stats.duplicates += keep.count(False)
         return data.filter(pa.array(keep))
 
