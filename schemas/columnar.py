@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -118,14 +119,14 @@ def _read(writer: SchemaVersion, values: Sequence[bytes], index: np.ndarray) -> 
     return [(table, index)] if ok.all() else [(table.filter(pa.array(ok)), index[ok])]
 
 
+_VARINT_BOUNDS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+
+
 def _varint_lengths(values: np.ndarray) -> np.ndarray:
     """Bytes of each value's Avro varint (zigzag, 7 bits a byte)."""
     v = values.astype(np.int64)
     z = ((v << 1) ^ (v >> 63)).view(np.uint64)
-    lengths = np.ones(len(z), dtype=np.int64)
-    for k in range(1, 10):
-        lengths += z >= np.uint64(1) << np.uint64(7 * k)
-    return lengths
+    return np.searchsorted(_VARINT_BOUNDS, z, side="right").astype(np.int64) + 1
 
 
 def _numbers(column: Any) -> np.ndarray:
@@ -186,6 +187,7 @@ def _canonical(writer: SchemaVersion, table: pa.Table, body: bytes, starts: np.n
     return ok
 
 
+@cache
 def generated_sample_ok(version: int) -> Any:
     """A polars expression: the rows of a ``GeneratedSample`` frame pydantic accepts (the model's field constraints;
     polars' regexes are Rust's, as pydantic-core's are). A scene (objects) is left to the one-record path (its
@@ -212,6 +214,15 @@ def generated_sample_ok(version: int) -> Any:
 
 CHECKS: dict[str, Callable[[int], Any]] = {"GeneratedSample": generated_sample_ok}
 KEYS = {"GeneratedSample": "sample_id"}  # the column that is each type's Kafka key (``Record.key``)
+
+
+MIN_BATCH = 64  # below: the reader's fixed cost (~2 ms a call) outweighs what it saves
+MAX_MEAN_BYTES = 8192  # above: copying the values costs what decoding them one by one does
+
+
+def worth_it(values: Sequence[bytes | None]) -> bool:
+    """Whether a batch is worth decoding column-wise: enough values, small enough on average."""
+    return len(values) >= MIN_BATCH and sum(len(v or b"") for v in values) <= MAX_MEAN_BYTES * len(values)
 
 
 def decode_columns(values: Sequence[bytes | None]) -> list[Columns]:

@@ -295,10 +295,11 @@ class DeltaSink:
         import numpy as np
         import pyarrow as pa
 
-        from schemas.columnar import decode_columns
+        from schemas.columnar import decode_columns, worth_it
 
-        groups = [g for g in decode_columns([m.value() for m in messages]) if g.name in self.columns] \
-            if self.columns else []
+        values = [m.value() for m in messages]
+        groups = [g for g in decode_columns(values) if g.name in self.columns] \
+            if self.columns and worth_it(values) else []
         fast: dict[int, tuple[dict[str, Any], int]] = {}  # message → its group's rows, its row in them
         for group in groups:
             carried = np.array([carries(messages[i].topic(), group.name) for i in group.index.tolist()], dtype=bool)

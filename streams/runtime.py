@@ -582,12 +582,17 @@ class Runner:
 
     def _forward(self, messages: list[Message]) -> None:
         """A map step that forwards records unchanged or drops them (``fn.forwards``: record type → which rows of a
-        ``schemas.columnar`` table it forwards), on a consumed batch at once: what decodes and checks column-wise is
-        forwarded as the bytes it came in, in its place in the batch; the rest takes the one-record path."""
-        from schemas.columnar import KEYS, decode_columns
+        ``schemas.columnar`` table it forwards), on a consumed batch at once (one worth it: ``columnar.worth_it``):
+        what decodes and checks column-wise is forwarded as the bytes it came in, in its place in the batch; the
+        rest takes the one-record path."""
+        from schemas.columnar import KEYS, decode_columns, worth_it
 
+        values = [m.value() for m in messages]
+        if not worth_it(values):
+            self._each(messages)
+            return
         fast: dict[int, tuple[str, bytes | None]] = {}  # message → its output topic and key (None: dropped)
-        for group in decode_columns([m.value() for m in messages]):
+        for group in decode_columns(values):
             forwards = self.step.fn.forwards.get(group.name)
             topic = self._topic_of_type(group.name)
             if forwards is None or topic is None:

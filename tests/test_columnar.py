@@ -127,7 +127,7 @@ def test_the_pass_through_step_forwards_a_batch_column_wise_in_order_and_dead_le
     from streams.runtime import Step
 
     broker = MemoryBroker()
-    samples = varied()
+    samples = [*varied(), *(example_sample(i, "col") for i in range(100, 160))]  # a batch worth it
     samples[5] = samples[5].model_copy(update={"objects": [Annotation(class_label=1, bbox=[1.0, 1.0, 3.0, 3.0])]})
     for sample in samples:
         broker.send("sdg.samples.raw", sample)
@@ -151,3 +151,11 @@ def test_the_pass_through_step_forwards_a_batch_column_wise_in_order_and_dead_le
 
 
 CODEC_DECODE = RecordCodec.decode
+
+
+def test_small_batches_and_large_values_take_the_one_record_path() -> None:
+    """The reader's fixed cost is worth it from 64 values of at most 8 KiB on average."""
+    from schemas.columnar import worth_it
+
+    assert not worth_it([GOOD] * 63) and worth_it([GOOD] * 64)
+    assert not worth_it([CODEC.encode(example_sample(0, "col", payload_bytes=9000))] * 64)
