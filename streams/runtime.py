@@ -592,6 +592,7 @@ class Runner:
             self._each(messages)
             return
         fast: dict[int, tuple[str, bytes | None]] = {}  # message → its output topic and key (None: dropped)
+        limit, send, produced = self.io.max_record_bytes, self.io.send, self.stats.produced
         for group in decode_columns(values):
             forwards = self.step.fn.forwards.get(group.name)
             topic = self._topic_of_type(group.name)
@@ -611,14 +612,13 @@ class Runner:
             topic, key = fast[i]
             if key is None:
                 continue
-            value = message.value()
             try:
-                check_size(topic, key, value, None, max_record_bytes=self.io.max_record_bytes)
+                check_size(topic, key, values[i], None, max_record_bytes=limit)
             except RecordTooLarge as e:
                 self._fail(message, e)
                 continue
-            self.io.send(topic, key, value)
-            self.stats.produced[topic] += 1
+            send(topic, key, values[i])
+            produced[topic] += 1
 
     def _topic_of_type(self, name: str) -> str | None:
         """Where the step's unchanged records of type ``name`` go: its sink, else the catalog's topic of the type
