@@ -15,10 +15,11 @@ to the same values. Types without column-wise checks here (``CHECKS``) always ta
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -51,39 +52,42 @@ def _zigzag(n: int) -> bytes:
     return bytes(out)
 
 
-def _plain(schema: Any, names: list[int]) -> Any:
-    """The schema as polars' reader takes it: maps as arrays of (key, value) records, no defaults, docs or aliases."""
+def _plain(schema: Any, entries: Iterator[int]) -> Any:
+    """The schema as polars' reader takes it: maps as arrays of (key, value) records (``entries`` numbers their
+    names), no defaults, docs or aliases."""
     if isinstance(schema, list):
-        return [_plain(s, names) for s in schema]
+        return [_plain(s, entries) for s in schema]
     if isinstance(schema, str):
         return schema
     kind = schema["type"]
     if kind == "record":
         return {"type": "record", "name": schema["name"],
-                "fields": [{"name": f["name"], "type": _plain(f["type"], names)} for f in schema["fields"]]}
+                "fields": [{"name": f["name"], "type": _plain(f["type"], entries)} for f in schema["fields"]]}
     if kind == "array":
-        return {"type": "array", "items": _plain(schema["items"], names)}
+        return {"type": "array", "items": _plain(schema["items"], entries)}
     if kind == "map":
-        names.append(len(names))
-        return {"type": "array", "items": {"type": "record", "name": f"MapEntry{len(names)}", "fields": [
-            {"name": "key", "type": "string"}, {"name": "value", "type": _plain(schema["values"], names)}]}}
+        return {"type": "array", "items": {"type": "record", "name": f"MapEntry{next(entries)}", "fields": [
+            {"name": "key", "type": "string"}, {"name": "value", "type": _plain(schema["values"], entries)}]}}
     return {k: v for k, v in schema.items() if k in ("type", "name", "symbols", "size")}
 
 
-_HEADERS: dict[bytes, bytes] = {}
+_HEADERS: dict[bytes, tuple[bytes, Any]] = {}
 
 
-def _header(writer: SchemaVersion) -> bytes:
-    """An object container's header for bodies of ``writer`` each followed by its 8-byte marker."""
+def _header(writer: SchemaVersion) -> tuple[bytes, Any]:
+    """An object container's header for bodies of ``writer`` each followed by its 8-byte marker, and the writer's
+    schema as polars reads it (``_plain``)."""
     if writer.fingerprint in _HEADERS:
         return _HEADERS[writer.fingerprint]
+    plain = _plain(writer.raw, itertools.count())
     schema = {"type": "record", "name": "Marked", "fields": [
-        {"name": "value", "type": _plain(writer.raw, [])},
+        {"name": "value", "type": plain},
         {"name": "marker", "type": {"type": "fixed", "name": "Marker", "size": 8}}]}
     meta = {b"avro.schema": json.dumps(schema).encode(), b"avro.codec": b"null"}
-    header = _HEADERS[writer.fingerprint] = (b"Obj\x01" + _zigzag(len(meta)) + b"".join(
-        _zigzag(len(k)) + k + _zigzag(len(v)) + v for k, v in meta.items()) + _zigzag(0) + _SYNC)
-    return header
+    header = b"Obj\x01" + _zigzag(len(meta)) + b"".join(
+        _zigzag(len(k)) + k + _zigzag(len(v)) + v for k, v in meta.items()) + _zigzag(0) + _SYNC
+    _HEADERS[writer.fingerprint] = header, plain
+    return header, plain
 
 
 def _read(writer: SchemaVersion, values: Sequence[bytes], index: np.ndarray) -> list[tuple[pa.Table, np.ndarray]]:
@@ -100,7 +104,7 @@ def _read(writer: SchemaVersion, values: Sequence[bytes], index: np.ndarray) -> 
     for k, i in enumerate(index.tolist()):
         parts += (values[i][_HEADER:], packed[8 * k:8 * k + 8])
     body = b"".join(parts)
-    blob = _header(writer) + _zigzag(len(index)) + _zigzag(len(body)) + body + _SYNC
+    blob = _header(writer)[0] + _zigzag(len(index)) + _zigzag(len(body)) + body + _SYNC
     try:
         frame = pl.read_avro(io.BytesIO(blob)).unnest("value")
         checked = frame.select(CHECKS[writer.name](writer.version)).to_series().to_numpy()
@@ -179,7 +183,7 @@ def _canonical(writer: SchemaVersion, table: pa.Table, body: bytes, starts: np.n
     if not table.num_rows:
         return np.zeros(0, dtype=bool)
     record = pa.StructArray.from_arrays([c.combine_chunks() for c in table.columns], names=table.column_names)
-    schema = _plain(writer.raw, [])
+    schema = _header(writer)[1]
     ok: np.ndarray = _layout(schema, record, np.zeros(len(starts), dtype=np.int64), unions) == ends - starts
     data = np.frombuffer(body, dtype=np.uint8)
     for at, byte in unions:
