@@ -14,6 +14,10 @@ A ``Step`` is one of four kinds:
 - ``sink``: a ``Sink`` takes each batch's records and writes them out at the checkpoint, before the input
   offsets are committed (lineage to Delta, the trainer).
 
+Column-wise batches: a sink with ``write_many`` (the lineage sink) and a map step whose function forwards records
+unchanged (``fn.forwards``: the pass-through) take a consumed batch at once, decoded into Arrow columns and
+checked column-wise (``schemas.columnar``); what that path does not take goes the one-record way, in its place.
+
 Any step may have a ``punctuate`` function the runtime calls every ``punctuate_s`` (timers: windows that
 are due, sensors gone silent, the plant's readings). Functions return typed records and never name a topic:
 the catalog routes each record by its type (``streams.catalog.topic_of``).
@@ -636,7 +640,7 @@ class Runner:
                 self._call(message, record)
 
         done = 0
-        for taken in self.step.fn.write_many(messages, one, self._carries):  # pauses when the buffer is full: written at once
+        for taken in self.step.fn.write_many(messages, one, self._carries):  # each time the buffer is full
             for message in messages[done:taken]:
                 self._mark(message)
             done = taken
