@@ -40,8 +40,6 @@ class RecordProducer:
             "enable.idempotence": True, "linger.ms": linger_ms, "acks": "all",
             # librdkafka counts a record with its framing: leave it room above the largest record we send
             "message.max.bytes": kafka.max_record_bytes + 64 * 1024,
-            # delivery reports are only read for failures: no Python call per delivered record
-            "delivery.report.only.error": True,
         }
         if transactional_id is not None:
             # a new transaction's first records wait until the last one's commit markers are written: the broker says
