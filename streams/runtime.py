@@ -377,10 +377,6 @@ class Runner:
         Raises:
             Whatever the error policy says to raise; nothing after the last checkpoint is committed then.
         """
-        if hasattr(self.step.fn, "forwards"):
-            from schemas.columnar import warm
-
-            warm()  # the column-wise reader loads before the first batch
         tune_gc()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
