@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -210,6 +211,7 @@ def main() -> None:
                         "e2e_1k_p50_ms": round(p50, 2), "e2e_1k_p99_ms": round(p99, 2)})
     finally:
         broker.stop()
+        shutil.rmtree(state, ignore_errors=True)  # the broker's logs: gigabytes after a run
     console.print(table)
     console.print(f"end-to-end latency at {rate} rec/s (1 KiB): p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(lat)} records)")
     out = ROOT / "bench" / "results" / "broker.json"

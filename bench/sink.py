@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -42,12 +43,13 @@ from streams.delta_sink import DeltaTables, SinkConfig, delta_runner  # noqa: E4
 from streams.producer import RecordProducer  # noqa: E402
 
 console = Console()
+SCRATCH = Path(tempfile.mkdtemp(prefix="sdg-bench-sink-"))
 
 
 def bare(samples: list, batch: int) -> float:  # type: ignore[type-arg]
     from deltalake import DeltaTable, write_deltalake
 
-    root = Path(tempfile.mkdtemp())
+    root = SCRATCH / f"bare-{uuid.uuid4().hex[:8]}"
     rows = {"samples": [], "lineage": []}  # type: ignore[var-annotated]
     for i, sample in enumerate(samples):
         for table, table_rows in rows_of(sample, "sdg.samples.raw", 0, i).items():
@@ -74,7 +76,7 @@ def through_sink(kafka, samples: list, batch: int) -> float:  # type: ignore[no-
     with RecordProducer(kafka) as producer:
         for sample in samples:
             producer.send(topic, sample)
-    tables = DeltaTables(Path(tempfile.mkdtemp()))
+    tables = DeltaTables(SCRATCH / f"sink-{uuid.uuid4().hex[:8]}")
     sink = delta_runner([topic], fn=rows_of, kafka=kafka, tables=tables, group=f"bench-{uuid.uuid4().hex[:6]}",
                      run_id="bench",
                      config=SinkConfig(batch_rows=batch, max_batch_s=5.0, compact_every=10_000))
@@ -93,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     commits, minimum = (8, 4_000) if args.quick else (20, 20_000)
     broker = EmbeddedBroker(BrokerConfig(port=free_port(), controller_port=free_port(), security="plaintext",
-                                         jars_dir=ROOT / ".sdg" / "kafka" / "jars"), Path(tempfile.mkdtemp()))
+                                         jars_dir=ROOT / ".sdg" / "kafka" / "jars"), SCRATCH / "broker")
     with console.status("starting the embedded broker"):
         broker.start()
     results: dict[str, object] = {"commits_per_table": commits, "rows_per_sample": 2}
@@ -119,6 +121,7 @@ def main() -> None:
                           f"{sink_rate:,.0f}", f"{ratio:.2f}")
     finally:
         broker.stop()
+        shutil.rmtree(SCRATCH, ignore_errors=True)  # the broker's logs and the tables: gigabytes after a run
     console.print(table)
     out = ROOT / "bench" / "results" / "sink.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
