@@ -385,13 +385,12 @@ class QualityJudge:
         (the window's most common one: scenes of other sizes are left out of them), and the sliding one's reason."""
         size = Counter(p.size for p in pending).most_common(1)[0][0]
         scenes = self.scene_reference(size)
-        out, why = [], ""
+        out: list[QualityWindow] = []
         for kind, parts in (("tumbling", span[-1:]), ("sliding", span)):
             features = np.concatenate([c.wholes[c.sizes == size] for c in parts if c.wholes is not None and
                                        c.sizes is not None] + [np.zeros((0, windows.dim), np.float32)])
-            moments = RunningMoments(windows.dim).update(features) if len(features) else RunningMoments(windows.dim)
-            window, why = self._window(windows, kind, moments, features, times, None, run_id,  # type: ignore[arg-type]
-                                       scenes=scenes)
+            window, why = self._window(windows, kind, RunningMoments(windows.dim).update(features),  # type: ignore[arg-type]
+                                       features, times, None, run_id, scenes=scenes)
             out.append(window)
         return out, f"{out[-1].window_id}: {why}"
 
@@ -423,7 +422,8 @@ class QualityJudge:
 
 def _pack_closed(closed: Closed) -> bytes:
     buf = io.BytesIO()
-    arrays: dict[str, Any] = {"features": closed.features, "labels": closed.labels, "sample_ids": np.array(sorted(closed.sample_ids))}
+    arrays: dict[str, Any] = {"features": closed.features, "labels": closed.labels,
+                              "sample_ids": np.array(sorted(closed.sample_ids))}
     if closed.wholes is not None and closed.sizes is not None:
         arrays |= {"wholes": closed.wholes, "sizes": closed.sizes}
     np.savez(buf, **arrays)
