@@ -340,7 +340,7 @@ class DeltaSink:
                 keep = [True] * len(where)
             else:
                 keep = [offset >= needs[(topic, partition)] for topic, partition, offset in where]
-            part = self._fresh(table, data.take(pa.array([k for k, kept in zip(take, keep) if kept])))
+            part = self._fresh(table, data.take(pa.array([k for k, kept in zip(take, keep) if kept], pa.int64())))
             wrote = [w or kept for w, kept in zip(wrote, keep)]
             if part.num_rows:
                 self._buffer.setdefault(table, []).append(part)
