@@ -164,10 +164,9 @@ def sample_columns(samples: Any, topics: list[str], partitions: list[int], offse
     sample = {**where, **shared, "job_id": col("job_id"), "params_json": pa.array(params_json, pa.string()),
               "image": col("image"), "image_format": col("image_format"), "width": col("width"), "height": col("height"),
               "channels": col("channels"), "node_id": col("node_id"), "objects_json": pa.array(["[]"] * n, pa.string())}
-    nulls = {name: pa.nulls(n, TABLES["lineage"].field(name).type) for name in (
-        "label", "confidence", "margin", "agrees", "labeler_version", "window_id", "realism", "extractor_hash",
-        "decision", "reason")}
-    lineage = {**where, **shared, "stage": pa.array(["generated"] * n, pa.string()), **nulls}
+    lineage = {**where, **shared, "stage": pa.array(["generated"] * n, pa.string())}
+    lineage |= {f.name: pa.nulls(n, f.type) for f in TABLES["lineage"]  # a later stage's fields: null, as in _lineage
+                if f.name not in lineage and f.name not in ("seq", "prev_hash", "row_hash")}
     return {table: pa.Table.from_pydict({f.name: columns[f.name] for f in TABLES[table] if f.name in columns}).cast(
         pa.schema([f for f in TABLES[table] if f.name in columns]))
         for table, columns in (("samples", sample), ("lineage", lineage))}

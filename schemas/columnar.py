@@ -161,8 +161,9 @@ def _layout(schema: Any, column: Any, at: np.ndarray | None, unions: list[tuple[
     if kind == "array":
         counts = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
         items = _layout(schema["items"], pc.list_flatten(column), None, unions)
-        sums = np.bincount(pc.list_parent_indices(column).to_numpy(), weights=items, minlength=n).astype(np.int64)
-        unchecked = np.bincount(pc.list_parent_indices(column).to_numpy(), weights=items < 0, minlength=n) > 0
+        parents = pc.list_parent_indices(column).to_numpy()
+        sums = np.bincount(parents, weights=items, minlength=n).astype(np.int64)
+        unchecked = np.bincount(parents, weights=items < 0, minlength=n) > 0
         return np.where(unchecked, -1, np.where(counts == 0, 1, _varint_lengths(counts) + sums + 1))
     if kind == "union" and len(schema) == 2 and "null" in schema:
         empty = schema.index("null")

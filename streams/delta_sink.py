@@ -204,23 +204,28 @@ class DeltaSink:
         self._chains.clear()
         self._seen.clear()
 
+    def _seen_in(self, table: str, run_id: str) -> set[tuple[Any, ...]]:
+        """The identities ``table`` holds or has buffered for ``run_id`` (read from the table the first time)."""
+        seen = self._seen.get((table, run_id))
+        if seen is None:
+            seen = self._seen[(table, run_id)] = self.tables.identities(table, run_id)
+        return seen
+
+    def _unseen(self, table: str, run_id: str, identity: tuple[Any, ...]) -> bool:
+        """Whether a row of ``identity`` is new to ``table`` (it is seen from now on); counts a duplicate."""
+        seen = self._seen_in(table, run_id)
+        if identity in seen:
+            self.stats.duplicates += 1
+            return False
+        seen.add(identity)
+        return True
+
     def _new(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The rows whose identity the table does not hold yet: a generator or labeler that crashed before its
         offset commit publishes its outputs again, under new offsets."""
         if table not in IDENTITY:
             return rows
-        fresh = []
-        for row in rows:
-            seen = self._seen.get((table, row["run_id"]))
-            if seen is None:
-                seen = self._seen[(table, row["run_id"])] = self.tables.identities(table, row["run_id"])
-            identity = tuple(row[c] for c in IDENTITY[table])
-            if identity in seen:
-                self.stats.duplicates += 1
-                continue
-            seen.add(identity)
-            fresh.append(row)
-        return fresh
+        return [row for row in rows if self._unseen(table, row["run_id"], tuple(row[c] for c in IDENTITY[table]))]
 
     def _fresh(self, table: str, data: Any) -> Any:
         """``_new`` for a pyarrow table of rows."""
@@ -231,20 +236,12 @@ class DeltaSink:
         runs = data.column("run_id").unique().to_pylist()
         identities = list(zip(*(data.column(c).to_pylist() for c in IDENTITY[table])))
         if len(runs) == 1:  # the common case: one run, nothing seen before: no row by row
-            seen = self._seen.get((table, runs[0]))
-            if seen is None:
-                seen = self._seen[(table, runs[0])] = self.tables.identities(table, runs[0])
+            seen = self._seen_in(table, runs[0])
             if seen.isdisjoint(identities) and len(set(identities)) == len(identities):
                 seen.update(identities)
                 return data
-        keep = []
-        for run_id, identity in zip(data.column("run_id").to_pylist(), identities):
-            seen = self._seen.get((table, run_id))
-            if seen is None:
-                seen = self._seen[(table, run_id)] = self.tables.identities(table, run_id)
-            keep.append(identity not in seen)
-            seen.add(identity)
-        self.stats.duplicates += keep.count(False)
+        keep = [self._unseen(table, run_id, identity)
+                for run_id, identity in zip(data.column("run_id").to_pylist(), identities)]
         return data.filter(pa.array(keep))
 
     def due(self) -> bool:
