@@ -3,9 +3,11 @@ sampler versus the stock diffusers DDIM pipeline on the same UNet and steps.
 
 - bare: a loop over the model in this process (batches of 256, no encoding);
 - processor: ``sdg.requests`` → generate runner → ``sdg.samples.raw`` through the embedded broker
-  (image bytes, records, Avro, Kafka included), jobs of 256 samples, after a warm-up job;
+  (image bytes, records, Avro, Kafka included), jobs of 256 samples, after a warm-up job; the runner runs in the
+  main thread, as ``sdg run generate`` runs it, with its ``OMP_WAIT_POLICY=PASSIVE`` (both ways);
 - stock: ``diffusers.DDIMPipeline`` on the same UNet (class labels bound), batch 256, 10 steps, eta 0.
 
+Each is run ``ROUNDS`` times, interleaved, and the median kept: the embedded broker warms up for the first seconds.
 Model weights come from short training runs (speed does not depend on training length).
 Writes ``bench/results/generate.json``. Usage: ``python bench/generate.py [--quick]``.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -22,10 +26,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from rich.console import Console
-from rich.table import Table
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: as `sdg run` runs its processors
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,13 +45,14 @@ from models.generator import GeneratorError  # noqa: E402
 from models.image import sample_grid  # noqa: E402
 from models.reference import load_digits_reference, make_splits  # noqa: E402
 from models.render import ProceduralRenderer  # noqa: E402
-from processors.generate import GenerateConfig, generate, plan_jobs  # noqa: E402
+from processors.generate import GenerateConfig, generate_encoded, plan_jobs  # noqa: E402
 from streams import admin  # noqa: E402
 from streams.config import RunnerConfig  # noqa: E402
 from streams.producer import RecordProducer  # noqa: E402
 from streams.runtime import Runner, Step  # noqa: E402
 
 BATCH = 256
+ROUNDS = 3
 console = Console()
 
 
@@ -63,30 +70,39 @@ def through_processor(kafka, model, n: int) -> float:  # type: ignore[no-untyped
     catalog.put(model)
     group = f"bench-{uuid.uuid4().hex}"
     admin.start_group_at_end(kafka, group, ["sdg.requests"])
-    step = Step("generate", ("sdg.requests",), lambda job: generate(job, generators=catalog, config=GenerateConfig()))
+    step = Step("generate", ("sdg.requests",), lambda job: generate_encoded(job, generators=catalog, config=GenerateConfig()))
     runner = Runner(step, kafka=kafka, config=RunnerConfig(), group=group, run_id="bench")
-    thread = threading.Thread(target=runner.run, kwargs={"max_idle_s": 30})
-    thread.start()
     seed = int(time.time())
     warmup = plan_jobs(model.name, classes=list(range(10)), per_class=1, seed=seed + 1, run_id="bench-warmup")
     jobs = plan_jobs(model.name, classes=list(range(10)), per_class=max(1, n // 10), seed=seed, run_id="bench",
                      job_size=BATCH)
     total = sum(job.count for job in jobs)
-    with RecordProducer(kafka) as producer:
-        for job in warmup:  # the model loaded and run once, as the bare loop's warm-up call does
-            producer.send("sdg.requests", job)
-        producer.flush()
-        while runner.stats.produced["sdg.samples.raw"] < 10 and thread.is_alive():
+    elapsed: list[float] = []
+    done = threading.Event()
+
+    def feed() -> None:  # the jobs, once the warm-up job's samples are out; then the runner is stopped
+        with RecordProducer(kafka) as producer:
+            for job in warmup:  # the model loaded and run once, as the bare loop's warm-up call does
+                producer.send("sdg.requests", job)
+            producer.flush()
+            while runner.stats.produced["sdg.samples.raw"] < 10 and not done.is_set():
+                time.sleep(0.01)
+            start = time.perf_counter()
+            for job in jobs:
+                producer.send("sdg.requests", job)
+        while runner.stats.produced["sdg.samples.raw"] < total + 10 and not done.is_set():
             time.sleep(0.01)
-        start = time.perf_counter()
-        for job in jobs:
-            producer.send("sdg.requests", job)
-    while runner.stats.produced["sdg.samples.raw"] < total + 10 and thread.is_alive():
-        time.sleep(0.01)
-    elapsed = time.perf_counter() - start
-    runner.stop()
-    thread.join()
-    return total / elapsed
+        elapsed.append(time.perf_counter() - start)
+        runner.stop()
+
+    thread = threading.Thread(target=feed)
+    thread.start()
+    try:  # in the main thread, as `sdg run generate` runs it: torch's OpenMP threads are this thread's
+        runner.run(max_idle_s=30)
+    finally:
+        done.set()
+        thread.join()
+    return total / elapsed[0]
 
 
 def agreement_with_conditioning(model, splits, n: int = 1000) -> float:  # type: ignore[no-untyped-def]
@@ -145,17 +161,20 @@ def main() -> None:
                                          jars_dir=ROOT / ".sdg" / "kafka" / "jars"), Path(tempfile.mkdtemp()))
     with console.status("starting the embedded broker"):
         broker.start()
-    results: dict[str, object] = {"batch": BATCH, "torch_threads": torch.get_num_threads(),
+    results: dict[str, object] = {"batch": BATCH, "torch_threads": torch.get_num_threads(), "rounds": ROUNDS,
+                                  "statistic": "median of rounds", "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
                                   "diffusion_steps": models["diffusion"].config.sample_steps}
     table = Table("generator", "bare samples/s", "processor samples/s", "processor / bare",
                   "classified as conditioned")
     try:
         admin.create_topics(broker.kafka, __import__("streams.config", fromlist=["TopicConfig"]).TopicConfig())
         for name, model in models.items():
-            with console.status(f"{name}: bare"):
-                b = bare(model, sizes[name])
-            with console.status(f"{name}: through the processor"):
-                p = through_processor(broker.kafka, model, sizes[name])
+            runs: dict[str, list[float]] = {"bare": [], "processor": []}
+            with console.status(f"{name}: {ROUNDS} rounds of bare and through the processor"):
+                for _ in range(ROUNDS):  # interleaved, so drift in the machine (the broker warming up) hits both
+                    runs["bare"].append(bare(model, sizes[name]))
+                    runs["processor"].append(through_processor(broker.kafka, model, sizes[name]))
+            b, p = statistics.median(runs["bare"]), statistics.median(runs["processor"])
             agreement = agreement_with_conditioning(model, splits)
             results.update({f"{name}_version": model.version,
                             f"{name}_bare_samples_per_s": round(b, 1), f"{name}_processor_samples_per_s": round(p, 1),

@@ -11,6 +11,7 @@ from models.catalog import GeneratorCatalog
 from models.generator import GeneratorError
 from models.image import ImageFormat, channels_of, encode_image, png_bytes
 from models.scenes import compose_generated, scene_size
+from schemas.codec import Encoded, encode_alike
 from schemas.identity import sample_ids
 from schemas.records import Annotation, Conditioning, GeneratedSample, GenerationJob, Reading, Record
 
@@ -29,48 +30,76 @@ def generate(job: GenerationJob, *, generators: GeneratorCatalog, config: Genera
         GeneratorError: an unknown generator or version, an absurd count, or a class the generator lacks
             (the runner sends the job to the dead-letter topic with this reason).
     """
-    if job.count > config.max_count:
-        raise GeneratorError(f"job {job.job_id} asks for {job.count} samples; a job holds at most {config.max_count}")
-    model = generators.get(job.generator, job.generator_version)
-    seeds = [job.seed_start + i for i in range(job.count)]
-    classes = [job.classes[i % len(job.classes)] for i in range(job.count)]
-    started = time.perf_counter()
-    if job.params.get("mode") == "scene" and not getattr(model, "draws_scenes", False):  # (the renderer does)
-        output = compose_generated(model, seeds, classes, size=scene_size(model.image_size), params={
-            k: v for k, v in job.params.items() if k != "mode"})
-    else:
-        output = model(seeds, classes, **job.params)
-    compute_ms = (time.perf_counter() - started) * 1000
-    samples: list[Record] = []
-    ids = sample_ids(model.name, model.version, seeds, classes, job.params)
-    conditioning = {c: Conditioning(class_label=c, params=dict(job.params)) for c in set(classes)}
-    timings = {"batch_compute": compute_ms, "per_sample": compute_ms / job.count}
-    height, width, channels = int(output.images.shape[1]), int(output.images.shape[2]), channels_of(output.images)
-    first: GeneratedSample | None = None  # the first sample without objects, validated
-    for i, (seed, label) in enumerate(zip(seeds, classes)):
-        image, image_format = encode_image(output.images[i], config.image_format)
-        objects = [
-            Annotation(class_label=o.class_label, bbox=list(o.bbox), mask_png=png_bytes(o.mask.astype("uint8") * 255))
-            for o in (output.objects[i] if output.objects else [])
-        ]
-        own: dict[str, Any] = {"sample_id": ids[i], "seed": seed, "conditioning": conditioning[label],
-                               "image": image, "image_format": image_format,
-                               "image_sha256": hashlib.sha256(image).hexdigest()}
-        if first is not None and not objects:
-            # its siblings differ only in fields made alike (ids of one generator, seeds from a valid start,
-            # validated conditionings, images of one shape, hashes): a copy is as valid as a validation
-            samples.append(first.model_copy(update=own))
-            continue
-        sample = GeneratedSample(run_id=job.run_id, job_id=job.job_id, generator=model.name,
-                                 generator_version=model.version, width=width, height=height, channels=channels,
-                                 node_id=config.node_id, scheduler=output.scheduler, steps=output.steps,
-                                 timings_ms=timings, objects=objects, **own)
-        first = first if objects else sample
-        samples.append(sample)
-    total_ms = (time.perf_counter() - started) * 1000
-    load = Reading(run_id=job.run_id, node_id=config.node_id, source="generator", ts_ms=int(time.time() * 1000),
-                   rate_sps=job.count / (total_ms / 1000), batch_ms=total_ms)
-    return [*samples, load]
+    made = _Made(job, generators, config)
+    return [*made.records(), made.load()]
+
+
+def generate_encoded(job: GenerationJob, *, generators: GeneratorCatalog, config: GenerateConfig) -> list[Record | Encoded]:
+    """``generate``, its samples already encoded (the processor's hot path: ``schemas.codec.encode_alike``, the bytes
+    ``RecordCodec`` gives ``generate``'s records). Scenes stay typed records: each is validated against its image."""
+    made = _Made(job, generators, config)
+    if made.output.objects:
+        return [*made.records(), made.load()]
+    first = made.sample(0)
+    dumped = {label: c.model_dump() for label, c in made.conditioning.items()}
+    values = encode_alike(first, {
+        "sample_id": made.ids, "seed": made.seeds, "conditioning": [dumped[label] for label in made.classes],
+        "image": made.images, "image_format": made.formats, "image_sha256": made.hashes})
+    return [Encoded(GeneratedSample, [i.encode() for i in made.ids], values), made.load()]
+
+
+class _Made:
+    """One job's samples generated, before they are records: what they share, and each one's own fields."""
+
+    def __init__(self, job: GenerationJob, generators: GeneratorCatalog, config: GenerateConfig) -> None:
+        if job.count > config.max_count:
+            raise GeneratorError(f"job {job.job_id} asks for {job.count} samples; a job holds at most {config.max_count}")
+        model = generators.get(job.generator, job.generator_version)
+        self.job, self.config = job, config
+        self.seeds = [job.seed_start + i for i in range(job.count)]
+        self.classes = [job.classes[i % len(job.classes)] for i in range(job.count)]
+        self.started = time.perf_counter()
+        if job.params.get("mode") == "scene" and not getattr(model, "draws_scenes", False):  # (the renderer does)
+            self.output = compose_generated(model, self.seeds, self.classes, size=scene_size(model.image_size), params={
+                k: v for k, v in job.params.items() if k != "mode"})
+        else:
+            self.output = model(self.seeds, self.classes, **job.params)
+        compute_ms = (time.perf_counter() - self.started) * 1000
+        self.ids = sample_ids(model.name, model.version, self.seeds, self.classes, job.params)
+        self.conditioning = {c: Conditioning(class_label=c, params=dict(job.params)) for c in set(self.classes)}
+        encoded = [encode_image(image, config.image_format) for image in self.output.images]
+        self.images, self.formats = [e[0] for e in encoded], [e[1] for e in encoded]
+        self.hashes = [hashlib.sha256(image).hexdigest() for image in self.images]
+        images = self.output.images
+        self.shared: dict[str, Any] = dict(
+            run_id=job.run_id, job_id=job.job_id, generator=model.name, generator_version=model.version,
+            width=int(images.shape[2]), height=int(images.shape[1]), channels=channels_of(images),
+            node_id=config.node_id, scheduler=self.output.scheduler, steps=self.output.steps,
+            timings_ms={"batch_compute": compute_ms, "per_sample": compute_ms / job.count})
+
+    def own(self, i: int) -> dict[str, Any]:
+        return {"sample_id": self.ids[i], "seed": self.seeds[i], "conditioning": self.conditioning[self.classes[i]],
+                "image": self.images[i], "image_format": self.formats[i], "image_sha256": self.hashes[i]}
+
+    def sample(self, i: int) -> GeneratedSample:
+        """Sample ``i``, validated."""
+        objects = [Annotation(class_label=o.class_label, bbox=list(o.bbox), mask_png=png_bytes(o.mask.astype("uint8") * 255))
+                   for o in (self.output.objects[i] if self.output.objects else [])]
+        return GeneratedSample(**self.shared, objects=objects, **self.own(i))
+
+    def records(self) -> list[GeneratedSample]:
+        if self.output.objects:
+            return [self.sample(i) for i in range(self.job.count)]
+        # siblings differ only in fields made alike (ids of one generator, seeds from a valid start, validated
+        # conditionings, images of one shape, hashes): a copy of the first, validated, is as valid as a validation
+        first = self.sample(0)
+        return [first, *(first.model_copy(update=self.own(i)) for i in range(1, self.job.count))]
+
+    def load(self) -> Reading:
+        """The worker's load reading for this job (its whole time so far)."""
+        total_ms = (time.perf_counter() - self.started) * 1000
+        return Reading(run_id=self.job.run_id, node_id=self.config.node_id, source="generator",
+                       ts_ms=int(time.time() * 1000), rate_sps=self.job.count / (total_ms / 1000), batch_ms=total_ms)
 
 
 def plan_jobs(

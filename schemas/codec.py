@@ -12,9 +12,10 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
+from itertools import repeat
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import fastavro
 from fastavro._write import write_data  # type: ignore[attr-defined]  # schemaless_writer's body: ~1 µs a record less
@@ -95,6 +96,70 @@ class SchemaRegistry:
 def registry() -> SchemaRegistry:
     """The registry of the schema files shipped in this package (loaded once)."""
     return SchemaRegistry()
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Records of one type already encoded with its newest schema (``RecordCodec.encode``'s bytes): what a hot path
+    returns in place of the typed records. The runtime routes them by type, checks their sizes and produces them."""
+
+    type: type[Record]
+    keys: list[bytes | None]
+    values: list[bytes]
+
+
+def zigzag(n: int) -> bytes:
+    """An Avro long: zigzag, then a varint (7 bits a byte, least significant first)."""
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_length = lru_cache(maxsize=4096)(zigzag)  # string and bytes lengths repeat
+
+
+def encode_alike(first: Record, varying: Mapping[str, Sequence[Any]]) -> list[bytes]:
+    """The encodings of records equal to ``first`` but in the top-level fields of ``varying`` (each a value per record,
+    as ``model_dump`` gives it): the other fields are encoded once and each varying field column by column (strings
+    and bytes directly, other values by fastavro, once per distinct object), then spliced together: ~4 times faster
+    than ``RecordCodec.encode`` a record. The caller vouches that every record is valid: ``first`` was validated,
+    and the varying values are of kinds it validated."""
+    writer = registry().latest(first.schema_name)
+    data = first.model_dump()
+    data["schema_version"] = writer.version
+    between: list[bytes] = []  # the fixed bytes before, between and after the varying fields
+    own: list[tuple[str, Any]] = []
+    out = bytearray(MAGIC + writer.fingerprint)
+    for f in writer.parsed["fields"]:
+        if f["name"] in varying:
+            between.append(bytes(out))
+            out = bytearray()
+            own.append((f["name"], f["type"]))
+        else:
+            write_data(out, data[f["name"]], f["type"], writer.named, f["name"], {})
+    between.append(bytes(out))
+    parts: list[Iterable[bytes]] = [repeat(between[0])]
+    for (name, schema), after in zip(own, between[1:]):
+        column = varying[name]
+        if schema in ("string", "bytes"):
+            raw = [v.encode() for v in column] if schema == "string" else column
+            parts.append([_length(len(b)) + b for b in raw])
+        else:
+            seen: dict[int, bytes] = {}  # id → encoding: the column holds its values, so ids are not reused
+            encoded = []
+            for value in column:
+                if id(value) not in seen:
+                    buf = bytearray()
+                    write_data(buf, value, schema, writer.named, name, {})
+                    seen[id(value)] = bytes(buf)
+                encoded.append(seen[id(value)])
+            parts.append(encoded)
+        parts.append(repeat(after))
+    return [b"".join(row) for row in zip(*parts)] if own else [between[0]]
 
 
 class RecordCodec:

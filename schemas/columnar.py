@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.codec import _HEADER, MAGIC, SchemaVersion, registry
+from schemas.codec import _HEADER, MAGIC, SchemaVersion, registry, zigzag
 from schemas.records import MAX_MS, MAX_SIDE, NAME_PATTERN, RUN_ID_PATTERN
 
 _SYNC = bytes(16)
@@ -40,16 +40,6 @@ class Columns:
     name: str
     table: pa.Table
     index: np.ndarray
-
-
-def _zigzag(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _plain(schema: Any, entries: Iterator[int]) -> Any:
@@ -84,8 +74,8 @@ def _header(writer: SchemaVersion) -> tuple[bytes, Any]:
         {"name": "value", "type": plain},
         {"name": "marker", "type": {"type": "fixed", "name": "Marker", "size": 8}}]}
     meta = {b"avro.schema": json.dumps(schema).encode(), b"avro.codec": b"null"}
-    header = b"Obj\x01" + _zigzag(len(meta)) + b"".join(
-        _zigzag(len(k)) + k + _zigzag(len(v)) + v for k, v in meta.items()) + _zigzag(0) + _SYNC
+    header = b"Obj\x01" + zigzag(len(meta)) + b"".join(
+        zigzag(len(k)) + k + zigzag(len(v)) + v for k, v in meta.items()) + zigzag(0) + _SYNC
     _HEADERS[writer.fingerprint] = header, plain
     return header, plain
 
@@ -104,7 +94,7 @@ def _read(writer: SchemaVersion, values: Sequence[bytes], index: np.ndarray) -> 
     for k, i in enumerate(index.tolist()):
         parts += (values[i][_HEADER:], packed[8 * k:8 * k + 8])
     body = b"".join(parts)
-    blob = _header(writer)[0] + _zigzag(len(index)) + _zigzag(len(body)) + body + _SYNC
+    blob = _header(writer)[0] + zigzag(len(index)) + zigzag(len(body)) + body + _SYNC
     try:
         frame = pl.read_avro(io.BytesIO(blob)).unnest("value")
         checked = frame.select(CHECKS[writer.name](writer.version)).to_series().to_numpy()

@@ -13,7 +13,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from rich.console import Console
@@ -470,11 +470,15 @@ def _generation(
     from processors.generate import plan_jobs
 
     train_s: dict[str, float] = {}  # seconds per model trained in this run
-    _ensure_quality_models(settings, plan, console, train_s)
-    if settings.task == "classification":
-        _ensure_generators(settings, plan, console, train_s)
-    else:
-        _ensure_detector(settings, plan, console, train_s)
+
+    def train() -> None:
+        _ensure_quality_models(settings, plan, console, train_s)
+        if settings.task == "classification":
+            _ensure_generators(settings, plan, console, train_s)
+        else:
+            _ensure_detector(settings, plan, console, train_s)
+
+    _in_passing_thread(train)
     _record_training(settings, train_s)
     kafka = settings.kafka_client
     run_id = settings.run_id
@@ -569,6 +573,19 @@ def _generation(
     _thermal_report(settings, thermal, out, console)
     _lineage_report(settings, console)
     return {key: len(samples) for key, samples in arrived.items()}, grids, decisions, latest, accepted
+
+
+def _in_passing_thread(fn: Callable[[], None]) -> None:
+    """``fn()`` in a thread that ends with it (its exception raised here).
+
+    torch's OpenMP threads belong to the thread that first runs parallel work on them and end with it. While one thread
+    holds them, torch in any other thread of the process runs 20-80% slower (libgomp, managing more threads than there
+    are cores, stops spinning between parallel regions): models trained in the main thread would slow the generate
+    processor's thread by a fifth (diffusion, measured). ``sdg run`` runs its processor in the main thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="train") as pool:
+        pool.submit(fn).result()
 
 
 def _record_training(settings: Settings, train_s: dict[str, float]) -> None:

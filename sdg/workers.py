@@ -43,7 +43,7 @@ def _generate(settings: Settings, spec: ProcessorSpec, source: str | None, sink:
     import torch
 
     from models.generator import GeneratorError
-    from processors.generate import GenerateConfig, generate
+    from processors.generate import GenerateConfig, generate_encoded
     from streams.throttle import ControlListener, RateCap
 
     if settings.worker.threads:
@@ -59,7 +59,7 @@ def _generate(settings: Settings, spec: ProcessorSpec, source: str | None, sink:
         return "dead_letter" if isinstance(error, GeneratorError) else data_error(error, record, step)
 
     try:
-        step = _step(spec, lambda job: generate(job, generators=catalog, config=config), source, sink=sink,
+        step = _step(spec, lambda job: generate_encoded(job, generators=catalog, config=config), source, sink=sink,
                      on_error=on_error)
         yield step, {"rate_cap": cap, "cost": lambda job: job.count}
     finally:

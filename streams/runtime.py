@@ -52,7 +52,7 @@ from typing import (
     TypeVar,
 )
 
-from schemas.codec import RecordCodec
+from schemas.codec import Encoded, RecordCodec
 from schemas.errors import UndecodableRecord
 from schemas.records import RECORD_TYPES, Record
 from streams.catalog import TopicSpec, topic_of, topic_of_type
@@ -229,8 +229,8 @@ class Step:
         if (self.key_by is not None or self.batch) and self.kind != "stateful":
             raise ConfigError(f"step {self.step_id}: key_by and batch are for stateful steps")
 
-    def outputs(self, result: Any) -> list[Record]:
-        """The records of a function's result: None, a record or a list of records.
+    def outputs(self, result: Any) -> list[Record | Encoded]:
+        """The records of a function's result: None, a record or a list of records (and of ``Encoded`` ones).
 
         Raises:
             StepReturnError: anything else (the step is broken, not the record).
@@ -239,7 +239,7 @@ class Step:
             return []
         if isinstance(result, Record):
             return [result]
-        if isinstance(result, list) and all(isinstance(r, Record) for r in result):
+        if isinstance(result, list) and all(isinstance(r, (Record, Encoded)) for r in result):
             return result
         raise StepReturnError(f"step {self.step_id} must return records, got {type(result).__name__}")
 
@@ -543,6 +543,15 @@ class Runner:
         try:
             encoded = []
             for record in self.step.outputs(result):
+                if isinstance(record, Encoded):
+                    topic = self._topic_of_type(record.type.__name__)
+                    if topic is None:
+                        raise StepReturnError(f"step {self.step.step_id}: no one topic for its encoded "
+                                              f"{record.type.__name__} records (sink {self.step.sink})")
+                    for key, value in zip(record.keys, record.values):
+                        check_size(topic, key, value, None, max_record_bytes=self.io.max_record_bytes)
+                        encoded.append((topic, key, value))
+                    continue
                 seen = self._wire.get(id(record))
                 wire = seen[1] if seen is not None and seen[0] is record else None
                 topic, key, value = self.step.route(record), key_bytes(record), self.codec.encode(record, wire=wire)

@@ -19,8 +19,11 @@ from models.image import decode_png, sample_image
 from models.reference import LabelAccountingError, Splits, check_budget, load_digits_reference, load_folder, make_splits
 from models.registry import ModelRegistry
 from models.render import ProceduralRenderer
-from processors.generate import GenerateConfig, generate, plan_jobs
-from schemas.records import GeneratedSample, GenerationJob, Reading
+from processors.generate import GenerateConfig, generate, generate_encoded, plan_jobs
+from schemas.codec import Encoded, RecordCodec
+from schemas.records import GeneratedSample, GenerationJob, Reading, Record
+
+CODEC = RecordCodec()
 
 TINY_GAN = GanConfig(steps=30, hidden=32, batch_size=32)
 TINY_DIFFUSION = DiffusionConfig(steps=10, channels=(8, 16), batch_size=16, sample_steps=3)
@@ -244,6 +247,27 @@ def test_generate_makes_samples_with_provenance_and_stable_ids(tmp_path: Path, g
     again = generate(job, generators=catalog, config=GenerateConfig(node_id="n2"))
     assert [s.sample_id for s in samples] == [s.sample_id for s in again if isinstance(s, GeneratedSample)]
     assert [s.image for s in samples] == [s.image for s in again if isinstance(s, GeneratedSample)]
+
+
+def test_the_processors_encoded_samples_are_the_codecs_bytes_of_generates_records(tmp_path: Path, gan: GanModel) -> None:
+    """The generate processor's hot path (samples encoded at once) gives the records ``generate`` gives, byte for byte
+    once their two measured fields agree; a scene job stays typed records."""
+    catalog = _catalog(tmp_path, gan)
+    job = plan_jobs("gan", classes=[1, 2, 3], per_class=30, seed=7, run_id="r", job_size=64)[0]
+    records = generate(job, generators=catalog, config=GenerateConfig())
+    encoded, load = generate_encoded(job, generators=catalog, config=GenerateConfig())
+    assert isinstance(encoded, Encoded) and encoded.type is GeneratedSample and isinstance(load, Reading)
+    samples = [r for r in records if isinstance(r, GeneratedSample)]
+    assert encoded.keys == [s.sample_id.encode() for s in samples]
+    decoded = CODEC.decode(encoded.values[0])
+    assert isinstance(decoded, GeneratedSample)
+    measured = {"created_ms": decoded.created_ms, "timings_ms": decoded.timings_ms}
+    assert [CODEC.encode(s.model_copy(update=measured)) for s in samples] == encoded.values
+    renderer = ProceduralRenderer()
+    catalog.put(renderer)
+    scenes = plan_jobs("procedural", classes=[1, 2], per_class=2, seed=1, run_id="r", params={"mode": "scene"})[0]
+    out = generate_encoded(scenes, generators=catalog, config=GenerateConfig())
+    assert all(isinstance(r, Record) for r in out) and any(isinstance(r, GeneratedSample) and r.objects for r in out)
 
 
 def test_plan_covers_every_class_evenly() -> None:

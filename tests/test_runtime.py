@@ -13,9 +13,10 @@ import pytest
 from processors.passthrough import passthrough
 from schemas.codec import RecordCodec
 from schemas.examples import example, example_sample
-from schemas.records import DeadLetter, GenerationJob, Reading, Record, SampleDecision, ThermalAlert
+from schemas.records import DeadLetter, GeneratedSample, GenerationJob, Reading, Record, SampleDecision, ThermalAlert
 from streams.config import RunnerConfig
 from streams.dead_letter import DLQ_TOPIC
+from streams.errors import StepReturnError
 from streams.memory import MemoryBroker
 from streams.runtime import Runner, Step, Store, changelog_topic
 
@@ -78,6 +79,34 @@ def test_a_broken_output_stops_the_step() -> None:
     with pytest.raises(Exception, match="must return records"):
         drain(broker.runner(Step("p", (SOURCE,), lambda record: "a string"), group="g"))
     assert not broker.committed
+
+
+def test_encoded_outputs_go_to_their_types_topic_and_a_too_large_one_dead_letters_its_input() -> None:
+    """A function may return records already encoded (``Encoded``, the generate processor's hot path): they go out as
+    they are; one too large sends the input to the dead-letter topic and none of its outputs out."""
+    from schemas.codec import Encoded
+
+    broker = MemoryBroker(max_record_bytes=64 * 1024)
+    for i in range(3):
+        broker.send("sdg.requests", example(GenerationJob, i, "r"))
+
+    def made(job: GenerationJob) -> list[GeneratedSample]:  # job 1's last sample is too large
+        return [example_sample(job.seed_start + k, "r", payload_bytes=100_000 if job.seed_start + k == 103 else 64)
+                for k in range(4)]
+
+    def samples(job: Record) -> list[Record | Encoded]:
+        out = made(job)  # type: ignore[arg-type]
+        return [Encoded(GeneratedSample, [s.key().encode() for s in out], [CODEC.encode(s) for s in out]),
+                example(Reading, 0, "r")]
+
+    stats = drain(broker.runner(Step("gen", ("sdg.requests",), samples), group="g"))
+    assert stats.consumed == 3 and stats.produced["sdg.samples.raw"] == 8 and stats.produced["sdg.telemetry"] == 2
+    assert [letter.error_type for letter in letters(broker)] == ["RecordTooLarge"]
+    expected = [s.sample_id for i in (0, 2) for s in made(example(GenerationJob, i, "r"))]
+    assert sorted(r.sample_id for r in broker.records("sdg.samples.raw")) == sorted(expected)  # type: ignore[attr-defined]
+    broker.send(SOURCE, example(GenerationJob, 0, "r"))
+    with pytest.raises(StepReturnError, match="no one topic"):  # the step is broken, not the job
+        drain(broker.runner(Step("gen", (SOURCE,), samples, sink="sdg.telemetry"), group="h"))
 
 
 class ListSink:
