@@ -16,10 +16,10 @@ def passthrough(record: Record) -> Record:
     return record
 
 
-def _every(table: Any) -> Any:
+def _every(frame: Any) -> Any:
     import numpy as np
 
-    return np.ones(table.num_rows, dtype=bool)
+    return np.ones(frame.height, dtype=bool)
 
 
 # the same, column-wise (``streams.runtime``): which records of a decoded batch it forwards unchanged

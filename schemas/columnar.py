@@ -18,7 +18,7 @@ import io
 import itertools
 import json
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -34,12 +34,16 @@ _SMALLEST = 8  # a block that fails with this many values or fewer is left to th
 
 @dataclass(frozen=True)
 class Columns:
-    """Values of a batch decoded column-wise: ``table`` (one row per value, the newest schema's fields) holds the
-    values at ``index`` of the batch."""
+    """Values of a batch decoded column-wise: ``frame`` (a polars DataFrame, one row per value, the newest schema's
+    fields) holds the values at ``index`` of the batch; ``table`` is it in Arrow."""
 
     name: str
-    table: pa.Table
+    frame: Any
     index: np.ndarray
+
+    @cached_property
+    def table(self) -> pa.Table:
+        return self.frame.to_arrow()
 
 
 def _plain(schema: Any, entries: Iterator[int]) -> Any:
@@ -61,56 +65,73 @@ def _plain(schema: Any, entries: Iterator[int]) -> Any:
     return {k: v for k, v in schema.items() if k in ("type", "name", "symbols", "size")}
 
 
-_HEADERS: dict[bytes, tuple[bytes, Any]] = {}
+@dataclass(frozen=True)
+class _Container:
+    """How the bodies of one writer schema are read at once: an object container's header for whole single-object
+    values each followed by its 8-byte marker, and one polars expression per output column (``_checked``)."""
+
+    header: bytes
+    ok: Any  # rows whose marker is where it was written and that pass ``CHECKS``
+    plain: Any  # the writer's schema as polars reads it
 
 
-def _header(writer: SchemaVersion) -> tuple[bytes, Any]:
-    """An object container's header for bodies of ``writer`` each followed by its 8-byte marker, and the writer's
-    schema as polars reads it (``_plain``)."""
-    if writer.fingerprint in _HEADERS:
-        return _HEADERS[writer.fingerprint]
-    plain = _plain(writer.raw, itertools.count())
+_CONTAINERS: dict[bytes, _Container] = {}
+
+
+def _container(writer: SchemaVersion) -> _Container:
+    if writer.fingerprint not in _CONTAINERS:
+        _CONTAINERS[writer.fingerprint] = _new_container(writer)
+    return _CONTAINERS[writer.fingerprint]
+
+
+def _new_container(writer: SchemaVersion) -> _Container:
+    import polars as pl
+
     schema = {"type": "record", "name": "Marked", "fields": [
-        {"name": "value", "type": plain},
+        {"name": "head", "type": {"type": "fixed", "name": "Head", "size": _HEADER}},
+        {"name": "value", "type": _plain(writer.raw, itertools.count())},
         {"name": "marker", "type": {"type": "fixed", "name": "Marker", "size": 8}}]}
     meta = {b"avro.schema": json.dumps(schema).encode(), b"avro.codec": b"null"}
     header = b"Obj\x01" + zigzag(len(meta)) + b"".join(
         zigzag(len(k)) + k + zigzag(len(v)) + v for k, v in meta.items()) + zigzag(0) + _SYNC
-    _HEADERS[writer.fingerprint] = header, plain
-    return header, plain
+    ok = pl.all_horizontal([CHECKS[writer.name](writer.version),
+                            pl.col("marker").bin.reinterpret(dtype=pl.UInt64, endianness="little")
+                            == pl.int_range(pl.len(), dtype=pl.UInt64)]).fill_null(False)
+    return _Container(header, ok, _plain(writer.raw, itertools.count()))
 
 
-def _read(writer: SchemaVersion, values: Sequence[bytes], index: np.ndarray) -> list[tuple[pa.Table, np.ndarray]]:
-    """The values at ``index`` read in one block (halved while the reader refuses it): (table, the indices its rows
-    are) for each part read. Rows whose marker was not read back where it was written, and rows that are not their
-    canonical encoding, are left out."""
+def _read(writer: SchemaVersion, values: Sequence[bytes], index: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+    """The values at ``index`` read in one block (halved while the reader refuses it): (frame, the indices its rows
+    are) for each part read. Rows whose marker was not read back where it was written, rows failing the checks, and
+    rows that are not their value's canonical encoding, are left out."""
     import polars as pl
     from polars.exceptions import PanicException
 
-    if len(index) == 0:
+    n = len(index)
+    if n == 0:
         return []
-    markers = index.astype("<u8")
-    packed, parts = markers.tobytes(), list[bytes]()
-    for k, i in enumerate(index.tolist()):
-        parts += (values[i][_HEADER:], packed[8 * k:8 * k + 8])
-    body = b"".join(parts)
-    blob = _header(writer)[0] + zigzag(len(index)) + zigzag(len(body)) + body + _SYNC
+    container = _container(writer)
+    chosen = [values[i] for i in index.tolist()]
+    lengths = np.fromiter(map(len, chosen), dtype=np.int64, count=n)
+    markers = np.arange(n, dtype="<u8").tobytes()
+    parts: list[bytes] = [b""] * (2 * n + 2)  # the block, in one copy: header, value, marker, value, …, sync
+    parts[0] = container.header + zigzag(n) + zigzag(int(lengths.sum()) + 8 * n)
+    parts[1:-1:2] = chosen
+    parts[2:-1:2] = [markers[k:k + 8] for k in range(0, 8 * n, 8)]
+    parts[-1] = _SYNC
+    block = b"".join(parts)
     try:
-        frame = pl.read_avro(io.BytesIO(blob)).unnest("value")
-        checked = frame.select(CHECKS[writer.name](writer.version)).to_series().to_numpy()
-        table = frame.to_arrow()
-        table.validate(full=True)  # strings are UTF-8
+        read = pl.read_avro(io.BytesIO(block))
+        frame = read.get_column("value").struct.unnest()
+        ok = frame.with_columns(read.get_column("marker")).select(container.ok).to_series().to_numpy()
     except (Exception, PanicException):  # the reader's errors on a corrupt body are many and untyped
-        if len(index) <= _SMALLEST:
+        if n <= _SMALLEST:
             return []
-        half = len(index) // 2
+        half = n // 2
         return _read(writer, values, index[:half]) + _read(writer, values, index[half:])
-    ok = (np.frombuffer(b"".join(table.column("marker").to_pylist()), dtype="<u8") == markers) & checked
-    table = table.drop_columns(["marker"])
-    lengths = np.fromiter(map(len, parts[::2]), dtype=np.int64, count=len(index))
-    starts = np.concatenate([[0], np.cumsum(lengths + 8)[:-1]])  # each body's place in the block
-    ok &= _canonical(writer, table, body, starts, starts + lengths)
-    return [(table, index)] if ok.all() else [(table.filter(pa.array(ok)), index[ok])]
+    starts = len(parts[0]) + np.concatenate([[0], np.cumsum(lengths + 8)[:-1]])  # each value's place in the block
+    ok &= _canonical(container.plain, frame.to_arrow(), block, starts, starts + lengths)
+    return [(frame, index)] if ok.all() else [(frame.filter(ok), index[ok])]
 
 
 _VARINT_BOUNDS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
@@ -166,17 +187,18 @@ def _layout(schema: Any, column: Any, at: np.ndarray | None, unions: list[tuple[
     raise TypeError(f"no column-wise layout for Avro type {schema!r}")
 
 
-def _canonical(writer: SchemaVersion, table: pa.Table, body: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Which bodies (``body[starts[k]:ends[k]]``) are the canonical encoding of the values read from them: exactly as
-    long as that encoding (no over-long varint, no split array block) with every union's branch index where and what
-    it must be. A body the codec would take but that is not canonical is left to it."""
+def _canonical(schema: Any, table: pa.Table, block: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which values (``block[starts[k]:ends[k]]``, each with its header) are the canonical encoding under ``schema`` of
+    what was read from them: exactly as long as that encoding (no over-long varint, no split array block) with every
+    union's branch index where and what it must be. A value the codec would take but that is not canonical is left
+    to it."""
     unions: list[tuple[np.ndarray, np.ndarray]] = []
     if not table.num_rows:
         return np.zeros(0, dtype=bool)
     record = pa.StructArray.from_arrays([c.combine_chunks() for c in table.columns], names=table.column_names)
-    schema = _header(writer)[1]
-    ok: np.ndarray = _layout(schema, record, np.zeros(len(starts), dtype=np.int64), unions) == ends - starts
-    data = np.frombuffer(body, dtype=np.uint8)
+    at = np.full(len(starts), _HEADER, dtype=np.int64)
+    ok: np.ndarray = _layout(schema, record, at, unions) + _HEADER == ends - starts
+    data = np.frombuffer(block, dtype=np.uint8)
     for at, byte in unions:
         ok &= data[np.minimum(starts + at, len(data) - 1)] == byte
     return ok
@@ -224,18 +246,21 @@ def decode_columns(values: Sequence[bytes | None]) -> list[Columns]:
     """The values that decode and check column-wise, per record type (newest schema versions of ``CHECKS``' types);
     the rest are for ``RecordCodec.decode``."""
     schemas = registry()
-    groups: dict[bytes, list[int]] = {}
-    for i, value in enumerate(values):
-        if value is not None and len(value) > _HEADER and value[:2] == MAGIC:
-            groups.setdefault(value[2:_HEADER], []).append(i)
+    heads = [b"" if v is None else v[:_HEADER] for v in values]
+    groups: dict[bytes, Any] = {}
+    if len(set(heads)) == 1:  # one writer: the usual batch
+        groups[heads[0]] = np.arange(len(values))
+    else:
+        for i, head in enumerate(heads):
+            groups.setdefault(head, []).append(i)
     out = []
-    for fingerprint, members in groups.items():
-        writer = schemas.by_fingerprint.get(fingerprint)
+    for head, members in groups.items():
+        writer = schemas.by_fingerprint.get(head[2:]) if head[:2] == MAGIC else None
         if writer is None or writer.name not in CHECKS or schemas.latest(writer.name) is not writer:
             continue
-        for table, index in _read(writer, values, np.asarray(members, dtype=np.int64)):  # type: ignore[arg-type]
+        for frame, index in _read(writer, values, np.asarray(members, dtype=np.int64)):  # type: ignore[arg-type]
             if len(index):
-                out.append(Columns(writer.name, table, index))
+                out.append(Columns(writer.name, frame, index))
     return out
 
 

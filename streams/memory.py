@@ -12,7 +12,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from schemas.codec import RecordCodec
 from schemas.records import Record
@@ -154,6 +154,10 @@ class MemoryIO:
             self._pending.append((topic, key, value, partition, headers))
         else:
             self.broker.append(topic, key, value, partition=partition, headers=headers)
+
+    def send_many(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
+        for topic, key, value in records:
+            self.send(topic, key, value)
 
     def checkpoint(self, offsets: dict[tuple[str, int], int], *, wait: bool = True) -> None:
         for topic, key, value, partition, headers in self._pending:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -38,6 +38,7 @@ class RecordProducer:
         self.max_record_bytes = kafka.max_record_bytes
         conf: dict[str, Any] = {
             "enable.idempotence": True, "linger.ms": linger_ms, "acks": "all",
+            "delivery.report.only.error": True,  # a Python callback per failed record only, not per record
             # librdkafka counts a record with its framing: leave it room above the largest record we send
             "message.max.bytes": kafka.max_record_bytes + 64 * 1024,
         }
@@ -90,6 +91,15 @@ class RecordProducer:
                 return
             except BufferError:
                 self.client.poll(0.05)  # local queue full: let deliveries drain
+
+    def produce_many(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
+        """``produce`` for many (topic, key, value) records, in order."""
+        produce, report = self.client.produce, self._on_delivery
+        for topic, key, value in records:
+            try:
+                produce(topic, value, key, on_delivery=report)
+            except BufferError:
+                self.produce(topic, key, value)  # waits for room
 
     def check_size(self, topic: str, key: bytes | None, value: bytes | None,
                    headers: dict[str, bytes] | None = None) -> None:

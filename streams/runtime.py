@@ -306,6 +306,7 @@ class IO(Protocol):
     def poll(self, max_records: int, timeout_s: float) -> list[Message]: ...
     def send(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int | None = None,
              headers: dict[str, bytes] | None = None) -> None: ...
+    def send_many(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None: ...
     def checkpoint(self, offsets: dict[tuple[str, int], int], *, wait: bool = True) -> None: ...
     def changelog(self, topic: str, partition: int) -> Iterator[Message]: ...
     def hold(self, wait_s: Callable[[], float], stopping: threading.Event) -> None: ...
@@ -591,7 +592,7 @@ class Runner:
 
     def _forward(self, messages: list[Message]) -> None:
         """A map step that forwards records unchanged or drops them (``fn.forwards``: record type → which rows of a
-        ``schemas.columnar`` table it forwards), on a consumed batch at once (one worth it: ``columnar.worth_it``):
+        ``schemas.columnar`` frame it forwards), on a consumed batch at once (one worth it: ``columnar.worth_it``):
         what decodes and checks column-wise is forwarded as the bytes it came in, in its place in the batch; the
         rest takes the one-record path."""
         from schemas.columnar import KEYS, decode_columns, worth_it
@@ -600,34 +601,45 @@ class Runner:
         if not worth_it(values):
             self._each(messages)
             return
-        fast: dict[int, tuple[str, bytes | None]] = {}  # message → its output topic and key (None: dropped)
-        limit, send, produced = self.io.max_record_bytes, self.io.send, self.stats.produced
+        fast: list[tuple[str, bytes | None] | None] = [None] * len(messages)  # its topic and key (None: dropped)
         for group in decode_columns(values):
             forwards = self.step.fn.forwards.get(group.name)
             topic = self._topic_of_type(group.name)
             if forwards is None or topic is None:
                 continue
-            kept, keys = forwards(group.table), group.table.column(KEYS[group.name]).to_pylist()
+            kept, keys = forwards(group.frame), group.frame.get_column(KEYS[group.name]).to_list()
             for k, i in enumerate(group.index.tolist()):
                 if self._carries(messages[i].topic(), group.name):
                     fast[i] = (topic, keys[k].encode() if kept[k] else None)
-        for i, message in enumerate(messages):
-            if i not in fast:
-                self._each([message])
+        start = 0
+        while start < len(messages) and not self.stopping.is_set():
+            if fast[start] is None:
+                self._each([messages[start]])
+                start += 1
                 continue
-            if self.stopping.is_set():
-                break
-            self._mark(message)
-            topic, key = fast[i]
+            end = start + 1
+            while end < len(messages) and fast[end] is not None:
+                end += 1
+            self._forward_run(messages[start:end], values[start:end], fast[start:end])  # type: ignore[arg-type]
+            start = end
+
+    def _forward_run(self, messages: list[Message], values: list[bytes], routes: list[tuple[str, bytes | None]]) -> None:
+        """Send consecutive checked records on as they came (those not dropped), and mark them done."""
+        limit, sends = self.io.max_record_bytes, []
+        for message, value, (topic, key) in zip(messages, values, routes):
             if key is None:
                 continue
-            try:
-                check_size(topic, key, values[i], None, max_record_bytes=limit)
-            except RecordTooLarge as e:
-                self._fail(message, e)
+            if len(key) + len(value) > limit:
+                try:
+                    check_size(topic, key, value, None, max_record_bytes=limit)
+                except RecordTooLarge as e:
+                    self._fail(message, e)
                 continue
-            send(topic, key, values[i])
-            produced[topic] += 1
+            sends.append((topic, key, value))
+        self.io.send_many(sends)
+        self.stats.produced.update(topic for topic, _, _ in sends)
+        self._done.update({(m.topic(), m.partition()): m.offset() + 1 for m in messages})
+        self.stats.consumed += len(messages)
 
     def _topic_of_type(self, name: str) -> str | None:
         """Where the step's unchanged records of type ``name`` go: its sink, else the catalog's topic of the type
@@ -807,6 +819,10 @@ class KafkaIO:
     def send(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int | None = None,
              headers: dict[str, bytes] | None = None) -> None:
         self.producer.produce(topic, key, value, headers=headers, partition=partition)  # the runtime checked sizes
+
+    def send_many(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
+        """``send`` for many (topic, key, value), in order."""
+        self.producer.produce_many(records)
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records between the position and the end of each assigned partition (the end as last fetched)."""
