@@ -26,7 +26,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.codec import _HEADER, MAGIC, SchemaVersion, registry, zigzag
-from schemas.records import MAX_MS, MAX_SIDE, NAME_PATTERN, RUN_ID_PATTERN
+from schemas.records import (
+    JOB_ID_PATTERN,
+    MAX_CHANNELS,
+    MAX_CLASS_LABEL,
+    MAX_MS,
+    MAX_SCHEDULER_CHARS,
+    MAX_SIDE,
+    NAME_PATTERN,
+    RUN_ID_PATTERN,
+    SHA256_PATTERN,
+)
 
 _SYNC = bytes(16)
 _SMALLEST = 8  # a block that fails with this many values or fewer is left to the one-record path whole
@@ -216,12 +226,12 @@ def generated_sample_ok(version: int) -> Any:
     return pl.all_horizontal([
         col("schema_version") == version, col("run_id").str.contains(RUN_ID_PATTERN),
         col("created_ms").is_between(0, MAX_MS), col("sample_id").str.contains(NAME_PATTERN),
-        col("job_id").str.contains(r"^[A-Za-z0-9._:@+=/-]{0,128}$"), col("generator").str.contains(NAME_PATTERN),
+        col("job_id").str.contains(JOB_ID_PATTERN), col("generator").str.contains(NAME_PATTERN),
         col("generator_version").str.contains(NAME_PATTERN), col("seed") >= 0,
-        class_label.is_null() | class_label.is_between(0, 65_535),
-        col("image_format").is_in(["png", "raw"]), col("image_sha256").str.contains(r"^[0-9a-f]{64}$"),
-        col("width").is_between(1, MAX_SIDE), col("height").is_between(1, MAX_SIDE), col("channels").is_between(1, 4),
-        col("node_id").str.contains(NAME_PATTERN), col("scheduler").is_null() | (col("scheduler").str.len_chars() <= 128),
+        class_label.is_null() | class_label.is_between(0, MAX_CLASS_LABEL),
+        col("image_format").is_in(["png", "raw"]), col("image_sha256").str.contains(SHA256_PATTERN),
+        col("width").is_between(1, MAX_SIDE), col("height").is_between(1, MAX_SIDE), col("channels").is_between(1, MAX_CHANNELS),
+        col("node_id").str.contains(NAME_PATTERN), col("scheduler").is_null() | (col("scheduler").str.len_chars() <= MAX_SCHEDULER_CHARS),
         col("steps").is_null() | (col("steps") >= 0),
         col("timings_ms").list.eval(pl.element().struct.field("value").is_finite()).list.all(),
         col("objects").list.len() == 0,

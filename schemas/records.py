@@ -21,13 +21,18 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+=/-]{0,127}$"
 MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: every timestamp has a calendar day
 MAX_SIDE = 16_384  # pixels per image side
+JOB_ID_PATTERN = r"^[A-Za-z0-9._:@+=/-]{0,128}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+MAX_CLASS_LABEL = 65_535
+MAX_CHANNELS = 4
+MAX_SCHEDULER_CHARS = 128
 
 
 RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN)]  # checked by pydantic-core's regex: on every hop of every record
 """A run's id. It names table partitions and folders, so it must make a short, safe path segment."""
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 """An identity field (sample, job, generator, version, node, window)."""
-ClassLabel = Annotated[int, Field(ge=0, le=65_535)]
+ClassLabel = Annotated[int, Field(ge=0, le=MAX_CLASS_LABEL)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Millis = Annotated[int, Field(ge=0, le=MAX_MS)]
 
@@ -91,19 +96,19 @@ class GeneratedSample(Record):
     schema_name: ClassVar[str] = "GeneratedSample"
     schema_version: int = 3
     sample_id: Name
-    job_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:@+=/-]{0,128}$")]  # empty for ingested or replayed samples
+    job_id: Annotated[str, Field(pattern=JOB_ID_PATTERN)]  # empty for ingested or replayed samples
     generator: Name
     generator_version: Name
     seed: int = Field(ge=0)
     conditioning: Conditioning
     image: bytes
     image_format: Literal["png", "raw"] = "png"  # raw: uint8 pixels, height × width × channels, row-major
-    image_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    image_sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
     width: int = Field(ge=1, le=MAX_SIDE)
     height: int = Field(ge=1, le=MAX_SIDE)
-    channels: int = Field(default=1, ge=1, le=4)
+    channels: int = Field(default=1, ge=1, le=MAX_CHANNELS)
     node_id: Name
-    scheduler: str | None = Field(default=None, max_length=128)
+    scheduler: str | None = Field(default=None, max_length=MAX_SCHEDULER_CHARS)
     steps: int | None = Field(default=None, ge=0)
     timings_ms: dict[str, float] = Field(default_factory=dict)
     objects: list[Annotation] = Field(default_factory=list, max_length=1024)

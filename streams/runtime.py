@@ -287,6 +287,7 @@ class RunStats:
     restored: int = 0  # changelog records read back into stores
     first_batch_s: float | None = None
     last_batch_s: float | None = None
+    stopped_s: float | None = None  # when the final checkpoint was done
 
     @property
     def records_per_s(self) -> float:
@@ -426,6 +427,7 @@ class Runner:
                                      (self.draining.is_set() and idle > 1.0)):
                     break
             self._checkpoint(final=True)
+            self.stats.stopped_s = time.monotonic()
             failed = False
         finally:
             self._failed = failed
