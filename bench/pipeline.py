@@ -7,7 +7,8 @@ process: the generators' calls and the labeler's INT8 inference on their images.
 
 ``pipeline_vs_bare_ratio`` = bare seconds ÷ pipeline seconds: the accepted samples a second through the pipeline
 ÷ those the bare compute would give (the same samples, so the same decisions). Then the same with two generate
-and two label workers in their groups (``sdg run --workers 2``: one thread each): ``workers_2_vs_1_ratio``.
+and two label workers in their groups (``sdg run --workers 2``: one thread each): ``workers_2_vs_1_ratio``. The CPU
+seconds each processor and the broker spent while timed are kept (``pipeline_*w_cpu_s``): where the 2 cores went.
 
 Models are trained here with a short plan first (speed does not depend on training length). Writes
 ``bench/results/pipeline.json``. Usage: ``python bench/pipeline.py [--quick]``.
@@ -77,10 +78,25 @@ def bare(settings: Settings, jobs: list[GenerationJob]) -> float:
     return time.perf_counter() - start
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its children so far (0 once it is gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # the process, or one it started (--workers)
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def through_pipeline(settings: Settings, env: dict[str, str], jobs: list[GenerationJob], workers: int,
-                     logs: Path) -> tuple[float, float, Counter[str]]:
+                     logs: Path, broker_pid: int) -> tuple[float, float, Counter[str], dict[str, float]]:
     """Seconds from the first job sent until every sample is decided, with ``workers`` generate and label
-    processes; seconds from the first decision to the last (the pipeline full: its throughput); the decisions."""
+    processes; seconds from the first decision to the last (the pipeline full: its throughput); the decisions; the
+    CPU seconds each processor and the broker spent in between."""
     kafka = settings.kafka_client
     tag = uuid.uuid4().hex[:6]
     groups = {name: f"bench-{name}-{tag}" for name in PROCESSORS}
@@ -104,6 +120,8 @@ def through_pipeline(settings: Settings, env: dict[str, str], jobs: list[Generat
                 producer.send("sdg.requests", job)
         seen: Counter[str] = Counter()
         start = first = 0.0
+        pids = {**{name: child.pid for name, child in zip(PROCESSORS, children)}, "broker": broker_pid}
+        cpu: dict[str, float] = {}
         for received in subscribe(DECISION_TOPICS, kafka=kafka, group=watch, idle_timeout_s=120):
             record = received.record
             if not isinstance(record, SampleDecision) or record.run_id not in expected:
@@ -114,11 +132,13 @@ def through_pipeline(settings: Settings, env: dict[str, str], jobs: list[Generat
                 first = first or time.perf_counter()
             if record.run_id != settings.run_id and seen[record.run_id] == expected[record.run_id]:
                 start = time.perf_counter()
+                cpu = {name: cpu_s(pid) for name, pid in pids.items()}
                 with RecordProducer(kafka) as producer:
                     for job in jobs:
                         producer.send("sdg.requests", job)
             if seen[settings.run_id] == expected[settings.run_id]:
-                return time.perf_counter() - start, time.perf_counter() - first, decided
+                spent = {name: round(cpu_s(pid) - cpu[name], 1) for name, pid in pids.items()}
+                return time.perf_counter() - start, time.perf_counter() - first, decided, spent
         raise RuntimeError(f"only {dict(seen)} of {expected} samples were decided")
     finally:
         for child in children:
@@ -158,13 +178,14 @@ def main() -> None:
             with console.status("the bare compute: generators and labeler in this process"):
                 bare_s = bare(run_settings, jobs)
             with console.status(f"the pipeline: {workers} generate and label workers, quality, lineage"):
-                pipeline_s, full_s, decided = through_pipeline(run_settings, env | {"SDG_RUN_ID": run_settings.run_id},
-                                                       jobs, workers, state)
+                pipeline_s, full_s, decided, cpu = through_pipeline(
+                    run_settings, env | {"SDG_RUN_ID": run_settings.run_id}, jobs, workers, state, broker.pid() or 0)
             accepted = decided["accepted"]
             results |= {f"pipeline_{workers}w_seconds": round(pipeline_s, 2), f"bare_{workers}w_seconds": round(bare_s, 2),
                         f"pipeline_{workers}w_accepted_per_s": round(accepted / pipeline_s, 1),
                         f"bare_{workers}w_accepted_per_s": round(accepted / bare_s, 1),
                         f"pipeline_{workers}w_decisions": dict(decided),
+                        f"pipeline_{workers}w_cpu_s": cpu,
                         f"pipeline_{workers}w_full_vs_bare_ratio": round(bare_s / full_s, 3),  # fill time left out
                         f"pipeline_{workers}w_vs_bare_ratio": round(bare_s / pipeline_s, 3)}
             table.add_row("bare", "-", f"{total:,}", f"{accepted:,}", f"{bare_s:.1f}", f"{accepted / bare_s:,.0f}", "1.00")

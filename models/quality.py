@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -50,20 +51,32 @@ class RunningMoments:
         return (self.outer - self.n * np.outer(mean, mean)) / (self.n - 1)
 
 
-def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray, *,
+                     root2: np.ndarray | None = None) -> float:
     """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½).
 
     Tr((Σ1 Σ2)^½) is the sum of the square roots of Σ1 Σ2's eigenvalues (real and ≥ 0 for two covariances,
     up to rounding): no matrix square root, ~10× faster than ``scipy.linalg.sqrtm`` and defined for the
-    singular covariances of small windows too.
+    singular covariances of small windows too. With ``root2``, Σ2's symmetric square root R (``symmetric_root``,
+    computed once for a real set), they are the eigenvalues of the symmetric R Σ1 R (the same nonzero ones as
+    R R Σ1 = Σ2 Σ1): another ~4× faster.
     """
-    eigenvalues = np.linalg.eigvals(cov1 @ cov2)
-    root_trace = np.sqrt(np.clip(eigenvalues.real, 0.0, None)).sum()
+    if root2 is None:
+        eigenvalues = np.linalg.eigvals(cov1 @ cov2).real
+    else:
+        eigenvalues = np.linalg.eigvalsh(root2 @ cov1 @ root2)
+    root_trace = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * root_trace)
 
 
-def fid(a: RunningMoments, b: RunningMoments) -> float:
-    return frechet_distance(a.mean, a.cov, b.mean, b.cov)
+def fid(a: RunningMoments, b: RunningMoments, *, root_b: np.ndarray | None = None) -> float:
+    return frechet_distance(a.mean, a.cov, b.mean, b.cov, root2=root_b)
+
+
+def symmetric_root(cov: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a covariance (its eigenvalues' roots, negative rounding clipped to 0)."""
+    values, vectors = np.linalg.eigh(cov)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
 
 
 def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -107,6 +120,11 @@ class RealSet:
     moments: RunningMoments
     radii: np.ndarray
     held_out: np.ndarray  # test-split features of the same class: the real-vs-real baseline
+
+    @cached_property
+    def root(self) -> np.ndarray:
+        """The symmetric square root of the real covariance (``frechet_distance``'s ``root2``)."""
+        return symmetric_root(self.moments.cov)
 
 
 @dataclass
@@ -187,7 +205,7 @@ class Reference:
         """Generated vs real: FID from the window's running sums, k-NN metrics from its features."""
         real = self.sets[class_label]
         scores = prdc(real.features, features, k=self.k, real_radii=real.radii)
-        return Metrics(n=moments.n, fid=fid(moments, real.moments), **scores)
+        return Metrics(n=moments.n, fid=fid(moments, real.moments, root_b=real.root), **scores)
 
     def baseline(self, n: int, class_label: int | None = None) -> Metrics:
         """Real vs real at the same n (held-out test features against the train manifold), once per (class, n)."""

@@ -28,6 +28,21 @@ def test_fid_of_rotated_covariances_matches_the_closed_form() -> None:
     assert frechet_distance(np.zeros(5), c1, np.zeros(5), c2) == pytest.approx(closed, rel=1e-7)
 
 
+def test_fid_through_the_real_sides_square_root_is_the_same() -> None:
+    """The fast path (Σ2's symmetric root, computed once per real set) against the general one, on a full-rank real
+    covariance and on windows smaller than the dimension (singular covariances)."""
+    from models.quality import symmetric_root
+
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(1000, 16)) @ rng.normal(size=(16, 16))
+    root = symmetric_root(np.cov(real, rowvar=False))
+    assert np.allclose(root @ root, np.cov(real, rowvar=False))
+    for n in (5, 12, 300):
+        window = rng.normal(0.2, 1.1, size=(n, 16))
+        args = (window.mean(0), np.cov(window, rowvar=False), real.mean(0), np.cov(real, rowvar=False))
+        assert frechet_distance(*args, root2=root) == pytest.approx(frechet_distance(*args), rel=1e-9)
+
+
 def test_streaming_fid_equals_batch_fid() -> None:
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(500, 8)), rng.normal(0.3, 1.2, size=(400, 8))
