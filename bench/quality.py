@@ -58,15 +58,18 @@ def main() -> None:
     # per-sample window update and window close
     stream = mixed_stream(splits, good=200, noise=0, wrong_class=0, run_id="bench", seed=1)
     labeled = label([s for s, _ in stream], labeler=labeler)
-    windows = GeneratorWindows("bench", judge.reference.sets[None].features.shape[1], 5)
-    times = []
-    for record in labeled:
+    closes = []
+    for _ in range(2):  # the first close also computes the real-vs-real baselines, once per (class, size)
+        windows = GeneratorWindows("bench", judge.reference.sets[None].features.shape[1], 5)
+        times = []
+        for record in labeled:
+            start = time.perf_counter()
+            windows.add(judge.assess([record], windows.window_id())[0], 0)  # type: ignore[list-item]
+            times.append((time.perf_counter() - start) * 1000)
         start = time.perf_counter()
-        windows.add(judge.assess([record], windows.window_id())[0], 0)  # type: ignore[list-item]
-        times.append((time.perf_counter() - start) * 1000)
-    start = time.perf_counter()
-    judge.close(windows)
-    close_ms = (time.perf_counter() - start) * 1000
+        judge.close(windows)
+        closes.append((time.perf_counter() - start) * 1000)
+    first_close_ms, close_ms = closes
     update_p50, update_p99 = float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
     # baseline: a full 1,000-vs-1,000 evaluation from images
@@ -79,12 +82,14 @@ def main() -> None:
     prdc(real, fake, k=5)
     full_ms = (time.perf_counter() - start) * 1000
     results |= {"window_update_p50_ms": round(update_p50, 3), "window_update_p99_ms": round(update_p99, 3),
-                "window_close_200_ms": round(close_ms, 1), "full_evaluation_1000_vs_1000_ms": round(full_ms, 1),
+                "window_close_200_ms": round(close_ms, 1), "first_window_close_200_ms": round(first_close_ms, 1),
+                "full_evaluation_1000_vs_1000_ms": round(full_ms, 1),
                 "window_update_vs_full_evaluation_ratio": round(update_p50 / full_ms, 5),
                 "window_close_vs_full_evaluation_ratio": round(close_ms / full_ms, 3)}
     cost = Table("operation", "ms", title="quality metric cost")
     cost.add_row("window update, per sample (p50 / p99)", f"{update_p50:.3f} / {update_p99:.3f}")
     cost.add_row("window close, 200 samples (score + decide)", f"{close_ms:.1f}")
+    cost.add_row("the first window close (with the real-vs-real baselines)", f"{first_close_ms:.1f}")
     cost.add_row("full evaluation, 1,000 vs 1,000 (baseline)", f"{full_ms:.1f}")
     console.print(cost)
 

@@ -581,11 +581,21 @@ def _in_passing_thread(fn: Callable[[], None]) -> None:
     torch's OpenMP threads belong to the thread that first runs parallel work on them and end with it. While one thread
     holds them, torch in any other thread of the process runs 20-80% slower (libgomp, managing more threads than there
     are cores, stops spinning between parallel regions): models trained in the main thread would slow the generate
-    processor's thread by a fifth (diffusion, measured). ``sdg run`` runs its processor in the main thread."""
-    from concurrent.futures import ThreadPoolExecutor
+    processor's thread by a fifth (diffusion, measured). ``sdg run`` runs its processor in the main thread. The thread
+    is a daemon: Ctrl-C stops the demo without waiting for the training to end."""
+    failed: list[BaseException] = []
 
-    with ThreadPoolExecutor(1, thread_name_prefix="train") as pool:
-        pool.submit(fn).result()
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # raised again in the caller's thread
+            failed.append(e)
+
+    thread = threading.Thread(target=run, name="train", daemon=True)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _record_training(settings: Settings, train_s: dict[str, float]) -> None:

@@ -196,6 +196,7 @@ class DeltaSink:
         self._rejected: list[tuple[Any, Exception]] = []
         self._seen: dict[tuple[str, str], set[tuple[Any, ...]]] = {}  # (table, run) → identities held or buffered
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="delta-sink")
+        self._beside = ThreadPoolExecutor(1, thread_name_prefix="delta-sink-beside")  # a second table's commit
         self._inflight: tuple[Future[None], dict[tuple[str, int], int]] | None = None  # a write, its first offsets
 
     def assigned(self) -> None:
@@ -434,16 +435,17 @@ class DeltaSink:
         Raises:
             Whatever the last write raised (a disk or storage error stops the step; nothing of it is committed).
         """
-        self._settle()
         rejected: list[tuple[Any, Exception]] = []
         if self._covered and (wait or self._full()):  # a landed write's checkpoint leaves a part-filled buffer be
+            # built while the last write may still run (its chains' heads are this thread's already); written after it
             built, covered = self._arrow(), self._covered
+            self._settle()
             self._inflight = (self._writer.submit(self._write, built, covered), self._first)
             rejected, self._rejected = self._rejected, []
             self.stats.dead_letters += len(rejected)
             self._buffer, self._owners, self._covered, self._first, self._oldest = {}, {}, {}, {}, None
             self._rows = 0
-        if wait:
+        if wait or self._inflight is not None and self._inflight[0].done():
             self._settle()
         return rejected
 
@@ -460,20 +462,31 @@ class DeltaSink:
             future.result()
 
     def _write(self, built: dict[str, tuple[Any, dict[str, str] | None]], covered: dict[tuple[str, int], int]) -> None:
-        """The writer thread: one commit per table, with the offsets it now holds."""
-        for table, (data, metadata) in built.items():
-            versions = {app_id(self.group, t, p): n for (t, p), n in covered.items() if n > self._needs(table, t, p)}
-            self.tables.append(table, data, versions, retries=self.config.max_commit_retries, metadata=metadata)
-            if self.anchors is not None and metadata is not None:  # after the commit: an anchor names written rows
-                self.anchors.append(json.loads(metadata[HEADS_KEY]))
-            for app, n in versions.items():
+        """The writer thread: one commit per table, with the offsets it now holds; two tables commit side by side
+        (delta-rs writes without the GIL; each table's versions say what it holds, whichever lands first)."""
+        tables = list(built)  # none: a batch of records every table held already
+        beside = {table: self._beside.submit(self._commit, table, *built[table], covered) for table in tables[1:2]}
+        versions = {table: self._commit(table, *built[table], covered) for table in tables if table not in beside}
+        versions |= {table: future.result() for table, future in beside.items()}
+        for table in built:
+            for app, n in versions[table].items():
                 self._next[(table, app)] = n
-            self.stats.rows[table] = self.stats.rows.get(table, 0) + data.num_rows
+            self.stats.rows[table] = self.stats.rows.get(table, 0) + built[table][0].num_rows
             self.stats.commits += 1
             self.stats.last_commit_s = time.monotonic()
             self._commits[table] = self._commits.get(table, 0) + 1
             if self._commits[table] % self.config.compact_every == 0:
                 self.tables.compact(table)
+
+    def _commit(self, table: str, data: Any, metadata: dict[str, str] | None, covered: dict[tuple[str, int], int]
+                ) -> dict[str, int]:
+        """Append ``data`` to ``table`` with the offsets it now holds (app id → next offset: returned), and anchor the
+        chain heads a lineage commit records."""
+        versions = {app_id(self.group, t, p): n for (t, p), n in covered.items() if n > self._needs(table, t, p)}
+        self.tables.append(table, data, versions, retries=self.config.max_commit_retries, metadata=metadata)
+        if self.anchors is not None and metadata is not None:  # after the commit: an anchor names written rows
+            self.anchors.append(json.loads(metadata[HEADS_KEY]))
+        return versions
 
 
 def delta_runner(topics: list[str], *, fn: Callable[[Record, str, int, int], dict[str, list[dict[str, Any]]]],
