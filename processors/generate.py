@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from models.catalog import GeneratorCatalog
@@ -40,11 +41,8 @@ def generate_encoded(job: GenerationJob, *, generators: GeneratorCatalog, config
     made = _Made(job, generators, config)
     if made.output.objects:
         return [*made.records(), made.load()]
-    first = made.sample(0)
-    dumped = {label: c.model_dump() for label, c in made.conditioning.items()}
-    values = encode_alike(first, {
-        "sample_id": made.ids, "seed": made.seeds, "conditioning": [dumped[label] for label in made.classes],
-        "image": made.images, "image_format": made.formats, "image_sha256": made.hashes})
+    dumped = {label: c.model_dump() for label, c in made.conditioning.items()}  # once a class, as encode_alike takes it
+    values = encode_alike(made.sample(0), {**made.own, "conditioning": [dumped[label] for label in made.classes]})
     return [Encoded(GeneratedSample, [i.encode() for i in made.ids], values), made.load()]
 
 
@@ -77,15 +75,20 @@ class _Made:
             node_id=config.node_id, scheduler=self.output.scheduler, steps=self.output.steps,
             timings_ms={"batch_compute": compute_ms, "per_sample": compute_ms / job.count})
 
-    def own(self, i: int) -> dict[str, Any]:
-        return {"sample_id": self.ids[i], "seed": self.seeds[i], "conditioning": self.conditioning[self.classes[i]],
-                "image": self.images[i], "image_format": self.formats[i], "image_sha256": self.hashes[i]}
+    @cached_property
+    def own(self) -> dict[str, list[Any]]:
+        """Each sample's own fields: a list per field."""
+        return {"sample_id": self.ids, "seed": self.seeds, "conditioning": [self.conditioning[c] for c in self.classes],
+                "image": self.images, "image_format": self.formats, "image_sha256": self.hashes}
+
+    def fields(self, i: int) -> dict[str, Any]:
+        return {name: column[i] for name, column in self.own.items()}
 
     def sample(self, i: int) -> GeneratedSample:
         """Sample ``i``, validated."""
         objects = [Annotation(class_label=o.class_label, bbox=list(o.bbox), mask_png=png_bytes(o.mask.astype("uint8") * 255))
                    for o in (self.output.objects[i] if self.output.objects else [])]
-        return GeneratedSample(**self.shared, objects=objects, **self.own(i))
+        return GeneratedSample(**self.shared, objects=objects, **self.fields(i))
 
     def records(self) -> list[GeneratedSample]:
         if self.output.objects:
@@ -93,7 +96,7 @@ class _Made:
         # siblings differ only in fields made alike (ids of one generator, seeds from a valid start, validated
         # conditionings, images of one shape, hashes): a copy of the first, validated, is as valid as a validation
         first = self.sample(0)
-        return [first, *(first.model_copy(update=self.own(i)) for i in range(1, self.job.count))]
+        return [first, *(first.model_copy(update=self.fields(i)) for i in range(1, self.job.count))]
 
     def load(self) -> Reading:
         """The worker's load reading for this job (its whole time so far)."""
