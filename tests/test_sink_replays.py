@@ -72,3 +72,26 @@ def test_a_restarted_sink_skips_what_its_tables_hold_column_wise_too(tmp_path: P
     assert again.stats.skipped == 100 and again.stats.rows == {}
     assert DeltaTable(str(tmp_path / "samples")).to_pyarrow_table().num_rows == 100
     assert verify_lineage(tables).broken is None
+
+
+def test_chain_heads_are_read_in_one_go_and_follow_commits_made_after_the_first_read(tmp_path: Path) -> None:
+    """The sink reads the heads of all the chains a batch starts (the last seq and hash of each) in one read, through
+    a handle it keeps up to date: a row another writer appends later is seen."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    tables = DeltaTables(tmp_path)
+    genesis = (0, "0" * 64)
+    assert tables.chain_heads([("r", "d", "x", 0)]) == {("r", "d", "x", 0): genesis}
+
+    def rows(*values: tuple[str, str, int, int, str]) -> pa.Table:
+        run, topic, partition, seq, digest = zip(*values)
+        return pa.table({"run_id": run, "date": ["d"] * len(run), "kafka_topic": topic,
+                         "kafka_partition": pa.array(partition, pa.int32()), "seq": seq, "row_hash": digest})
+
+    write_deltalake(str(tmp_path / "lineage"), rows(("r", "x", 0, 0, "a"), ("r", "x", 0, 1, "b"), ("r", "x", 1, 0, "c"),
+                                                   ("r", "y", 0, 0, "d"), ("s", "x", 0, 0, "f")), partition_by=["run_id", "date"])
+    keys = [("r", "d", "x", 0), ("r", "d", "x", 1), ("r", "d", "y", 0), ("s", "d", "x", 0), ("r", "d", "z", 0)]
+    assert tables.chain_heads(keys) == dict(zip(keys, [(2, "b"), (1, "c"), (1, "d"), (1, "f"), genesis]))
+    write_deltalake(str(tmp_path / "lineage"), rows(("r", "x", 0, 2, "g")), mode="append", partition_by=["run_id", "date"])
+    assert tables.chain_head(("r", "d", "x", 0)) == (3, "g")
