@@ -128,8 +128,10 @@ class DeltaTables:
         import pyarrow.compute as pc
 
         heads = {key: (0, GENESIS) for key in keys}
+        if not keys:
+            return heads
         with self._read("lineage") as dt:
-            if dt is None or not keys:
+            if dt is None:
                 return heads
             expr = (pc.field("run_id").isin(sorted({k[0] for k in keys}))
                     & pc.field("date").isin(sorted({k[1] for k in keys})))
