@@ -145,10 +145,6 @@ class DeltaTables:
                 heads[tuple(key)] = (int(seq) + 1, digest)
         return heads
 
-    def chain_head(self, key: tuple[Any, ...]) -> tuple[int, str]:
-        """(next seq, previous hash) of the lineage chain ``key`` as the table holds it."""
-        return self.chain_heads([key])[key]
-
     def recorded_heads(self, version: int | None = None) -> dict[str, tuple[int, str]]:
         """The lineage chain heads the sink recorded in its commits (up to ``version``): chain id → (seq, hash)."""
         dt = self.open("lineage")
