@@ -18,7 +18,7 @@ import io
 import itertools
 import json
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cache
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -45,15 +45,12 @@ _SMALLEST = 8  # a block that fails with this many values or fewer is left to th
 @dataclass(frozen=True)
 class Columns:
     """Values of a batch decoded column-wise: ``frame`` (a polars DataFrame, one row per value, the newest schema's
-    fields) holds the values at ``index`` of the batch; ``table`` is it in Arrow."""
+    fields) holds the values at ``index`` of the batch; ``table`` is the same rows in Arrow."""
 
     name: str
     frame: Any
+    table: pa.Table
     index: np.ndarray
-
-    @cached_property
-    def table(self) -> pa.Table:
-        return self.frame.to_arrow()
 
 
 def _plain(schema: Any, entries: Iterator[int]) -> Any:
@@ -111,9 +108,9 @@ def _new_container(writer: SchemaVersion) -> _Container:
     return _Container(header, ok, plain)
 
 
-def _read(writer: SchemaVersion, values: Sequence[bytes], index: np.ndarray) -> list[tuple[Any, np.ndarray]]:
-    """The values at ``index`` read in one block (halved while the reader refuses it): (frame, the indices its rows
-    are) for each part read. Rows whose marker was not read back where it was written, rows failing the checks, and
+def _read(writer: SchemaVersion, values: Sequence[bytes], index: np.ndarray) -> list[tuple[Any, pa.Table, np.ndarray]]:
+    """The values at ``index`` read in one block (halved while the reader refuses it): (frame, it in Arrow, the indices
+    its rows are) for each part read. Rows whose marker was not read back where it was written, rows failing the checks, and
     rows that are not their value's canonical encoding, are left out."""
     import polars as pl
     from polars.exceptions import PanicException
@@ -141,8 +138,9 @@ def _read(writer: SchemaVersion, values: Sequence[bytes], index: np.ndarray) -> 
         half = n // 2
         return _read(writer, values, index[:half]) + _read(writer, values, index[half:])
     starts = len(parts[0]) + np.concatenate([[0], np.cumsum(lengths + 8)[:-1]])  # each value's place in the block
-    ok &= _canonical(container.plain, frame.to_arrow(), block, starts, starts + lengths)
-    return [(frame, index)] if ok.all() else [(frame.filter(ok), index[ok])]
+    table = frame.to_arrow()
+    ok &= _canonical(container.plain, table, block, starts, starts + lengths)
+    return [(frame, table, index)] if ok.all() else [(frame.filter(ok), table.filter(pa.array(ok)), index[ok])]
 
 
 _VARINT_BOUNDS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
@@ -269,9 +267,9 @@ def decode_columns(values: Sequence[bytes | None]) -> list[Columns]:
         writer = schemas.by_fingerprint.get(head[2:]) if head[:2] == MAGIC else None
         if writer is None or writer.name not in CHECKS or schemas.latest(writer.name) is not writer:
             continue
-        for frame, index in _read(writer, values, np.asarray(members, dtype=np.int64)):  # type: ignore[arg-type]
+        for frame, table, index in _read(writer, values, np.asarray(members, dtype=np.int64)):  # type: ignore[arg-type]
             if len(index):
-                out.append(Columns(writer.name, frame, index))
+                out.append(Columns(writer.name, frame, table, index))
     return out
 
 

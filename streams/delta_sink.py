@@ -315,6 +315,7 @@ class DeltaSink:
         runtime's one-record path: decoded, checked, ``write``, or dead-lettered). Yields how many messages it has
         taken each time the buffer is full (the runtime writes it out, then resumes) and at the end."""
         import numpy as np
+        import pyarrow as pa
 
         from schemas.columnar import decode_columns, worth_it
 
@@ -325,7 +326,8 @@ class DeltaSink:
         for group in groups:
             carried = np.array([carries(messages[i].topic(), group.name) for i in group.index.tolist()], dtype=bool)
             if not carried.all():
-                group = replace(group, frame=group.frame.filter(carried), index=group.index[carried])
+                group = replace(group, frame=group.frame.filter(carried), table=group.table.filter(pa.array(carried)),
+                                index=group.index[carried])
             read = [messages[i] for i in group.index.tolist()]
             rows = self.columns[group.name](group.table, [m.topic() for m in read], [m.partition() for m in read],
                                             [m.offset() for m in read])

@@ -38,7 +38,6 @@ class RecordProducer:
         self.max_record_bytes = kafka.max_record_bytes
         conf: dict[str, Any] = {
             "enable.idempotence": True, "linger.ms": linger_ms, "acks": "all",
-            "delivery.report.only.error": True,  # a Python callback per failed record only, not per record
             # librdkafka counts a record with its framing: leave it room above the largest record we send
             "message.max.bytes": kafka.max_record_bytes + 64 * 1024,
         }
