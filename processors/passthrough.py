@@ -16,11 +16,11 @@ def passthrough(record: Record) -> Record:
     return record
 
 
-def _every(frame: Any) -> Any:
+def _every(table: Any) -> Any:
     import numpy as np
 
-    return np.ones(frame.height, dtype=bool)
+    return np.ones(table.num_rows, dtype=bool)
 
 
-# the same, column-wise (``streams.runtime``): which records of a decoded batch it forwards unchanged
+# the same, column-wise (``streams.runtime``): which records of a batch read into Arrow columns it forwards unchanged
 passthrough.forwards = {"GeneratedSample": _every}  # type: ignore[attr-defined]

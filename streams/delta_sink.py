@@ -326,7 +326,7 @@ class DeltaSink:
         for group in groups:
             carried = np.array([carries(messages[i].topic(), group.name) for i in group.index.tolist()], dtype=bool)
             if not carried.all():
-                group = replace(group, frame=group.frame.filter(carried), table=group.table.filter(pa.array(carried)),
+                group = replace(group, table=group.table.filter(pa.array(carried)),
                                 index=group.index[carried])
             read = [messages[i] for i in group.index.tolist()]
             rows = self.columns[group.name](group.table, [m.topic() for m in read], [m.partition() for m in read],

@@ -335,6 +335,10 @@ class Runner:
         many units a record is (for the generate step: the job's sample count); ``io`` replaces Kafka (tests)."""
         if rate_cap is not None and step.kind != "map":
             raise ConfigError(f"step {step.step_id}: a rate cap applies to map steps only")
+        if hasattr(step.fn, "forwards"):
+            from schemas.columnar import warm
+
+            warm()
         self.step = step
         self.config = config
         self.group = group
@@ -597,6 +601,9 @@ class Runner:
         ``schemas.columnar`` frame it forwards), on a consumed batch at once (one worth it: ``columnar.worth_it``):
         what decodes and checks column-wise is forwarded as the bytes it came in, in its place in the batch; the
         rest takes the one-record path."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         from schemas.columnar import KEYS, decode_columns, worth_it
 
         values = [m.value() for m in messages]
@@ -604,15 +611,18 @@ class Runner:
             self._each(messages)
             return
         fast: list[tuple[str, bytes | None] | None] = [None] * len(messages)  # its topic and key (None: dropped)
-        for group in decode_columns(values):
-            forwards = self.step.fn.forwards.get(group.name)
+        forwards = self.step.fn.forwards
+        sources = {m.topic() for m in messages}
+        for group in decode_columns(values, {name: [KEYS[name]] for name in forwards}):
             topic = self._topic_of_type(group.name)
-            if forwards is None or topic is None:
+            carried = {source for source in sources if self._carries(source, group.name)}
+            if topic is None or not carried:
                 continue
-            kept, keys = forwards(group.frame), group.frame.get_column(KEYS[group.name]).to_list()
-            for k, i in enumerate(group.index.tolist()):
-                if self._carries(messages[i].topic(), group.name):
-                    fast[i] = (topic, keys[k].encode() if kept[k] else None)
+            kept = forwards[group.name](group.table).tolist()
+            keys = pc.cast(group.table.column(KEYS[group.name]), pa.binary()).to_pylist()
+            for i, key, keep in zip(group.index.tolist(), keys, kept):
+                if len(carried) == len(sources) or messages[i].topic() in carried:
+                    fast[i] = (topic, key if keep else None)
         start = 0
         while start < len(messages) and not self.stopping.is_set():
             if fast[start] is None:
