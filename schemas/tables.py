@@ -11,9 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 PARTITION_BY = ["run_id", "date"]
 GENESIS = "0" * 64  # the previous hash of a chain's first row
@@ -187,47 +185,46 @@ def row_hash(row: dict[str, Any], prev_hash: str) -> str:
 CHAIN_FORMAT = b"sdg-chain/2\x00"  # the second format's content starts so: never JSON, never the first's preimage
 
 
-def _fixed(values: np.ndarray, width: int) -> pa.Array:
-    """Little-endian values as a binary array of ``width`` bytes each."""
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, pa.py_buffer(values.tobytes())]
-                                                ).cast(pa.binary())
-
-
-def _encoded(name: str, column: Any) -> pa.Array:
-    """A column's part of the rows' chained content: name, type and value bytes where it holds a value, b"" where null."""
-    column = original = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+def _part(name: str, column: Any) -> tuple[bytes, int, bytes | None, int, bytes | None, bytes] | None:
+    """A column as ``sdg_native.contents`` takes it: its part's head, type tag, validity, offset, offsets and data
+    (None: a column of nulls, which adds nothing)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     kind = column.type
     if pa.types.is_null(kind):
-        return pa.array([b""] * len(column), pa.binary())
-    nulls = column.null_count
-    if nulls:  # a null's part is b"": joined below, then emptied
-        column = pc.fill_null(column, False if pa.types.is_boolean(kind) else "" if pa.types.is_string(kind) or
-                              pa.types.is_large_string(kind) else b"" if pa.types.is_binary(kind) else 0)
+        return None
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
-        data = column.cast(pa.binary())
-        parts, tag = [_fixed(pc.binary_length(data).to_numpy(zero_copy_only=False).astype("<u4"), 4), data], b"s"
+        tag, column = b"s", column.cast(pa.binary())
     elif pa.types.is_boolean(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        tag, width, dtype = (b"b", 1, "<u1") if pa.types.is_boolean(kind) else (b"i", 8, "<i8") if \
-            pa.types.is_integer(kind) else (b"f", 8, "<f8")
-        parts = [_fixed(column.to_numpy(zero_copy_only=False).astype(dtype), width)]
+        tag, wide = (b"b", pa.uint8()) if pa.types.is_boolean(kind) else (b"i", pa.int64()) if \
+            pa.types.is_integer(kind) else (b"f", pa.float64())
+        column = column.cast(wide)
     else:
         raise TypeError(f"the lineage chain has no encoding for column {name} of type {kind}")
-    joined = pc.binary_join_element_wise(pa.scalar(name.encode() + b"\x00" + tag, pa.binary()), *parts,
-                                         pa.scalar(b"", pa.binary()))
-    return pc.if_else(pc.is_null(original), pa.scalar(b"", pa.binary()), joined) if nulls else joined
+    validity, *rest = (None if b is None else b.to_pybytes() for b in column.buffers())
+    offsets, data = rest if tag == b"s" else (None, *rest)
+    return (name.encode() + b"\x00" + tag, tag[0], validity if column.null_count else None, column.offset, offsets,
+            data or b"")
+
+
+def chain_content_buffers(table: pa.Table) -> tuple[bytes, bytes]:
+    """``chain_contents`` as a binary column's buffers: (i32 offsets, data)."""
+    import sdg_native
+
+    names = sorted(n for n in table.column_names if n not in _CHAIN_EXCLUDED)
+    parts = [p for p in (_part(n, table.column(n)) for n in names) if p is not None]
+    return sdg_native.contents(CHAIN_FORMAT, table.num_rows, parts)  # type: ignore[no-any-return]
 
 
 def chain_contents(table: pa.Table) -> list[bytes]:
-    """Each row's content as the hash chain reads it (the second format), built column by column: every column but
-    the chain's own that holds a value, in name order, as its name, a type tag (string, integer, float, boolean)
-    and its value (a string or bytes length-prefixed, a number as 8 little-endian bytes). Types of one tag encode
-    alike (an int32 as an int64), and a column added later, null in older rows, leaves their content as it was."""
-    names = sorted(n for n in table.column_names if n not in _CHAIN_EXCLUDED)
-    if not table.num_rows:
-        return []
-    parts = [_encoded(n, table.column(n)) for n in names]
-    content = pc.binary_join_element_wise(pa.scalar(CHAIN_FORMAT, pa.binary()), *parts, pa.scalar(b"", pa.binary()))
-    return content.to_pylist()  # type: ignore[no-any-return]
+    """Each row's content as the hash chain reads it (the second format): every column but the chain's own that
+    holds a value, in name order, as its name, a 0 byte, a type tag (``s`` string or bytes, ``i`` integer, ``f``
+    float, ``b`` boolean) and its value (a string or bytes after its length as 4 little-endian bytes, a number as 8
+    little-endian bytes, a boolean as one byte), after ``CHAIN_FORMAT``. Types of one tag encode alike (an int32 as
+    an int64), and a column added later, null in older rows, leaves their content as it was. Built natively
+    (``sdg_native.contents``)."""
+    offsets, data = chain_content_buffers(table)
+    contents = pa.Array.from_buffers(pa.binary(), table.num_rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return contents.to_pylist()  # type: ignore[no-any-return]
 
 
 def chained(previous: str, content: bytes) -> str:

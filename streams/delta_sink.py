@@ -10,8 +10,8 @@ Lineage rows get a hash chain per (run, date, source topic, source partition): e
 partition has one owner in the consumer group, so every chain has a single writer.
 
 A consumed batch takes the column-wise path where it can (``write_many``): its values decoded at once into Arrow
-(``schemas.columnar``), their rows built column by column (the rows function's ``columns``), the chain's content
-too (``schemas.tables.chain_contents``); what that path leaves (other record types, scenes, anything it cannot
+(``schemas.columnar``), their rows built column by column (the rows function's ``columns``), the chain's contents
+and hashes natively (``schemas.tables.chain_content_buffers``, ``sdg_native.chain``); what that path leaves (other record types, scenes, anything it cannot
 check) is decoded and written one record at a time, in its place in the batch.
 """
 
@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from schemas.records import Record
-from schemas.tables import CHAIN_KEY, GENESIS, IDENTITY, PARTITION_BY, TABLES, chain_contents, chained
+from schemas.tables import CHAIN_KEY, GENESIS, IDENTITY, PARTITION_BY, TABLES, chain_content_buffers
 from streams.anchors import Anchors
 from streams.config import KafkaConfig
 
@@ -354,29 +354,39 @@ class DeltaSink:
 
         where = [(m.topic(), m.partition(), m.offset()) for m in messages]
         lowest: dict[tuple[str, int], int] = {}
-        for topic, partition, offset in where:
-            lowest[(topic, partition)] = min(offset, lowest.get((topic, partition), offset))
-        wrote = [False] * len(messages)
+        highest: dict[tuple[str, int], int] = {}
+        for topic, partition, offset in where:  # a partition's records come in the order of their offsets
+            lowest.setdefault((topic, partition), offset)
+            highest[(topic, partition)] = offset
+        in_order = take[-1] - take[0] == len(take) - 1  # rows take[0], take[0] + 1, …: a slice of the group's rows
+        wrote = [False] * len(where)  # per message, whether any table took its rows
         for table, data in rows.items():
             needs = {tp: self._needs(table, *tp) for tp in lowest}
             if all(lowest[tp] >= n for tp, n in needs.items()):  # none written before a restart: the common case
-                keep = [True] * len(where)
+                part = data.slice(take[0], len(take)) if in_order else data.take(pa.array(take, pa.int64()))
+                wrote = [True] * len(where)
             else:
                 keep = [offset >= needs[(topic, partition)] for topic, partition, offset in where]
-            part = self._fresh(table, data.take(pa.array([k for k, kept in zip(take, keep) if kept], pa.int64())))
-            wrote = [w or kept for w, kept in zip(wrote, keep)]
+                part = data.take(pa.array([k for k, kept in zip(take, keep) if kept], pa.int64()))
+                wrote = [w or kept for w, kept in zip(wrote, keep)]
+            part = self._fresh(table, part)
             if part.num_rows:
                 self._buffer.setdefault(table, []).append(part)
                 self._owners.setdefault(table, []).append(None)
                 self._rows += part.num_rows
         self.stats.skipped += wrote.count(False)
-        for topic, partition, offset in where:
-            self._read(topic, partition, offset)
+        for tp, offset in highest.items():  # as ``_read`` of each message in turn
+            self._covered[tp] = offset + 1
+            self._first.setdefault(tp, lowest[tp])
+        if self._oldest is None:
+            self._oldest = time.monotonic()
 
     def _chain(self, data: Any) -> tuple[Any, dict[str, str]]:
         """The lineage rows with their chain columns; the commit metadata that records each touched chain's new head."""
+        import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
+        import sdg_native
 
         # each row's chain as a number (no name of the key holds a '|': chain_id's separator)
         ids = pc.dictionary_encode(pc.binary_join_element_wise(
@@ -385,17 +395,18 @@ class DeltaSink:
                 (name.split("|") for name in ids.dictionary.to_pylist())]
         unknown = self.tables.chain_heads([key for key in keys if key not in self._chains])
         heads = [self._chains.get(key) or unknown[key] for key in keys]
-        seqs, previous_hashes, hashes = [], [], []
-        for chain, content in zip(ids.indices.to_numpy().tolist(), chain_contents(data)):
-            seq, previous = heads[chain]
-            digest = chained(previous, content)
-            seqs.append(seq)
-            previous_hashes.append(previous)
-            hashes.append(digest)
-            heads[chain] = (seq + 1, digest)
+        n = data.num_rows
+        seqs, previous, hashes, next_seqs, next_hashes = sdg_native.chain(  # chained() for each row, in order
+            [seq for seq, _ in heads], [digest for _, digest in heads],
+            ids.indices.cast(pa.uint32()).to_numpy().astype("<u4").tobytes(), *chain_content_buffers(data))
+        heads = list(zip(next_seqs, next_hashes))
         self._chains.update(zip(keys, heads))
-        for name, values, kind in zip(CHAIN_COLUMNS, (seqs, previous_hashes, hashes), (pa.int64(), pa.string(), pa.string())):
-            data = data.append_column(TABLES["lineage"].field(name), pa.array(values, kind))
+        hex_offsets = pa.py_buffer(np.arange(0, 64 * (n + 1), 64, dtype="<i4").tobytes())  # 64 hex digits each
+        for name, column in zip(CHAIN_COLUMNS, (
+                pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(seqs)]),
+                pa.Array.from_buffers(pa.string(), n, [None, hex_offsets, pa.py_buffer(previous)]),
+                pa.Array.from_buffers(pa.string(), n, [None, hex_offsets, pa.py_buffer(hashes)]))):
+            data = data.append_column(TABLES["lineage"].field(name), column)
         touched = {"|".join(map(str, key)): [seq - 1, digest] for key, (seq, digest) in zip(keys, heads)}
         return data, {HEADS_KEY: json.dumps(touched)}
 

@@ -38,6 +38,7 @@ class RecordProducer:
         self.max_record_bytes = kafka.max_record_bytes
         conf: dict[str, Any] = {
             "enable.idempotence": True, "linger.ms": linger_ms, "acks": "all",
+            "delivery.report.only.error": True,  # ``_on_delivery`` acts on failures only: no Python call a record
             # librdkafka counts a record with its framing: leave it room above the largest record we send
             "message.max.bytes": kafka.max_record_bytes + 64 * 1024,
         }

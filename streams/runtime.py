@@ -35,7 +35,9 @@ broker); both give it the same few operations.
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
+import operator
 import signal
 import threading
 import time
@@ -618,9 +620,12 @@ class Runner:
             carried = {source for source in sources if self._carries(source, group.name)}
             if topic is None or not carried:
                 continue
-            kept = forwards[group.name](group.table).tolist()
+            kept = forwards[group.name](group.table)
             keys = pc.cast(group.table.column(KEYS[group.name]), pa.binary()).to_pylist()
-            for i, key, keep in zip(group.index.tolist(), keys, kept):
+            if len(keys) == len(messages) and len(carried) == len(sources) and kept.all():  # the usual batch
+                self._forward_run(messages, values, list(zip(itertools.repeat(topic), keys)))  # type: ignore[arg-type]
+                return
+            for i, key, keep in zip(group.index.tolist(), keys, kept.tolist()):
                 if len(carried) == len(sources) or messages[i].topic() in carried:
                     fast[i] = (topic, key if keep else None)
         start = 0
@@ -637,19 +642,24 @@ class Runner:
 
     def _forward_run(self, messages: list[Message], values: list[bytes], routes: list[tuple[str, bytes | None]]) -> None:
         """Send consecutive checked records on as they came (those not dropped), and mark them done."""
-        limit, sends = self.io.max_record_bytes, []
-        for message, value, (topic, key) in zip(messages, values, routes):
-            if key is None:
-                continue
-            if len(key) + len(value) > limit:  # check_size's test without a call a record; it says why
-                try:
-                    check_size(topic, key, value, None, max_record_bytes=limit)
-                except RecordTooLarge as e:
-                    self._fail(message, e)
-                continue
-            sends.append((topic, key, value))
+        limit = self.io.max_record_bytes
+        keys = [key for _, key in routes]
+        if None not in keys and max(map(len, values)) + max(map(len, keys)) <= limit:  # type: ignore[arg-type]
+            sends = [(topic, key, value) for (topic, key), value in zip(routes, values)]  # the usual run: all of it
+        else:
+            sends = []
+            for message, value, (topic, key) in zip(messages, values, routes):
+                if key is None:
+                    continue
+                if len(key) + len(value) > limit:  # check_size's test without a call a record; it says why
+                    try:
+                        check_size(topic, key, value, None, max_record_bytes=limit)
+                    except RecordTooLarge as e:
+                        self._fail(message, e)
+                    continue
+                sends.append((topic, key, value))
         self.io.send_many(sends)
-        self.stats.produced.update(topic for topic, _, _ in sends)
+        self.stats.produced.update(map(operator.itemgetter(0), sends))
         self._done.update({(m.topic(), m.partition()): m.offset() + 1 for m in messages})
         self.stats.consumed += len(messages)
 

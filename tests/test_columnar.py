@@ -15,7 +15,7 @@ from schemas.columnar import decode_columns
 from schemas.errors import UndecodableRecord
 from schemas.examples import example_sample
 from schemas.records import Annotation, GeneratedSample
-from schemas.tables import GENESIS, TABLES, chain_contents, chained, row_hash, verify_chain
+from schemas.tables import CHAIN_FORMAT, GENESIS, TABLES, chain_contents, chained, row_hash, verify_chain
 
 CODEC = RecordCodec()
 
@@ -134,6 +134,41 @@ def test_chain_content_is_typed_by_tag_and_a_later_column_leaves_old_rows_as_the
     assert inferred == typed and inferred[0] != inferred[1]
     assert chain_contents(pa.Table.from_pylist([{**r, "added": None} for r in rows])) == inferred
     assert chain_contents(pa.Table.from_pylist([{**rows[0], "b": "y"}]))[0] != inferred[0]
+
+
+def _spelled_out(row: dict[str, Any], schema: pa.Schema) -> bytes:
+    """A row's content in the second chain format, spelled out a value at a time."""
+    out = CHAIN_FORMAT
+    for name in sorted(row):
+        value, kind = row[name], schema.field(name).type
+        if value is None or name in ("seq", "prev_hash", "row_hash"):
+            continue
+        out += name.encode() + b"\x00"
+        if pa.types.is_boolean(kind):
+            out += b"b" + bytes([value])
+        elif pa.types.is_integer(kind):
+            out += b"i" + struct.pack("<q", value)
+        elif pa.types.is_floating(kind):
+            out += b"f" + struct.pack("<d", value)
+        else:
+            data = value.encode() if isinstance(value, str) else value
+            out += b"s" + struct.pack("<I", len(data)) + data
+    return out
+
+
+def test_chain_contents_are_the_format_spelled_out() -> None:
+    """The native contents, for every type tag, nulls and a slice, byte for byte as the format says."""
+    schema = pa.schema([("s", pa.string()), ("l", pa.large_string()), ("y", pa.binary()), ("i8", pa.int8()),
+                        ("u32", pa.uint32()), ("i", pa.int64()), ("f32", pa.float32()), ("f", pa.float64()),
+                        ("b", pa.bool_()), ("seq", pa.int64()), ("n", pa.null())])
+    rows = [{"s": "x" * k, "l": None if k % 3 else "ü" * k, "y": bytes(range(k)), "i8": -k, "u32": 2**32 - 1 - k,
+             "i": None if k % 2 else -(2**62) + k, "f32": k / 4, "f": None if k % 4 else -k * 1.5, "b": k % 2 == 0,
+             "seq": k, "n": None} for k in range(9)]
+    table = pa.Table.from_pylist(rows, schema=schema)
+    for part in (table, table.slice(3), table.slice(2, 4)):
+        assert chain_contents(part) == [_spelled_out(r, schema) for r in part.to_pylist()]
+    lineage = pa.Table.from_pylist([r for i, s in enumerate(varied()) for r in rows_of(s, "t", 0, i)["lineage"]])
+    assert chain_contents(lineage) == [_spelled_out(r, lineage.schema) for r in lineage.to_pylist()]
 
 
 def test_verify_chain_takes_both_formats_and_catches_an_edit() -> None:

@@ -366,6 +366,60 @@ impl Reader {
     }
 }
 
+/// One column of a batch, as `contents` takes it: its part's head (name, 0, type tag), the tag (`s` bytes, `i` an
+/// i64, `f` an f64, `b` a byte), its validity bitmap (None: no nulls), its Arrow offset, its i32 offsets (`s`), its data.
+type Part<'py> = (Bound<'py, PyBytes>, u8, Option<Bound<'py, PyBytes>>, usize, Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>);
+
+/// Each row's chained content: `prefix`, then each column's part where it holds a value (its head, then the value:
+/// bytes after their u32 length, numbers as their little-endian bytes). Returns the i32 offsets and the data of the
+/// contents as a binary column.
+#[pyfunction]
+fn contents<'py>(py: Python<'py>, prefix: &[u8], rows: usize, columns: Vec<Part<'py>>) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    let columns: Vec<_> = columns.iter().map(|(head, tag, validity, offset, offsets, data)| {
+        (head.as_bytes(), *tag, validity.as_ref().map(|v| v.as_bytes()), *offset, offsets.as_ref().map(|o| o.as_bytes()), data.as_bytes())
+    }).collect();
+    let at = |b: &[u8], i: usize| -> usize { i32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap()) as usize };
+    for &(_, tag, validity, offset, offsets, data) in &columns {
+        let width = match tag {
+            b'i' | b'f' => 8,
+            b'b' => 1,
+            b's' => 0,
+            _ => return Err(bad(format!("contents: no type tag {}", tag as char))),
+        };
+        let fits = validity.is_none_or(|v| v.len() * 8 >= offset + rows) && match offsets {
+            Some(o) => tag == b's' && o.len() >= 4 * (offset + rows + 1) && (rows == 0 || at(o, offset + rows) <= data.len()),
+            None => tag != b's' && data.len() >= width * (offset + rows),
+        };
+        if !fits {
+            return Err(bad("contents: a column's buffers are shorter than its rows".into()));
+        }
+    }
+    let mut out = Vec::new();
+    let mut ends: Vec<u8> = Vec::with_capacity(4 * (rows + 1));
+    ends.extend_from_slice(&0i32.to_le_bytes());
+    for k in 0..rows {
+        out.extend_from_slice(prefix);
+        for &(head, tag, validity, offset, offsets, data) in &columns {
+            let i = offset + k;
+            if validity.is_some_and(|v| v[i / 8] & (1 << (i % 8)) == 0) {
+                continue;
+            }
+            out.extend_from_slice(head);
+            match (tag, offsets) {
+                (b's', Some(o)) => {
+                    let (start, end) = (at(o, i), at(o, i + 1));
+                    out.extend_from_slice(&((end - start) as u32).to_le_bytes());
+                    out.extend_from_slice(&data[start..end]);
+                }
+                (b'b', _) => out.push(data[i]),
+                _ => out.extend_from_slice(&data[8 * i..8 * i + 8]),
+            }
+        }
+        ends.extend_from_slice(&i32::try_from(out.len()).map_err(|_| bad("contents: over 2 GiB".into()))?.to_le_bytes());
+    }
+    Ok((PyBytes::new(py, &ends), PyBytes::new(py, &out)))
+}
+
 /// The hash chains of a batch of rows in their order: row k is in chain `chains[k]` (u32, little-endian), whose head
 /// is (`seqs[c]`, `hashes[c]`) before the batch; its content is `data[offsets[k]..offsets[k + 1]]` (i32 offsets).
 /// Returns each row's seq (i64, little-endian), its previous hash and its hash (64 hex digits each, end to end),
@@ -398,5 +452,6 @@ fn chain<'py>(py: Python<'py>, mut seqs: Vec<i64>, mut hashes: Vec<String>, chai
 fn sdg_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Reader>()?;
     m.add_function(wrap_pyfunction!(chain, m)?)?;
+    m.add_function(wrap_pyfunction!(contents, m)?)?;
     Ok(())
 }
