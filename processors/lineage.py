@@ -144,32 +144,36 @@ def sample_columns(samples: Any, topics: list[str], partitions: list[int], offse
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from schemas.tables import TABLES
+    from schemas.tables import TABLES, conform
 
     n = samples.num_rows
     col = samples.column
     created = col("created_ms")
     conditioning = col("conditioning").combine_chunks()
     params = pc.struct_field(conditioning, "params")
-    where = {"run_id": col("run_id"), "date": pc.strftime(pc.cast(created, pa.timestamp("ms")), format="%Y-%m-%d"),
+    days, day = np.unique(np.floor_divide(created.to_numpy(), 86_400_000), return_inverse=True)  # a batch spans few
+    dates = pa.array([_day(int(d)) for d in days], pa.string()).take(day)
+    where = {"run_id": col("run_id"), "date": dates,
              "created_ms": created, "kafka_topic": pa.array(topics, pa.string()),
              "kafka_partition": pa.array(partitions, pa.int32()), "kafka_offset": pa.array(offsets, pa.int64())}
     shared = {"sample_id": col("sample_id"), "generator": col("generator"), "generator_version": col("generator_version"),
               "seed": col("seed"), "class_label": pc.fill_null(pc.struct_field(conditioning, "class_label"), NO_CLASS),
               "image_sha256": col("image_sha256")}
     lengths = pc.list_value_length(params).to_numpy(zero_copy_only=False)
-    params_json = np.full(n, "{}", dtype=object)
-    for i in np.flatnonzero(lengths).tolist():  # a map as rows_of writes it: its last value per key, keys sorted
-        params_json[i] = _json({p["key"]: p["value"] for p in params[i].as_py()})
-    sample = {**where, **shared, "job_id": col("job_id"), "params_json": pa.array(params_json, pa.string()),
+    params_json = pa.repeat(pa.scalar("{}"), n)
+    if lengths.any():
+        written = np.full(n, "{}", dtype=object)
+        for i in np.flatnonzero(lengths).tolist():  # a map as rows_of writes it: its last value per key, keys sorted
+            written[i] = _json({p["key"]: p["value"] for p in params[i].as_py()})
+        params_json = pa.array(written, pa.string())
+    sample = {**where, **shared, "job_id": col("job_id"), "params_json": params_json,
               "image": col("image"), "image_format": col("image_format"), "width": col("width"), "height": col("height"),
-              "channels": col("channels"), "node_id": col("node_id"), "objects_json": pa.array(["[]"] * n, pa.string())}
-    lineage = {**where, **shared, "stage": pa.array(["generated"] * n, pa.string())}
+              "channels": col("channels"), "node_id": col("node_id"), "objects_json": pa.repeat(pa.scalar("[]"), n)}
+    lineage = {**where, **shared, "stage": pa.repeat(pa.scalar("generated"), n)}
     lineage |= {f.name: pa.nulls(n, f.type) for f in TABLES["lineage"]  # a later stage's fields: null, as in _lineage
                 if f.name not in lineage and f.name not in ("seq", "prev_hash", "row_hash")}
-    return {table: pa.Table.from_pydict({f.name: columns[f.name] for f in TABLES[table] if f.name in columns}).cast(
-        pa.schema([f for f in TABLES[table] if f.name in columns]))
-        for table, columns in (("samples", sample), ("lineage", lineage))}
+    return {table: conform(pa.table(columns), pa.schema([f for f in TABLES[table] if f.name in columns]))
+            for table, columns in (("samples", sample), ("lineage", lineage))}
 
 
 rows_of.columns = {"GeneratedSample": sample_columns}  # type: ignore[attr-defined]  # the same rows, column-wise

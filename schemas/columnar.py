@@ -172,7 +172,7 @@ def _params(spans: pa.Array) -> pa.Array:
     """Maps of strings read back from their encoding (those not empty), as lists of (key, value)."""
     empty = pc.equal(pc.binary_length(spans), 1).to_numpy(zero_copy_only=False)  # a count of 0: one byte
     if empty.all():
-        return pa.array([[]] * len(spans), _PARAMS)
+        return pa.ListArray.from_arrays(pa.array(np.zeros(len(spans) + 1, dtype=np.int32)), pa.array([], _PARAMS.value_type))
     return pa.array([[] if e else _entries(span) for e, span in zip(empty, spans.to_pylist())], _PARAMS)
 
 

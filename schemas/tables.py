@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 PARTITION_BY = ["run_id", "date"]
 GENESIS = "0" * 64  # the previous hash of a chain's first row
@@ -134,6 +135,19 @@ IDENTITY: dict[str, tuple[str, ...]] = {
     "samples": ("sample_id",),
     "lineage": ("sample_id", "stage", "label", "decision"),
 }
+_NULL, _SEP = "\x00", "\x1f"  # in no identity's value: names, stages, decisions and labels hold no control character
+
+
+def identity_key(values: Iterable[Any]) -> str:
+    """One row's ``IDENTITY`` values as one string: each as text (a null as NUL), joined by a unit separator."""
+    return _SEP.join(_NULL if v is None else str(v) for v in values)
+
+
+def identity_keys(data: pa.Table, table: str) -> list[str]:
+    """``identity_key`` of each row of ``data`` (rows of ``table``), column by column."""
+    columns = [pc.fill_null(data.column(c).cast(pa.string()), _NULL) for c in IDENTITY[table]]
+    joined = pc.binary_join_element_wise(*columns, _SEP) if len(columns) > 1 else columns[0]
+    return joined.to_pylist()  # type: ignore[no-any-return]
 
 # written by jobs over the tables above (the Spark job in sdg/spark.py), not by the sink
 GENERATOR_STATS = pa.schema([
@@ -170,6 +184,19 @@ DERIVED_TABLES: dict[str, pa.Schema] = {"generator_stats": GENERATOR_STATS, "mod
 _CHAIN_EXCLUDED = {"seq", "prev_hash", "row_hash"}
 
 
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table.select(schema.names).cast(schema)`` (nulls in a non-nullable field refused alike), casting only the
+    columns not of the schema's type already: a cast that changes nothing costs as much as one that does."""
+    columns = []
+    for column, field in zip(table.select(schema.names).columns, schema):
+        if column.type != field.type:
+            column = column.cast(field.type)
+        if not field.nullable and column.null_count:
+            raise pa.ArrowInvalid(f"Casting field '{field.name}' with null values to non-nullable")
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 _CANONICAL = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
 
 
@@ -193,13 +220,14 @@ def _part(name: str, column: Any) -> tuple[bytes, int, bytes | None, int, bytes 
     if pa.types.is_null(kind):
         return None
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
-        tag, column = b"s", column.cast(pa.binary())
+        tag, wide = b"s", pa.binary()
     elif pa.types.is_boolean(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind):
         tag, wide = (b"b", pa.uint8()) if pa.types.is_boolean(kind) else (b"i", pa.int64()) if \
             pa.types.is_integer(kind) else (b"f", pa.float64())
-        column = column.cast(wide)
     else:
         raise TypeError(f"the lineage chain has no encoding for column {name} of type {kind}")
+    if kind != wide and not pa.types.is_string(kind):  # a string's buffers are its bytes' already
+        column = column.cast(wide)
     validity, *rest = (None if b is None else b.to_pybytes() for b in column.buffers())
     offsets, data = rest if tag == b"s" else (None, *rest)
     return (name.encode() + b"\x00" + tag, tag[0], validity if column.null_count else None, column.offset, offsets,

@@ -17,6 +17,7 @@ check) is decoded and written one record at a time, in its place in the batch.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -30,7 +31,17 @@ from typing import Any, Callable, Iterator
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from schemas.records import Record
-from schemas.tables import CHAIN_KEY, GENESIS, IDENTITY, PARTITION_BY, TABLES, chain_content_buffers
+from schemas.tables import (
+    CHAIN_KEY,
+    GENESIS,
+    IDENTITY,
+    PARTITION_BY,
+    TABLES,
+    chain_content_buffers,
+    conform,
+    identity_key,
+    identity_keys,
+)
 from streams.anchors import Anchors
 from streams.config import KafkaConfig
 
@@ -113,15 +124,15 @@ class DeltaTables:
             version = dt.transaction_version(app) if dt is not None else None
         return int(version) if version is not None else 0
 
-    def identities(self, table: str, run_id: str) -> set[tuple[Any, ...]]:
-        """The ``IDENTITY`` of every row ``table`` holds for ``run_id``."""
+    def identities(self, table: str, run_id: str) -> set[str]:
+        """The identity (``schemas.tables.identity_key``) of every row ``table`` holds for ``run_id``."""
         import pyarrow.compute as pc
 
         with self._read(table) as dt:
             if dt is None:
                 return set()
             rows = dt.to_pyarrow_dataset().to_table(filter=pc.field("run_id") == run_id, columns=list(IDENTITY[table]))
-        return set(zip(*(rows[c].to_pylist() for c in IDENTITY[table])))
+        return set(identity_keys(rows, table))
 
     def chain_heads(self, keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], tuple[int, str]]:
         """(next seq, previous hash) of each lineage chain of ``keys`` as the table holds it, in one read."""
@@ -218,7 +229,7 @@ class DeltaSink:
         self._first: dict[tuple[str, int], int] = {}  # source partition → the buffer's first offset
         self._oldest: float | None = None
         self._rejected: list[tuple[Any, Exception]] = []
-        self._seen: dict[tuple[str, str], set[tuple[Any, ...]]] = {}  # (table, run) → identities held or buffered
+        self._seen: dict[tuple[str, str], set[str]] = {}  # (table, run) → identities held or buffered
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="delta-sink")
         self._beside = ThreadPoolExecutor(1, thread_name_prefix="delta-sink-beside")  # a second table's commit
         self._inflight: tuple[Future[None], dict[tuple[str, int], int]] | None = None  # a write, its first offsets
@@ -229,14 +240,14 @@ class DeltaSink:
         self._chains.clear()
         self._seen.clear()
 
-    def _seen_in(self, table: str, run_id: str) -> set[tuple[Any, ...]]:
+    def _seen_in(self, table: str, run_id: str) -> set[str]:
         """The identities ``table`` holds or has buffered for ``run_id`` (read from the table the first time)."""
         seen = self._seen.get((table, run_id))
         if seen is None:
             seen = self._seen[(table, run_id)] = self.tables.identities(table, run_id)
         return seen
 
-    def _unseen(self, table: str, run_id: str, identity: tuple[Any, ...]) -> bool:
+    def _unseen(self, table: str, run_id: str, identity: str) -> bool:
         """Whether a row of ``identity`` is new to ``table`` (it is seen from now on); counts a duplicate."""
         seen = self._seen_in(table, run_id)
         if identity in seen:
@@ -250,7 +261,7 @@ class DeltaSink:
         offset commit publishes its outputs again, under new offsets."""
         if table not in IDENTITY:
             return rows
-        return [row for row in rows if self._unseen(table, row["run_id"], tuple(row[c] for c in IDENTITY[table]))]
+        return [row for row in rows if self._unseen(table, row["run_id"], identity_key(row[c] for c in IDENTITY[table]))]
 
     def _fresh(self, table: str, data: Any) -> Any:
         """``_new`` for a pyarrow table of rows."""
@@ -259,11 +270,11 @@ class DeltaSink:
         if table not in IDENTITY or not data.num_rows:
             return data
         runs = data.column("run_id").unique().to_pylist()
-        identities = list(zip(*(data.column(c).to_pylist() for c in IDENTITY[table])))
+        identities = identity_keys(data, table)
         if len(runs) == 1:  # the common case: one run, nothing seen before: no row by row
-            seen = self._seen_in(table, runs[0])
-            if seen.isdisjoint(identities) and len(set(identities)) == len(identities):
-                seen.update(identities)
+            seen, new = self._seen_in(table, runs[0]), set(identities)
+            if len(new) == len(identities) and seen.isdisjoint(new):
+                seen |= new
                 return data
         keep = [self._unseen(table, run_id, identity)
                 for run_id, identity in zip(data.column("run_id").to_pylist(), identities)]
@@ -322,16 +333,19 @@ class DeltaSink:
         values = [m.value() for m in messages]
         groups = [g for g in decode_columns(values) if g.name in self.columns] \
             if self.columns and worth_it(values) else []
+        where = [(m.topic(), m.partition(), m.offset()) for m in messages]
         fast: dict[int, tuple[dict[str, Any], int]] = {}  # message → its group's rows, its row in them
         for group in groups:
-            carried = np.array([carries(messages[i].topic(), group.name) for i in group.index.tolist()], dtype=bool)
-            if not carried.all():
-                group = replace(group, table=group.table.filter(pa.array(carried)),
-                                index=group.index[carried])
-            read = [messages[i] for i in group.index.tolist()]
-            rows = self.columns[group.name](group.table, [m.topic() for m in read], [m.partition() for m in read],
-                                            [m.offset() for m in read])
-            fast.update((i, (rows, k)) for k, i in enumerate(group.index.tolist()))
+            topics = [where[i][0] for i in group.index.tolist()]
+            carried = {topic: carries(topic, group.name) for topic in set(topics)}
+            if not all(carried.values()):
+                kept = np.array([carried[topic] for topic in topics], dtype=bool)
+                group = replace(group, table=group.table.filter(pa.array(kept)), index=group.index[kept])
+            index = group.index.tolist()
+            read = [where[i] for i in index]
+            rows = self.columns[group.name](group.table, *(list(c) for c in zip(*read))) if read else {}
+            fast.update(zip(index, zip(itertools.repeat(rows), itertools.count())))
+        whole = len(groups) == 1 and len(fast) == len(messages)  # the usual batch: its rows in its order
         i = 0
         while i < len(messages):
             if self._full():
@@ -342,17 +356,19 @@ class DeltaSink:
                 continue
             rows = fast[i][0]  # a run of one group's rows, as many as the buffer has room for
             end, most = i, i + max(1, (self.config.batch_rows - self._rows) // len(rows))
+            if whole:
+                end = min(len(messages), most)
             while end < len(messages) and end < most and end in fast and fast[end][0] is rows:
                 end += 1
-            self._write_rows(messages[i:end], rows, [fast[j][1] for j in range(i, end)])
+            self._write_rows(where[i:end], rows, list(range(i, end)) if whole else [fast[j][1] for j in range(i, end)])
             i = end
         yield i
 
-    def _write_rows(self, messages: list[Any], rows: dict[str, Any], take: list[int]) -> None:
-        """Buffer rows ``take`` of each table's Arrow rows, made of ``messages`` (one row each), like ``write``."""
+    def _write_rows(self, where: list[tuple[str, int, int]], rows: dict[str, Any], take: list[int]) -> None:
+        """Buffer rows ``take`` of each table's Arrow rows, made of the messages read at ``where`` (topic, partition,
+        offset; one row each), like ``write``."""
         import pyarrow as pa
 
-        where = [(m.topic(), m.partition(), m.offset()) for m in messages]
         lowest: dict[tuple[str, int], int] = {}
         highest: dict[tuple[str, int], int] = {}
         for topic, partition, offset in where:  # a partition's records come in the order of their offsets
@@ -430,7 +446,7 @@ class DeltaSink:
                     parts.append(pa.Table.from_pydict({n: [r.get(n) for r in rows] for n in schema.names}, schema=schema))
                     rows = []
                 if item is not None:
-                    parts.append(item.select(schema.names).cast(schema))
+                    parts.append(conform(item, schema))
             if parts:
                 data = pa.concat_tables(parts)
                 out[table] = self._chain(data) if table == "lineage" else (data, None)

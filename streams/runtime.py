@@ -579,6 +579,11 @@ class Runner:
         self._done[(message.topic(), message.partition())] = message.offset() + 1
         self.stats.consumed += 1
 
+    def _mark_all(self, messages: list[Message]) -> None:
+        """``_mark`` each of ``messages``, in order."""
+        self._done.update({(m.topic(), m.partition()): m.offset() + 1 for m in messages})
+        self.stats.consumed += len(messages)
+
     def _process(self, messages: list[Message]) -> None:
         try:
             if self.step.kind == "batch_map":
@@ -660,8 +665,7 @@ class Runner:
                 sends.append((topic, key, value))
         self.io.send_many(sends)
         self.stats.produced.update(map(operator.itemgetter(0), sends))
-        self._done.update({(m.topic(), m.partition()): m.offset() + 1 for m in messages})
-        self.stats.consumed += len(messages)
+        self._mark_all(messages)
 
     def _topic_of_type(self, name: str) -> str | None:
         """Where the step's unchanged records of type ``name`` go: its sink, else the catalog's topic of the type
@@ -680,8 +684,7 @@ class Runner:
 
         done = 0
         for taken in self.step.fn.write_many(messages, one, self._carries):  # each time the buffer is full
-            for message in messages[done:taken]:
-                self._mark(message)
+            self._mark_all(messages[done:taken])
             done = taken
             if self.step.fn.due():
                 self._checkpoint()
