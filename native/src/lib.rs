@@ -282,13 +282,15 @@ fn read(node: &Node, cur: &mut Cursor, cols: &mut [Column], cap: Option<usize>) 
         Kind::Map(values) => {
             let n = cur.count()?;
             within(node, n)?;
-            let mut keys: Vec<&[u8]> = Vec::with_capacity(n as usize);
+            let mut keys: Vec<&[u8]> = Vec::new(); // the keys so far, once there is more than one
             for _ in 0..n {
                 let len = cur.long()?;
                 let key = cur.take(usize::try_from(len).ok()?)?;
                 std::str::from_utf8(key).ok()?;
-                (!keys.contains(&key)).then_some(())?; // a dict has each key once
-                keys.push(key);
+                if n > 1 {
+                    (!keys.contains(&key)).then_some(())?; // a dict has each key once
+                    keys.push(key);
+                }
                 walk(values, cur, cols, None)?;
             }
             cur.end_of_block(n)?;
@@ -339,19 +341,29 @@ impl Reader {
     /// value (1: passes), and each captured column of the values that pass, in their order.
     fn read<'py>(&self, py: Python<'py>, values: &Bound<'py, PyList>, skip: usize) -> PyResult<(Bound<'py, PyBytes>, Vec<Buffers<'py>>)> {
         let mut cols: Vec<Column> = self.outs.iter().map(|&out| Column { out, data: Vec::new(), offsets: vec![0], valid: Vec::new() }).collect();
+        for c in cols.iter_mut() {
+            c.valid.reserve(values.len());
+            if c.out == Out::Binary {
+                c.offsets.reserve(values.len());
+            } else {
+                c.data.reserve(8 * values.len());
+            }
+        }
         let mut ok = vec![0u8; values.len()];
+        let mut marks: Vec<(usize, usize, usize)> = Vec::with_capacity(cols.len());
         for (i, value) in values.iter().enumerate() {
             let Ok(bytes) = value.cast::<PyBytes>() else { continue };
             let buf = bytes.as_bytes();
             if buf.len() < skip {
                 continue;
             }
-            let marks: Vec<(usize, usize, usize)> = cols.iter().map(|c| (c.data.len(), c.offsets.len(), c.valid.len())).collect();
+            marks.clear();
+            marks.extend(cols.iter().map(|c| (c.data.len(), c.offsets.len(), c.valid.len())));
             let mut cur = Cursor { buf, pos: skip };
             if walk(&self.root, &mut cur, &mut cols, None).is_some() && cur.pos == buf.len() {
                 ok[i] = 1;
             } else {
-                for (c, (d, o, v)) in cols.iter_mut().zip(marks) {
+                for (c, &(d, o, v)) in cols.iter_mut().zip(&marks) {
                     c.data.truncate(d);
                     c.offsets.truncate(o);
                     c.valid.truncate(v);
