@@ -38,7 +38,8 @@ class RecordProducer:
         self.max_record_bytes = kafka.max_record_bytes
         conf: dict[str, Any] = {
             "enable.idempotence": True, "linger.ms": linger_ms, "acks": "all",
-            "delivery.report.only.error": True,  # ``_on_delivery`` acts on failures only: no Python call a record
+            # ``_on_delivery`` acts on failures only: reports of those alone, no Python call a delivered record
+            "delivery.report.only.error": True, "on_delivery": self._on_delivery,
             # librdkafka counts a record with its framing: leave it room above the largest record we send
             "message.max.bytes": kafka.max_record_bytes + 64 * 1024,
         }
@@ -86,18 +87,17 @@ class RecordProducer:
         while True:
             try:
                 self.client.produce(topic, value=value, key=key, headers=list(headers.items()) if headers else None,
-                                    partition=-1 if partition is None else partition,  # -1: by key
-                                    on_delivery=self._on_delivery)
+                                    partition=-1 if partition is None else partition)  # -1: by key
                 return
             except BufferError:
                 self.client.poll(0.05)  # local queue full: let deliveries drain
 
     def produce_many(self, records: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
         """``produce`` for many (topic, key, value) records, in order."""
-        produce, report = self.client.produce, self._on_delivery
+        produce = self.client.produce
         for topic, key, value in records:
             try:
-                produce(topic, value, key, on_delivery=report)
+                produce(topic, value, key)
             except BufferError:
                 self.produce(topic, key, value)  # waits for room
 

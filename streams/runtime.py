@@ -832,12 +832,11 @@ class KafkaIO:
         first = self._consumer.poll(timeout_s)
         if first is None:
             return []
-        out: list[Any] = []
-        for message in [first, *self._consumer.consume(max_records - 1, 0)]:
+        batch = [first, *self._consumer.consume(max_records - 1, 0)]
+        out = [message for message in batch if message.error() is None]
+        for message in batch if len(out) < len(batch) else []:
             error = message.error()
-            if error is None:
-                out.append(message)
-            elif error.code() != KafkaError._PARTITION_EOF:
+            if error is not None and error.code() != KafkaError._PARTITION_EOF:
                 raise BrokerError(f"consuming {message.topic()}: {error.str()}")
         return out
 
