@@ -832,7 +832,7 @@ class KafkaIO:
         first = self._consumer.poll(timeout_s)
         if first is None:
             return []
-        batch = [first, *self._consumer.consume(max_records - 1, 0)]
+        batch: list[Any] = [first, *self._consumer.consume(max_records - 1, 0)]
         out = [message for message in batch if message.error() is None]
         for message in batch if len(out) < len(batch) else []:
             error = message.error()
