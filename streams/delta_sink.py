@@ -9,10 +9,11 @@ after every table's commit, and only as a shortcut: the Delta versions are the t
 Lineage rows get a hash chain per (run, date, source topic, source partition): each source
 partition has one owner in the consumer group, so every chain has a single writer.
 
-A consumed batch takes the column-wise path where it can (``write_many``): its values decoded at once into Arrow
+A consumed batch takes the column-wise path where it can (``write_many``): its values read at once into Arrow
 (``schemas.columnar``), their rows built column by column (the rows function's ``columns``), the chain's contents
-and hashes natively (``schemas.tables.chain_content_buffers``, ``sdg_native.chain``); what that path leaves (other record types, scenes, anything it cannot
-check) is decoded and written one record at a time, in its place in the batch.
+and hashes natively (``schemas.tables.chain_content_buffers``, ``sdg_native.chain``); what that path leaves (other
+record types, scenes, anything it cannot check) is decoded and written one record at a time, in its place in the
+batch.
 """
 
 from __future__ import annotations

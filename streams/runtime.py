@@ -605,9 +605,9 @@ class Runner:
 
     def _forward(self, messages: list[Message]) -> None:
         """A map step that forwards records unchanged or drops them (``fn.forwards``: record type → which rows of a
-        ``schemas.columnar`` frame it forwards), on a consumed batch at once (one worth it: ``columnar.worth_it``):
-        what decodes and checks column-wise is forwarded as the bytes it came in, in its place in the batch; the
-        rest takes the one-record path."""
+        ``schemas.columnar`` table, its key column read, it forwards), on a consumed batch at once (one worth it:
+        ``columnar.worth_it``): what checks column-wise is forwarded as the bytes it came in, in its place in the
+        batch; the rest takes the one-record path."""
         import pyarrow as pa
         import pyarrow.compute as pc
 

@@ -55,9 +55,16 @@ fn bad(message: String) -> PyErr {
 }
 
 fn parse(v: &Value, outs: &mut Vec<Option<Out>>) -> PyResult<Node> {
-    let kind_name = v["type"].as_str().ok_or_else(|| bad(format!("a node without a type: {v}")))?;
+    let kind_name = v["type"]
+        .as_str()
+        .ok_or_else(|| bad(format!("a node without a type: {v}")))?;
     let children = |key: &str, outs: &mut Vec<Option<Out>>| -> PyResult<Vec<Node>> {
-        v[key].as_array().ok_or_else(|| bad(format!("{kind_name} without {key}")))?.iter().map(|c| parse(c, outs)).collect()
+        v[key]
+            .as_array()
+            .ok_or_else(|| bad(format!("{kind_name} without {key}")))?
+            .iter()
+            .map(|c| parse(c, outs))
+            .collect()
     };
     let child = |key: &str, outs: &mut Vec<Option<Out>>| -> PyResult<Box<Node>> { Ok(Box::new(parse(&v[key], outs)?)) };
     let kind = match kind_name {
@@ -70,7 +77,11 @@ fn parse(v: &Value, outs: &mut Vec<Option<Out>>) -> PyResult<Node> {
         "bytes" => Kind::Bytes,
         "string" => Kind::Str,
         "fixed" => Kind::Fixed(v["size"].as_u64().ok_or_else(|| bad("fixed without size".into()))? as usize),
-        "enum" => Kind::Enum(v["symbols"].as_i64().ok_or_else(|| bad("enum without symbols".into()))?),
+        "enum" => Kind::Enum(
+            v["symbols"]
+                .as_i64()
+                .ok_or_else(|| bad("enum without symbols".into()))?,
+        ),
         "record" => Kind::Record(children("fields", outs)?),
         "array" => Kind::Array(child("items", outs)?),
         "map" => Kind::Map(child("values", outs)?),
@@ -81,7 +92,9 @@ fn parse(v: &Value, outs: &mut Vec<Option<Out>>) -> PyResult<Node> {
         Some(p) => Some(Regex::new(p).map_err(|e| bad(format!("pattern {p}: {e}")))?),
         None => None,
     };
-    let one_of = v["one_of"].as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect());
+    let one_of = v["one_of"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect());
     let capture = v["capture"].as_u64().map(|c| c as usize);
     let span = v["span"].as_bool() == Some(true);
     let length = v["length"].as_bool() == Some(true);
@@ -93,8 +106,13 @@ fn parse(v: &Value, outs: &mut Vec<Option<Out>>) -> PyResult<Node> {
             Kind::Float | Kind::Double => Out::Float,
             Kind::Bytes | Kind::Str | Kind::Fixed(_) => Out::Binary,
             Kind::Union(ref branches) => {
-                let inner: Vec<Out> = branches.iter().filter_map(|b| b.capture.and_then(|i| outs[i])).collect();
-                *inner.first().ok_or_else(|| bad("a captured union names its value's column on its branch".into()))?
+                let inner: Vec<Out> = branches
+                    .iter()
+                    .filter_map(|b| b.capture.and_then(|i| outs[i]))
+                    .collect();
+                *inner
+                    .first()
+                    .ok_or_else(|| bad("a captured union names its value's column on its branch".into()))?
             }
             Kind::Null | Kind::Record(_) => return Err(bad(format!("a {kind_name} is not captured"))),
         };
@@ -103,7 +121,17 @@ fn parse(v: &Value, outs: &mut Vec<Option<Out>>) -> PyResult<Node> {
         }
         outs[c] = Some(out);
     }
-    Ok(Node { kind, min: v["min"].as_i64(), max: v["max"].as_i64(), pattern, one_of, finite: v["finite"].as_bool() == Some(true), span, length, capture })
+    Ok(Node {
+        kind,
+        min: v["min"].as_i64(),
+        max: v["max"].as_i64(),
+        pattern,
+        one_of,
+        finite: v["finite"].as_bool() == Some(true),
+        span,
+        length,
+        capture,
+    })
 }
 
 struct Cursor<'a> {
@@ -316,7 +344,11 @@ fn bitmap(valid: &[bool]) -> Option<Vec<u8>> {
 }
 
 /// Columns of one capture, as Arrow buffers: (values, offsets for binary columns, validity bitmap when any is null).
-type Buffers<'py> = (Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>, Option<Bound<'py, PyBytes>>);
+type Buffers<'py> = (
+    Bound<'py, PyBytes>,
+    Option<Bound<'py, PyBytes>>,
+    Option<Bound<'py, PyBytes>>,
+);
 
 /// A compiled program: reads the bodies of one writer schema.
 #[pyclass(frozen)]
@@ -332,15 +364,32 @@ impl Reader {
         let tree: Value = serde_json::from_str(program).map_err(|e| bad(format!("the program is not JSON: {e}")))?;
         let mut outs = Vec::new();
         let root = parse(&tree, &mut outs)?;
-        let outs = outs.into_iter().enumerate().map(|(i, o)| o.ok_or_else(|| bad(format!("capture {i} is not in the program"))))
+        let outs = outs
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| o.ok_or_else(|| bad(format!("capture {i} is not in the program"))))
             .collect::<PyResult<Vec<Out>>>()?;
         Ok(Reader { root, outs })
     }
 
     /// For `values` (each `skip` bytes of head, then an Avro body; None or anything else does not pass): one byte a
     /// value (1: passes), and each captured column of the values that pass, in their order.
-    fn read<'py>(&self, py: Python<'py>, values: &Bound<'py, PyList>, skip: usize) -> PyResult<(Bound<'py, PyBytes>, Vec<Buffers<'py>>)> {
-        let mut cols: Vec<Column> = self.outs.iter().map(|&out| Column { out, data: Vec::new(), offsets: vec![0], valid: Vec::new() }).collect();
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        values: &Bound<'py, PyList>,
+        skip: usize,
+    ) -> PyResult<(Bound<'py, PyBytes>, Vec<Buffers<'py>>)> {
+        let mut cols: Vec<Column> = self
+            .outs
+            .iter()
+            .map(|&out| Column {
+                out,
+                data: Vec::new(),
+                offsets: vec![0],
+                valid: Vec::new(),
+            })
+            .collect();
         for c in cols.iter_mut() {
             c.valid.reserve(values.len());
             if c.out == Out::Binary {
@@ -370,26 +419,56 @@ impl Reader {
                 }
             }
         }
-        let columns = cols.iter().map(|c| {
-            let offsets = (c.out == Out::Binary).then(|| PyBytes::new(py, &c.offsets.iter().flat_map(|o| o.to_le_bytes()).collect::<Vec<u8>>()));
-            (PyBytes::new(py, &c.data), offsets, bitmap(&c.valid).map(|b| PyBytes::new(py, &b)))
-        }).collect();
+        let columns = cols
+            .iter()
+            .map(|c| {
+                let offsets = (c.out == Out::Binary)
+                    .then(|| PyBytes::new(py, &c.offsets.iter().flat_map(|o| o.to_le_bytes()).collect::<Vec<u8>>()));
+                (
+                    PyBytes::new(py, &c.data),
+                    offsets,
+                    bitmap(&c.valid).map(|b| PyBytes::new(py, &b)),
+                )
+            })
+            .collect();
         Ok((PyBytes::new(py, &ok), columns))
     }
 }
 
 /// One column of a batch, as `contents` takes it: its part's head (name, 0, type tag), the tag (`s` bytes, `i` an
 /// i64, `f` an f64, `b` a byte), its validity bitmap (None: no nulls), its Arrow offset, its i32 offsets (`s`), its data.
-type Part<'py> = (Bound<'py, PyBytes>, u8, Option<Bound<'py, PyBytes>>, usize, Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>);
+type Part<'py> = (
+    Bound<'py, PyBytes>,
+    u8,
+    Option<Bound<'py, PyBytes>>,
+    usize,
+    Option<Bound<'py, PyBytes>>,
+    Bound<'py, PyBytes>,
+);
 
 /// Each row's chained content: `prefix`, then each column's part where it holds a value (its head, then the value:
 /// bytes after their u32 length, numbers as their little-endian bytes). Returns the i32 offsets and the data of the
 /// contents as a binary column.
 #[pyfunction]
-fn contents<'py>(py: Python<'py>, prefix: &[u8], rows: usize, columns: Vec<Part<'py>>) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-    let columns: Vec<_> = columns.iter().map(|(head, tag, validity, offset, offsets, data)| {
-        (head.as_bytes(), *tag, validity.as_ref().map(|v| v.as_bytes()), *offset, offsets.as_ref().map(|o| o.as_bytes()), data.as_bytes())
-    }).collect();
+fn contents<'py>(
+    py: Python<'py>,
+    prefix: &[u8],
+    rows: usize,
+    columns: Vec<Part<'py>>,
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    let columns: Vec<_> = columns
+        .iter()
+        .map(|(head, tag, validity, offset, offsets, data)| {
+            (
+                head.as_bytes(),
+                *tag,
+                validity.as_ref().map(|v| v.as_bytes()),
+                *offset,
+                offsets.as_ref().map(|o| o.as_bytes()),
+                data.as_bytes(),
+            )
+        })
+        .collect();
     let at = |b: &[u8], i: usize| -> usize { i32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap()) as usize };
     for &(_, tag, validity, offset, offsets, data) in &columns {
         let width = match tag {
@@ -398,10 +477,15 @@ fn contents<'py>(py: Python<'py>, prefix: &[u8], rows: usize, columns: Vec<Part<
             b's' => 0,
             _ => return Err(bad(format!("contents: no type tag {}", tag as char))),
         };
-        let fits = validity.is_none_or(|v| v.len() * 8 >= offset + rows) && match offsets {
-            Some(o) => tag == b's' && o.len() >= 4 * (offset + rows + 1) && (rows == 0 || at(o, offset + rows) <= data.len()),
-            None => tag != b's' && data.len() >= width * (offset + rows),
-        };
+        let fits = validity.is_none_or(|v| v.len() * 8 >= offset + rows)
+            && match offsets {
+                Some(o) => {
+                    tag == b's'
+                        && o.len() >= 4 * (offset + rows + 1)
+                        && (rows == 0 || at(o, offset + rows) <= data.len())
+                }
+                None => tag != b's' && data.len() >= width * (offset + rows),
+            };
         if !fits {
             return Err(bad("contents: a column's buffers are shorter than its rows".into()));
         }
@@ -427,7 +511,11 @@ fn contents<'py>(py: Python<'py>, prefix: &[u8], rows: usize, columns: Vec<Part<
                 _ => out.extend_from_slice(&data[8 * i..8 * i + 8]),
             }
         }
-        ends.extend_from_slice(&i32::try_from(out.len()).map_err(|_| bad("contents: over 2 GiB".into()))?.to_le_bytes());
+        ends.extend_from_slice(
+            &i32::try_from(out.len())
+                .map_err(|_| bad("contents: over 2 GiB".into()))?
+                .to_le_bytes(),
+        );
     }
     Ok((PyBytes::new(py, &ends), PyBytes::new(py, &out)))
 }
@@ -438,26 +526,67 @@ fn contents<'py>(py: Python<'py>, prefix: &[u8], rows: usize, columns: Vec<Part<
 /// and the chains' heads after it.
 #[pyfunction]
 #[allow(clippy::type_complexity)]
-fn chain<'py>(py: Python<'py>, mut seqs: Vec<i64>, mut hashes: Vec<String>, chains: &[u8], offsets: &[u8], data: &[u8])
-    -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>, Vec<i64>, Vec<String>)> {
-    let rows: Vec<usize> = chains.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize).collect();
-    let offsets: Vec<usize> = offsets.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as usize).collect();
-    if offsets.len() != rows.len() + 1 || offsets.windows(2).any(|w| w[0] > w[1]) || offsets.last().is_some_and(|&e| e > data.len())
-        || rows.iter().any(|&c| c >= seqs.len()) || seqs.len() != hashes.len() || hashes.iter().any(|h| h.len() != 64) {
-        return Err(bad("chain: rows, offsets, contents and heads do not fit together".into()));
+fn chain<'py>(
+    py: Python<'py>,
+    mut seqs: Vec<i64>,
+    mut hashes: Vec<String>,
+    chains: &[u8],
+    offsets: &[u8],
+    data: &[u8],
+) -> PyResult<(
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Vec<i64>,
+    Vec<String>,
+)> {
+    let rows: Vec<usize> = chains
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
+        .collect();
+    let offsets: Vec<usize> = offsets
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as usize)
+        .collect();
+    if offsets.len() != rows.len() + 1
+        || offsets.windows(2).any(|w| w[0] > w[1])
+        || offsets.last().is_some_and(|&e| e > data.len())
+        || rows.iter().any(|&c| c >= seqs.len())
+        || seqs.len() != hashes.len()
+        || hashes.iter().any(|h| h.len() != 64)
+    {
+        return Err(bad(
+            "chain: rows, offsets, contents and heads do not fit together".into()
+        ));
     }
-    let (mut out_seq, mut out_prev, mut out_hash) = (Vec::with_capacity(8 * rows.len()), Vec::with_capacity(64 * rows.len()), Vec::with_capacity(64 * rows.len()));
+    let (mut out_seq, mut out_prev, mut out_hash) = (
+        Vec::with_capacity(8 * rows.len()),
+        Vec::with_capacity(64 * rows.len()),
+        Vec::with_capacity(64 * rows.len()),
+    );
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (k, &c) in rows.iter().enumerate() {
-        let digest = Sha256::new().chain_update(hashes[c].as_bytes()).chain_update(&data[offsets[k]..offsets[k + 1]]).finalize();
-        let hex: String = digest.iter().flat_map(|b| [HEX[(b >> 4) as usize] as char, HEX[(b & 15) as usize] as char]).collect();
+        let digest = Sha256::new()
+            .chain_update(hashes[c].as_bytes())
+            .chain_update(&data[offsets[k]..offsets[k + 1]])
+            .finalize();
+        let hex: String = digest
+            .iter()
+            .flat_map(|b| [HEX[(b >> 4) as usize] as char, HEX[(b & 15) as usize] as char])
+            .collect();
         out_seq.extend_from_slice(&seqs[c].to_le_bytes());
         out_prev.extend_from_slice(hashes[c].as_bytes());
         out_hash.extend_from_slice(hex.as_bytes());
         seqs[c] += 1;
         hashes[c] = hex;
     }
-    Ok((PyBytes::new(py, &out_seq), PyBytes::new(py, &out_prev), PyBytes::new(py, &out_hash), seqs, hashes))
+    Ok((
+        PyBytes::new(py, &out_seq),
+        PyBytes::new(py, &out_prev),
+        PyBytes::new(py, &out_hash),
+        seqs,
+        hashes,
+    ))
 }
 
 #[pymodule]
