@@ -351,7 +351,7 @@ type Buffers<'py> = (
 );
 
 /// A compiled program: reads the bodies of one writer schema.
-#[pyclass(frozen)]
+#[pyclass(frozen, module = "sdg_native")]
 struct Reader {
     root: Node,
     outs: Vec<Out>,
