@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.codec import _HEADER, MAGIC, SchemaVersion, registry
+from schemas.native import native
 from schemas.records import (
     JOB_ID_PATTERN,
     MAX_CHANNELS,
@@ -149,15 +150,13 @@ def _program(writer: SchemaVersion, columns: tuple[str, ...]) -> _Program:
 
 
 def _compile(writer: SchemaVersion, columns: tuple[str, ...]) -> _Program:
-    import sdg_native
-
     kinds: dict[str, Any] = {}
     captured = [c for c in columns if not (c.startswith("len(") and c[4:-1] in columns)]  # the rest: of the values
     tree = _node(writer.raw, "", RULES[writer.name](writer.version), captured, {}, kinds)
     missing = set(captured) - set(kinds)
     if missing:
         raise KeyError(f"{writer.name} has no field {sorted(missing)} to read column-wise")
-    return _Program(sdg_native.Reader(json.dumps(tree)), tuple(captured), kinds, columns)
+    return _Program(native().Reader(json.dumps(tree)), tuple(captured), kinds, columns)
 
 
 def _arrow(kind: Any, n: int, data: bytes, offsets: bytes | None, validity: bytes | None) -> pa.Array:
@@ -240,12 +239,3 @@ def decode_columns(values: Sequence[bytes | None], columns: dict[str, Sequence[s
             out.append(Columns(writer.name, table, index))
     return out
 
-
-def warm() -> None:
-    """Load the native reader (a processor does this at start, not with its first batch): an installation without
-    it fails here, saying how to build it."""
-    try:
-        import sdg_native  # noqa: F401
-    except ImportError as e:
-        raise ImportError("sdg_native, the native reader of the hot paths, is not installed: pip install ./native "
-                          "(builds it with cargo)") from e

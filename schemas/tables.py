@@ -236,11 +236,11 @@ def _part(name: str, column: Any) -> tuple[bytes, int, bytes | None, int, bytes 
 
 def chain_content_buffers(table: pa.Table) -> tuple[bytes, bytes]:
     """``chain_contents`` as a binary column's buffers: (i32 offsets, data)."""
-    import sdg_native
+    from schemas.native import native
 
     names = sorted(n for n in table.column_names if n not in _CHAIN_EXCLUDED)
     parts = [p for p in (_part(n, table.column(n)) for n in names) if p is not None]
-    return sdg_native.contents(CHAIN_FORMAT, table.num_rows, parts)  # type: ignore[no-any-return]
+    return native().contents(CHAIN_FORMAT, table.num_rows, parts)  # type: ignore[no-any-return]
 
 
 def chain_contents(table: pa.Table) -> list[bytes]:

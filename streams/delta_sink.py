@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from schemas.native import native
 from schemas.records import Record
 from schemas.tables import (
     CHAIN_KEY,
@@ -215,10 +216,7 @@ class DeltaSink:
         self.config = config
         self.fn = fn
         self.columns: dict[str, Callable[..., dict[str, Any]]] = getattr(fn, "columns", {})
-        if self.columns:
-            from schemas.columnar import warm
-
-            warm()
+        native()  # the chain and the column-wise reader: a missing extension fails now, not at a batch
         self.stats = SinkStats()
         self._next: dict[tuple[str, str], int] = {}  # (table, app id) → next offset the table needs
         self._chains: dict[tuple[Any, ...], tuple[int, str]] = {}
@@ -312,11 +310,12 @@ class DeltaSink:
             wrote = True
         if rows and not wrote:
             self.stats.skipped += 1
-        self._read(topic, partition, offset)
+        self._read((topic, partition), offset, offset)
 
-    def _read(self, topic: str, partition: int, offset: int) -> None:
-        self._covered[(topic, partition)] = offset + 1
-        self._first.setdefault((topic, partition), offset)
+    def _read(self, tp: tuple[str, int], first: int, last: int) -> None:
+        """Records ``first`` to ``last`` of partition ``tp`` are buffered (or skipped): written out with the buffer."""
+        self._covered[tp] = last + 1
+        self._first.setdefault(tp, first)
         if self._oldest is None:
             self._oldest = time.monotonic()
 
@@ -392,18 +391,14 @@ class DeltaSink:
                 self._owners.setdefault(table, []).append(None)
                 self._rows += part.num_rows
         self.stats.skipped += wrote.count(False)
-        for tp, offset in highest.items():  # as ``_read`` of each message in turn
-            self._covered[tp] = offset + 1
-            self._first.setdefault(tp, lowest[tp])
-        if self._oldest is None:
-            self._oldest = time.monotonic()
+        for tp, offset in highest.items():
+            self._read(tp, lowest[tp], offset)
 
     def _chain(self, data: Any) -> tuple[Any, dict[str, str]]:
         """The lineage rows with their chain columns; the commit metadata that records each touched chain's new head."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
-        import sdg_native
 
         # each row's chain as a number (no name of the key holds a '|': chain_id's separator)
         ids = pc.dictionary_encode(pc.binary_join_element_wise(
@@ -413,7 +408,7 @@ class DeltaSink:
         unknown = self.tables.chain_heads([key for key in keys if key not in self._chains])
         heads = [self._chains.get(key) or unknown[key] for key in keys]
         n = data.num_rows
-        seqs, previous, hashes, next_seqs, next_hashes = sdg_native.chain(  # chained() for each row, in order
+        seqs, previous, hashes, next_seqs, next_hashes = native().chain(  # chained() for each row, in order
             [seq for seq, _ in heads], [digest for _, digest in heads],
             ids.indices.cast(pa.uint32()).to_numpy().astype("<u4").tobytes(), *chain_content_buffers(data))
         heads = list(zip(next_seqs, next_hashes))

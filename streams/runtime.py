@@ -337,10 +337,10 @@ class Runner:
         many units a record is (for the generate step: the job's sample count); ``io`` replaces Kafka (tests)."""
         if rate_cap is not None and step.kind != "map":
             raise ConfigError(f"step {step.step_id}: a rate cap applies to map steps only")
-        if hasattr(step.fn, "forwards"):
-            from schemas.columnar import warm
+        if hasattr(step.fn, "forwards"):  # read column-wise natively: a missing extension fails now, not at a batch
+            from schemas.native import native
 
-            warm()
+            native()
         self.step = step
         self.config = config
         self.group = group

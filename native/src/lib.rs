@@ -5,6 +5,7 @@
 //!   canonical encoding of a record (minimal varints, one array block, no duplicate map keys, no byte left over)
 //!   whose fields keep their constraints. The fields the program captures come back as Arrow buffers, for the rows
 //!   that pass. A value that does not pass is not an error here: it takes the one-record path, which says why.
+//! - `contents`: each row's chained content (the lineage chain's second format) from a batch's Arrow buffers.
 //! - `chain`: the lineage hash chains of a batch of rows (SHA-256 of the previous row's hash and the row's content).
 
 use pyo3::exceptions::PyValueError;
